@@ -1,0 +1,360 @@
+"""
+The denoiser: MDLM's diffusion transformer (DiT) with an optional DSL input converter.
+
+One backbone serves three objectives:
+  - token mode (MDLM, AR): h = vocab_embed[x], a plain row lookup (mask_id = V is a row too);
+  - DSL mode: noisy vectors z (B, L, d) become a distribution p over the V+1 slots,
+      p = softmax(beta * z @ [E; 0]^T + b),  h = p @ vocab_embed      (DESIGN.md §3)
+    so a DSL model is an MDLM model with a soft, evidence-weighted embedding lookup;
+  - causal: the same blocks with a causal attention mask (autoregressive baseline).
+There is no time/SNR input: the conditioning vector is the constant SiLU(sigma_map(0)).
+
+Module names follow the MDLM OpenWebText checkpoint (Sahoo et al. 2024,
+kuleshov-group/mdlm, models/dit.py) so its weights load without renaming.
+"""
+import math
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# n_layer, n_embd, n_head, cond_dim. `small` is MDLM's OWT model (~170M params with GPT-2 vocab).
+PRESETS = {
+    'small': dict(n_layer=12, n_embd=768, n_head=12, cond_dim=128),
+    'mini': dict(n_layer=4, n_embd=128, n_head=4, cond_dim=64),   # nanoGPT's CPU shakespeare size
+    'tiny': dict(n_layer=2, n_embd=64, n_head=2, cond_dim=32),    # unit tests and the cyclic toy
+}
+
+
+def model_config(preset='tiny', vocab_size=65, **overrides):
+    """The model's config dict: everything needed to rebuild it (stored in checkpoints)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset '{preset}': choose one of {sorted(PRESETS)}")
+    cfg = dict(preset=preset, vocab_size=vocab_size, dropout=0.0, causal=False,
+               dsl=False,            # True: input is z through the converter (or endpoint ids)
+               noise_dim=0,          # d of the noise embeddings E; 0 = auto (64 for large vocabs, 16 else)
+               gamma_max=None,       # SNR of a fully visible token; endpoint ids map to z = gamma_max e_x
+               freeze_noise=False)   # keep E fixed (random unit codes) instead of learning it
+    cfg.update(PRESETS[preset])
+    for k, v in overrides.items():
+        if k not in cfg:
+            raise ValueError(f"unknown model config key '{k}': valid keys are {sorted(cfg)}")
+        cfg[k] = v
+    if cfg['noise_dim'] == 0:
+        cfg['noise_dim'] = 64 if vocab_size > 1000 else 16
+    if cfg['gamma_max'] is None:
+        cfg['gamma_max'] = 100.0 if vocab_size > 1000 else 30.0
+    if cfg['n_embd'] % cfg['n_head'] != 0:
+        raise ValueError(f"n_embd={cfg['n_embd']} is not divisible by n_head={cfg['n_head']}")
+    return cfg
+
+
+class LayerNorm(nn.Module):
+    """Bias-free LayerNorm computed in fp32 (as MDLM), whatever the autocast dtype."""
+    def __init__(self, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            x = F.layer_norm(x.float(), [x.shape[-1]])
+        return x * self.weight
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding, non-interleaved ("rotate_half") convention, base 10000."""
+    def __init__(self, head_dim, base=10000):
+        super().__init__()
+        # persistent, because MDLM's checkpoints carry it (rotary_emb.inv_freq)
+        self.register_buffer('inv_freq', 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim)))
+        self._cache = (None, None, None)
+
+    def forward(self, L, device):
+        if self._cache[0] != (L, device):
+            t = torch.arange(L, device=device, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq.to(device))
+            emb = torch.cat((freqs, freqs), dim=-1)[None, None]  # (1, 1, L, hd)
+            self._cache = ((L, device), emb.cos(), emb.sin())
+        return self._cache[1], self._cache[2]
+
+
+class TimestepEmbedder(nn.Module):
+    """MDLM's sigma_map: sinusoidal features of sigma (256) -> MLP -> cond_dim."""
+    def __init__(self, cond_dim, freq_dim=256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+
+    def forward(self, sigma):  # (B,) -> (B, cond_dim)
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
+        args = sigma[:, None].float() * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+class Block(nn.Module):
+    """MDLM's DDiTBlock: adaLN-modulated pre-norm attention + GELU-tanh MLP, gated residuals."""
+    def __init__(self, n_embd, n_head, cond_dim, dropout, causal):
+        super().__init__()
+        self.n_head, self.causal, self.dropout = n_head, causal, dropout
+        self.norm1 = LayerNorm(n_embd)
+        self.attn_qkv = nn.Linear(n_embd, 3 * n_embd, bias=False)
+        self.attn_out = nn.Linear(n_embd, n_embd, bias=False)
+        self.norm2 = LayerNorm(n_embd)
+        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(approximate='tanh'),
+                                 nn.Linear(4 * n_embd, n_embd))
+        self.adaLN_modulation = nn.Linear(cond_dim, 6 * n_embd)
+        nn.init.zeros_(self.adaLN_modulation.weight)  # adaLN-zero (DiT, Peebles & Xie 2023)
+        nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def forward(self, h, cos, sin, c):
+        B, L, D = h.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
+        qkv = self.attn_qkv(modulate(self.norm1(h), shift1, scale1))
+        q, k, v = qkv.view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, hd)
+        q = (q * cos + rotate_half(q) * sin).to(v.dtype)
+        k = (k * cos + rotate_half(k) * sin).to(v.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, L, D)
+        drop = lambda t: F.dropout(t, self.dropout, self.training)
+        h = h + gate1 * drop(self.attn_out(y))
+        h = h + gate2 * drop(self.mlp(modulate(self.norm2(h), shift2, scale2)))
+        return h
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, n_embd, n_out, cond_dim):
+        super().__init__()
+        self.norm_final = LayerNorm(n_embd)
+        self.linear = nn.Linear(n_embd, n_out)
+        self.adaLN_modulation = nn.Linear(cond_dim, 2 * n_embd)
+        for lin in (self.linear, self.adaLN_modulation):  # zero init: the untrained model predicts uniform
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, h, c):
+        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+        return self.linear(modulate(self.norm_final(h), shift, scale))
+
+
+class Converter(nn.Module):
+    """DSL input converter: p = softmax(beta * z @ [E; 0]^T + b) over the V+1 slots (DESIGN.md §3).
+
+    With unit-norm codes, log N(z; gamma e_v, gamma I) = <z, e_v> + const(z, gamma), so the
+    single-token posterior over v is softmax(<z, e_v>) for every gamma: beta = 1 is exact at init.
+    The all-zero key is [MASK]; b_mask = ln(99 V) reads z = 0 as [MASK] with probability 0.99.
+    """
+    def __init__(self, V, d, freeze):
+        super().__init__()
+        self.noise_embed = nn.Parameter(torch.randn(V, d), requires_grad=not freeze)  # directions; normalised on use
+        self.beta = nn.Parameter(torch.ones(()))
+        b = torch.zeros(V + 1)
+        b[V] = math.log(99 * V)
+        self.bias = nn.Parameter(b)
+
+    def E(self):  # (V, d) unit-norm noise embeddings
+        return F.normalize(self.noise_embed, dim=-1)
+
+    def forward(self, z):  # (..., d) -> (..., V+1) probabilities
+        scores = self.beta * (z @ self.E().t().to(z.dtype))  # (..., V)
+        scores = torch.cat([scores, torch.zeros_like(scores[..., :1])], dim=-1) + self.bias
+        return torch.softmax(scores.float(), dim=-1)
+
+
+class DiT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = dict(config)
+        V = config['vocab_size']
+        D, H, C = config['n_embd'], config['n_head'], config['cond_dim']
+        self.vocab_size, self.mask_id, self.dsl = V, V, config['dsl']
+        if D // H % 2:
+            raise ValueError(f"head dim n_embd/n_head = {D // H} must be even for rotary embeddings")
+        # registration order = MDLM's backbone.parameters() order (EMA shadow_params rely on it)
+        self.vocab_embed = nn.Module()
+        self.vocab_embed.embedding = nn.Parameter(torch.empty(V + 1, D))  # (V+1, D), incl. the [MASK] row
+        nn.init.kaiming_uniform_(self.vocab_embed.embedding, a=math.sqrt(5))
+        self.sigma_map = TimestepEmbedder(C)
+        self.rotary_emb = Rotary(D // H)
+        self.blocks = nn.ModuleList([Block(D, H, C, config['dropout'], config['causal'])
+                                     for _ in range(config['n_layer'])])
+        self.output_layer = FinalLayer(D, V + 1, C)
+        if self.dsl:
+            self.converter = Converter(V, config['noise_dim'], config['freeze_noise'])
+        self.table = None  # optional (V+1, D) endpoint embeddings for discrete samplers
+
+    def E(self):
+        return self.converter.E()
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def build_endpoint_table(self, chunk=4096):
+        """Precompute h for the V+1 endpoint states (token v at gamma_max, or z = 0) so that discrete
+        samplers skip the V-wide softmax: afterwards model(x=ids) is a row lookup. Call again after
+        the weights change; `drop_endpoint_table()` removes it."""
+        V, W = self.vocab_size, self.vocab_embed.embedding
+        rows = []
+        for i in range(0, V + 1, chunk):
+            ids = torch.arange(i, min(i + chunk, V + 1), device=W.device)
+            rows.append(self.converter(self.endpoint_z(ids)) @ W.float())
+        self.table = torch.cat(rows).to(W.dtype)  # (V+1, D)
+
+    def drop_endpoint_table(self):
+        self.table = None
+
+    def endpoint_z(self, x):
+        """Atomic endpoint state of ids x: z = gamma_max e_x, and z = 0 where x == mask_id."""
+        visible = (x != self.mask_id)
+        e = self.E()[x.clamp(max=self.vocab_size - 1)]
+        return e * (self.config['gamma_max'] * visible)[..., None].to(e.dtype)
+
+    def embed(self, x=None, z=None):
+        W = self.vocab_embed.embedding
+        if z is not None:
+            return (self.converter(z) @ W.float()).to(W.dtype)  # soft lookup (B, L, D)
+        if self.dsl:
+            if self.table is not None:
+                return self.table[x]
+            return self.embed(z=self.endpoint_z(x))
+        return W[x]  # row lookup, never a one-hot matmul
+
+    def forward(self, x=None, z=None, out_idx=None):
+        """x: (B, L) token ids in [0, V] (V = [MASK]), or z: (B, L, d) noisy DSL input.
+        out_idx: optional (B, L) bool; the head then runs only there and returns (N, V+1).
+        Returns logits (B, L, V+1)."""
+        self._check_input(x, z, out_idx)
+        h = self.embed(x, z)
+        B, L = h.shape[:2]
+        # time conditioning is off: one constant vector per forward (sigma = 0)
+        c = F.silu(self.sigma_map(torch.zeros(1, device=h.device)))  # (1, C)
+        cos, sin = self.rotary_emb(L, h.device)
+        for block in self.blocks:
+            h = block(h, cos, sin, c)
+        if out_idx is not None:
+            h = h[out_idx][None]  # (1, N, D)
+        logits = self.output_layer(h, c)
+        return logits[0] if out_idx is not None else logits
+
+    def _check_input(self, x, z, out_idx):
+        if (x is None) == (z is None):
+            raise ValueError("pass exactly one of x (token ids) or z (noisy vectors)")
+        if z is not None:
+            if not self.dsl:
+                raise ValueError("z input needs a DSL model (config dsl=True); token-mode models take x")
+            d = self.config['noise_dim']
+            if z.dim() != 3 or z.shape[-1] != d or not z.is_floating_point():
+                raise ValueError(f"z must be a float tensor of shape (B, L, {d}), got {tuple(z.shape)} {z.dtype}")
+            shape = z.shape[:2]
+        else:
+            if x.dim() != 2 or x.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"x must be an int64 tensor of shape (B, L), got {tuple(x.shape)} {x.dtype}")
+            if x.numel() and (int(x.min()) < 0 or int(x.max()) > self.vocab_size):
+                raise ValueError(f"token ids must lie in [0, {self.vocab_size}] ({self.vocab_size} = [MASK]), "
+                                 f"got range [{int(x.min())}, {int(x.max())}]")
+            shape = x.shape
+        if out_idx is not None and (out_idx.dtype != torch.bool or out_idx.shape != shape):
+            raise ValueError(f"out_idx must be a bool tensor of shape {tuple(shape)}, got "
+                             f"{tuple(out_idx.shape)} {out_idx.dtype}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: MDLM checkpoints (HF safetensors, Lightning .ckpt with EMA) and this project's own.
+
+def _backbone_state(sd, prefix='backbone.'):
+    if any(k.startswith(prefix) for k in sd):
+        return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return dict(sd)
+
+
+def load_backbone(model, sd):
+    """Copy an MDLM-layout state dict into `model` (token-mode keys; DSL converter keys optional).
+    Any missing or unexpected key is an error that lists them: never a silent partial load."""
+    sd = dict(sd)
+    sd.setdefault('rotary_emb.inv_freq', model.rotary_emb.inv_freq)
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in sd and not k.startswith('converter.'))
+    unexpected = sorted(k for k in sd if k not in own)
+    if missing or unexpected:
+        raise KeyError(f"checkpoint does not match the model: missing keys {missing[:20]}"
+                       f"{' ...' if len(missing) > 20 else ''}, unexpected keys {unexpected[:20]}"
+                       f"{' ...' if len(unexpected) > 20 else ''}")
+    bad = [f"{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items() if v.shape != own[k].shape]
+    if bad:
+        raise ValueError(f"checkpoint shapes do not match the model: {bad[:10]}")
+    model.load_state_dict(sd, strict=False)
+    return model
+
+
+def _read_mdlm_file(path, use_ema=True):
+    """Returns (backbone state dict, config or None) from a .safetensors, Lightning .ckpt or our .pt."""
+    if path.endswith('.safetensors'):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise SystemExit("reading .safetensors needs the optional package: pip install safetensors")
+        return _backbone_state(load_file(path)), None
+    ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    if 'config' in ckpt and 'model' in ckpt:  # this project's checkpoint
+        key = 'ema' if use_ema and ckpt.get('ema') is not None else 'model'
+        return ckpt[key], ckpt['config']
+    if 'state_dict' in ckpt:  # MDLM's Lightning checkpoint
+        sd = _backbone_state(ckpt['state_dict'])
+        shadow = (ckpt.get('ema') or {}).get('shadow_params')
+        if use_ema and shadow is not None:
+            # EMA weights are an ordered list in backbone.parameters() order; buffers are not in it
+            names = [k for k in sd if k != 'rotary_emb.inv_freq']
+            if len(names) != len(shadow):
+                raise ValueError(f"EMA has {len(shadow)} tensors but the backbone has {len(names)} parameters")
+            sd.update(dict(zip(names, shadow)))
+        return sd, None
+    return _backbone_state(ckpt), None
+
+
+def infer_config(sd, **overrides):
+    """Rebuild an MDLM model config from the shapes in its state dict."""
+    V1, D = sd['vocab_embed.embedding'].shape
+    n_layer = len({k.split('.')[1] for k in sd if k.startswith('blocks.')})
+    cond = sd['sigma_map.mlp.2.weight'].shape[0]
+    head_dim = 2 * sd['rotary_emb.inv_freq'].numel() if 'rotary_emb.inv_freq' in sd else 64
+    preset = next((n for n, p in PRESETS.items() if (p['n_layer'], p['n_embd'], p['cond_dim']) == (n_layer, D, cond)), 'small')
+    cfg = model_config(preset, V1 - 1, n_layer=n_layer, n_embd=D, n_head=D // head_dim, cond_dim=cond)
+    cfg.update(overrides)
+    return cfg
+
+
+def load_mdlm(path, dsl=False, use_ema=True, **overrides):
+    """Load an MDLM model (or this project's checkpoint) from a local file or a hub id, optionally
+    turned into a DSL model: every backbone weight is kept (vocab_embed becomes the converter's value
+    matrix unchanged) and the converter's E, beta, b are added at their init (DESIGN.md §3)."""
+    if not os.path.exists(path):
+        if path.count('/') != 1 or path.startswith(('.', '/')):
+            raise FileNotFoundError(f"checkpoint '{path}' not found (pass a local .safetensors/.ckpt/.pt file or a hub id)")
+        try:
+            import huggingface_hub
+            path = huggingface_hub.hf_hub_download(path, 'model.safetensors')
+        except ImportError:
+            raise SystemExit("a hub id needs: pip install huggingface_hub safetensors (or pass a local file)")
+        except Exception as e:
+            raise SystemExit(f"could not download '{path}' from the hub ({type(e).__name__}); "
+                             f"offline, pass a local model.safetensors or .ckpt file instead")
+    sd, cfg = _read_mdlm_file(path, use_ema)
+    own_dsl = bool(cfg and cfg.get('dsl'))
+    cfg = dict(cfg) if cfg else infer_config(sd)
+    cfg.update(overrides)
+    cfg['dsl'] = dsl or own_dsl
+    model = DiT(cfg)
+    return load_backbone(model, sd)

@@ -1,0 +1,226 @@
+"""
+Corruption processes, training losses and NLL bounds (DESIGN.md §4).
+
+Notation: x (B, L) int64 token ids, V real tokens, mask_id = V.
+  MDLM:  each token is masked with probability t, t ~ U(eps, 1) stratified over the global batch;
+         loss = (1/t) * sum_masked -log p(x_i | x_t) / L   (Sahoo et al. 2024, MDLM eq. 10, log-linear schedule)
+  DSL:   z_i = gamma_i e_{x_i} + sqrt(gamma_i) eps_i  (the localization channel), gamma from a mixture of
+         endpoint and intermediate corruption; loss = plain cross-entropy, no time weighting.
+  Bounds: mdlm_bound (NELBO), roar_bound (any-order AR), diffusion_bound (I-MMSE integral).
+Every function that draws randomness takes a torch.Generator so evaluations are reproducible.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+# mixed-corruption defaults (DESIGN.md §4); char vocabularies override gamma_max, mu, sigma
+SNR_DEFAULTS = dict(p_end=0.25,          # fraction of sequences at (smoothed) endpoints
+                    smooth_endpoints=True,
+                    gamma_max=100.0,     # SNR of a revealed token
+                    gamma_min=1.0,       # smoothed endpoints: hidden gamma ~ U(0, gamma_min)
+                    c=0.8,               # smoothed endpoints: revealed gamma ~ U(c gamma_max, gamma_max)
+                    mu=2.69, sigma=1.41,  # intermediate sequences: gamma ~ LogNormal(mu, sigma)
+                    jitter=0.0)          # intermediate: per-token multiplicative jitter exp(jitter * N(0,1))
+SNR_CHAR = dict(gamma_max=30.0, mu=1.4, sigma=0.55)
+
+
+def snr_config(vocab_size, **overrides):
+    cfg = dict(SNR_DEFAULTS)
+    if vocab_size <= 1000:
+        cfg.update(SNR_CHAR)
+    cfg.update(overrides)
+    return cfg
+
+
+def _rand(shape, generator, device):
+    return torch.rand(shape, generator=generator, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# MDLM masking
+
+def sample_t(B, device, eps=1e-3, antithetic=True, rank=0, world_size=1, generator=None):
+    """t ~ U(eps, 1) per sequence. Antithetic: the global batch of B * world_size draws is stratified,
+    global index j gets (u_j + j) / n, so every rank holds its own slice of one low-variance grid."""
+    u = _rand(B, generator, device)
+    if antithetic:
+        n = B * world_size
+        u = (u + torch.arange(rank * B, (rank + 1) * B, device=device)) / n
+    return eps + (1 - eps) * u
+
+
+def mdlm_corrupt(x, t, mask_id, generator=None):
+    """Mask each token independently with probability t (per sequence). Returns (x_t, masked)."""
+    masked = _rand(x.shape, generator, x.device) < t[:, None]
+    return torch.where(masked, torch.full_like(x, mask_id), x), masked
+
+
+def token_logprobs(logits, x, V):
+    """log p(x_i) from (..., V+1) logits with the [MASK] slot excluded (a model never predicts it)."""
+    return torch.log_softmax(logits[..., :V].float(), dim=-1).gather(-1, x[..., None]).squeeze(-1)
+
+
+def mdlm_loss(model, x, t, generator=None):
+    """Continuous-time MDLM NELBO per sequence (B,), nats/token: (1/t) sum_masked -log p(x_i | x_t) / L.
+    DSL models read the masked ids through their endpoint path, so this is also their atomic-endpoint bound."""
+    xt, masked = mdlm_corrupt(x, t, model.mask_id, generator)
+    logp = token_logprobs(model(x=xt), x, model.vocab_size)  # (B, L)
+    return -(logp * masked).sum(1) / x.shape[1] / t
+
+
+# ---------------------------------------------------------------------------------------------
+# Localization channel and the mixed-corruption SNR sampler
+
+def localize(e, gamma, generator=None):
+    """z = gamma e + sqrt(gamma) eps, eps ~ N(0, I). e (B, L, d); gamma broadcastable to (B, L).
+    gamma = 0 gives z = 0 exactly (no information, i.e. [MASK])."""
+    gamma = torch.as_tensor(gamma, dtype=e.dtype, device=e.device)
+    gamma = gamma.expand(e.shape[:-1])[..., None]
+    eps = torch.randn(e.shape, generator=generator, device=e.device, dtype=e.dtype)
+    return gamma * e + gamma.sqrt() * eps
+
+
+def sample_endpoint_mask(B, L, device, generator=None):
+    """k ~ U{0..L-1} revealed positions per sequence, chosen uniformly. Returns revealed (B, L) bool."""
+    k = torch.randint(0, L, (B, 1), generator=generator, device=device)
+    order = _rand((B, L), generator, device).argsort(dim=1).argsort(dim=1)  # random rank of each position
+    return order < k
+
+
+def sample_gamma(B, L, cfg, device, generator=None):
+    """Per-token SNRs (B, L) from the mixture of DSL training (DESIGN.md §4).
+    Returns (gamma, is_end (B,) bool, revealed (B, L) bool; revealed is meaningful on endpoint rows)."""
+    gmax = cfg['gamma_max']
+    is_end = _rand(B, generator, device) < cfg['p_end']
+    revealed = sample_endpoint_mask(B, L, device, generator)
+    if cfg['smooth_endpoints']:
+        g_vis = gmax * (cfg['c'] + (1 - cfg['c']) * _rand((B, L), generator, device))
+        g_hid = cfg['gamma_min'] * _rand((B, L), generator, device)
+    else:
+        g_vis, g_hid = torch.full((B, L), gmax, device=device), torch.zeros(B, L, device=device)
+    g_end = torch.where(revealed, g_vis, g_hid)
+    n = torch.randn(B, 1, generator=generator, device=device)
+    g_mid = torch.exp(cfg['mu'] + cfg['sigma'] * n).expand(B, L)
+    if cfg['jitter'] > 0:
+        g_mid = g_mid * torch.exp(cfg['jitter'] * torch.randn(B, L, generator=generator, device=device))
+    g_mid = g_mid.clamp(0, gmax)
+    return torch.where(is_end[:, None], g_end, g_mid), is_end, revealed
+
+
+# ---------------------------------------------------------------------------------------------
+# Training losses
+
+def dsl_loss(model, x, cfg, generator=None, roar_weight=0.0):
+    """Cross-entropy of x_theta(z) against x at every position, mean over tokens, z from the mixed
+    corruption. The optional ROAR term adds CE on the hidden positions of an atomic endpoint batch."""
+    B, L = x.shape
+    gamma, _, _ = sample_gamma(B, L, cfg, x.device, generator)
+    e = model.E()[x]  # (B, L, d)
+    z = localize(e, gamma.to(e.dtype), generator)
+    logits = model(z=z)
+    loss = F.cross_entropy(logits[..., :model.vocab_size].flatten(0, 1).float(), x.flatten())
+    if roar_weight > 0:
+        revealed = sample_endpoint_mask(B, L, x.device, generator)
+        xr = torch.where(revealed, x, torch.full_like(x, model.mask_id))
+        logp = token_logprobs(model(x=xr), x, model.vocab_size)
+        hidden = ~revealed
+        loss = loss + roar_weight * -(logp * hidden).sum() / hidden.sum().clamp(min=1)
+    return loss
+
+
+def ar_loss(model, x):
+    """Next-token cross-entropy with the causal backbone: x[:, :-1] predicts x[:, 1:]."""
+    logits = model(x=x[:, :-1])
+    return F.cross_entropy(logits[..., :model.vocab_size].flatten(0, 1).float(), x[:, 1:].flatten())
+
+
+def loss_fn(objective, model, x, cfg, rank=0, world_size=1, generator=None):
+    """The training loss of each objective, a scalar (mean over the local batch)."""
+    if objective == 'dsl':
+        return dsl_loss(model, x, cfg, generator, cfg.get('roar_weight', 0.0))
+    if objective == 'mdlm':
+        t = sample_t(x.shape[0], x.device, rank=rank, world_size=world_size, generator=generator)
+        return mdlm_loss(model, x, t, generator).mean()
+    if objective == 'ar':
+        return ar_loss(model, x)
+    raise ValueError(f"unknown objective '{objective}': choose dsl, mdlm or ar")
+
+
+# ---------------------------------------------------------------------------------------------
+# NLL bounds, in nats/token. Each takes a generator: fixed seeds make runs comparable.
+
+def bound_report(nats):
+    return dict(nats=nats, bits=nats / math.log(2), ppl=math.exp(min(nats, 700)))
+
+
+@torch.no_grad()
+def mdlm_bound(model, x, n_t=8, generator=None):
+    """MDLM NELBO: E_t[(1/t) sum_masked -log p(x_i | x_t)] / L, n_t stratified t per sequence."""
+    total = 0.0
+    for j in range(n_t):
+        u = _rand(x.shape[0], generator, x.device)
+        t = 1e-3 + (1 - 1e-3) * (u + j) / n_t  # stratified over the n_t repeats
+        total += mdlm_loss(model, x, t, generator).mean().item()
+    return total / n_t
+
+
+@torch.no_grad()
+def roar_bound(model, x, n_k=8, generator=None):
+    """Any-order AR bound: E_k[mean over hidden positions of -log p(x_i | revealed)], k ~ U{0..L-1}."""
+    total = 0.0
+    for _ in range(n_k):
+        revealed = sample_endpoint_mask(*x.shape, x.device, generator)
+        xr = torch.where(revealed, x, torch.full_like(x, model.mask_id))
+        logp = token_logprobs(model(x=xr), x, model.vocab_size)
+        hidden = ~revealed
+        total += (-(logp * hidden).sum(1) / hidden.sum(1)).mean().item()
+    return total / n_k
+
+
+def snr_grid(g_end, n=64, g_first=1e-2):
+    """0 followed by n-1 log-spaced points up to g_end: dense at small gamma where mmse changes fastest."""
+    return torch.cat([torch.zeros(1), torch.logspace(math.log10(g_first), math.log10(g_end), n - 1)])
+
+
+@torch.no_grad()
+def mmse_and_nll(model, x, gamma, generator=None):
+    """At per-token SNRs gamma (B, L): ||e_{x_i} - xhat_i(z)||^2 and -log p(x_i | z), both (B, L).
+    xhat_i = sum_v p(v | z)_i e_v is the posterior-mean embedding over the V real tokens."""
+    E = model.E()  # (V, d)
+    z = localize(E[x], gamma.to(E.dtype), generator)
+    logits = model(z=z)[..., :model.vocab_size].float()
+    p = torch.softmax(logits, dim=-1)
+    xhat = p @ E.float()  # (B, L, d)
+    mmse = ((E[x].float() - xhat) ** 2).sum(-1)
+    nll = -torch.log_softmax(logits, dim=-1).gather(-1, x[..., None]).squeeze(-1)
+    return mmse, nll
+
+
+@torch.no_grad()
+def path_integral(model, x, gammas, generator=None):
+    """1/2 sum_i int mmse_i dgamma_i along a per-token SNR path, trapezoid rule (I-MMSE: Guo, Shamai
+    & Verdu 2005; dI/dgamma_i = mmse_i / 2). gammas: (S, B, L) or (S,) grid, non-decreasing in S,
+    from 0. Returns (cumulative integral per sequence in nats (S, B), nll (S, B) = sum_i -log p(x_i|z_s))."""
+    B, L = x.shape
+    g = gammas.to(x.device).float()
+    g = g[:, None, None].expand(-1, B, L) if g.dim() == 1 else g  # (S, B, L)
+    S = g.shape[0]
+    mm, nl = zip(*[mmse_and_nll(model, x, g[s], generator) for s in range(S)])
+    mm, nl = torch.stack(mm), torch.stack(nl)  # (S, B, L)
+    dg = g[1:] - g[:-1]
+    steps = 0.5 * (mm[1:] + mm[:-1]) * dg  # trapezoid per token
+    cum = torch.cat([torch.zeros(1, B, device=x.device), 0.5 * steps.sum(-1).cumsum(0)])
+    return cum, nl.sum(-1)
+
+
+@torch.no_grad()
+def diffusion_bound(model, x, g_end=None, n=64, generator=None):
+    """Diffusion NLL bound (nats/token): min over the cut-off g* on the grid of
+    1/2 int_0^{g*} E||e_x - xhat(z_gamma)||^2 dgamma + E[-log p(x | z_{g*})], with one shared gamma
+    per sequence. Taking the min over g* after averaging is a (slightly optimistic) grid search;
+    every single g* gives a valid bound."""
+    g_end = g_end or 4 * model.config['gamma_max']
+    cum, nll = path_integral(model, x, snr_grid(g_end, n), generator)
+    per_cut = (cum + nll).mean(1) / x.shape[1]  # (S,)
+    return per_cut.min().item()
