@@ -308,9 +308,9 @@ def _read_mdlm_file(path, use_ema=True):
             raise SystemExit("reading .safetensors needs the optional package: pip install safetensors")
         return _backbone_state(load_file(path)), None
     ckpt = torch.load(path, map_location='cpu', weights_only=False)
-    if 'config' in ckpt and 'model' in ckpt:  # this project's checkpoint
+    if 'model_config' in ckpt and 'model' in ckpt:  # this project's checkpoint (train.py)
         key = 'ema' if use_ema and ckpt.get('ema') is not None else 'model'
-        return ckpt[key], ckpt['config']
+        return ckpt[key], ckpt['model_config']
     if 'state_dict' in ckpt:  # MDLM's Lightning checkpoint
         sd = _backbone_state(ckpt['state_dict'])
         shadow = (ckpt.get('ema') or {}).get('shadow_params')
