@@ -1,0 +1,283 @@
+"""
+Datasets -> token files, and random-window batches (DESIGN.md §7).
+
+    python data.py                                  # shakespeare_char (the quick start), char vocabulary
+    python data.py text8                            # 27 characters, 90M / 5M / 5M split
+    python data.py openwebtext                      # GPT-2 BPE, last 100k documents held out
+    python data.py --data a.txt,b.txt --tokenizer gpt2 [--out_dir data/mine]
+
+A prepared folder holds train.bin / val.bin (uint16 when V < 65536, else uint32) and meta.json
+(tokenizer, vocab_size, mask_id = V, eos/bos, chars for char vocabularies, source, sha256 of the raw
+text, token counts). meta.json is written last, so its presence means the folder is complete.
+
+Token stream: documents (or files) are concatenated, with EOS after each one for gpt2 (char
+vocabularies have no EOS). Training windows are random length-L slices of that stream, so a window
+may straddle a document boundary (nanoGPT-style); MDLM's [BOS] + 1022 + [EOS] wrapping is not used.
+"""
+import hashlib
+import json
+import os
+import urllib.request
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+TEXT8_URL = 'http://mattmahoney.net/dc/text8.zip'
+OWT_HF = 'Skylion007/openwebtext'  # MDLM's openwebtext-split: its last 100k documents are validation
+OWT_VAL_DOCS = 100_000
+DEFAULT_TOKENIZER = dict(shakespeare_char='char', text8='char', openwebtext='gpt2')
+
+
+def default_dir(dataset):
+    return os.path.join(ROOT, 'data', dataset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers: encode(str) -> list[int], decode(ids) -> str
+
+def gpt2_encoding():
+    import tiktoken
+    try:
+        return tiktoken.get_encoding('gpt2')
+    except Exception as e:  # offline: tiktoken tries to download vocab.bpe / encoder.json
+        raise SystemExit(f"data: cannot load the gpt2 BPE files ({type(e).__name__}); offline, set "
+                         f"TIKTOKEN_CACHE_DIR to a writable copy of ../shared/tiktoken")
+
+
+def get_tokenizer(meta):
+    """(encode, decode) for a prepared folder's meta dict."""
+    if meta['tokenizer'] == 'gpt2':
+        enc = gpt2_encoding()
+        return enc.encode_ordinary, lambda ids: enc.decode([int(i) for i in ids])
+    stoi = {ch: i for i, ch in enumerate(meta['chars'])}
+    itos = meta['chars'] + ['_']  # the [MASK] id V decodes as '_'
+    return (lambda s: [stoi[ch] for ch in s]), (lambda ids: ''.join(itos[int(i)] for i in ids))
+
+
+def load_meta(data_dir):
+    with open(os.path.join(data_dir, 'meta.json')) as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparation
+
+def _fetch(url, dest, offline_hint):
+    """Download url to dest; offline (or any failure) is one line naming the file to provide."""
+    try:
+        from tqdm import tqdm
+        with urllib.request.urlopen(url, timeout=15) as r, open(dest + '.tmp', 'wb') as f:
+            bar = tqdm(total=int(r.headers.get('Content-Length') or 0), unit='B', unit_scale=True,
+                       desc=f'download {os.path.basename(url)}')
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+            bar.close()
+        os.replace(dest + '.tmp', dest)
+    except Exception as e:
+        raise SystemExit(f"data: could not download {url} ({type(e).__name__}); offline, {offline_hint}")
+
+
+def _write(out_dir, splits, meta):
+    """splits: {name: 1-D int array}. Writes <name>.bin atomically, then meta.json."""
+    os.makedirs(out_dir, exist_ok=True)
+    dtype = np.uint16 if meta['vocab_size'] < 65536 else np.uint32
+    for name, ids in splits.items():
+        path = os.path.join(out_dir, f'{name}.bin')
+        np.asarray(ids, dtype=dtype).tofile(path + '.tmp')
+        os.replace(path + '.tmp', path)
+        meta[f'{name}_tokens'] = int(len(ids))
+    meta.update(mask_id=meta['vocab_size'], dtype=np.dtype(dtype).name)
+    with open(os.path.join(out_dir, 'meta.json.tmp'), 'w') as f:
+        json.dump(meta, f, indent=1)
+    os.replace(os.path.join(out_dir, 'meta.json.tmp'), os.path.join(out_dir, 'meta.json'))
+    print(f"data: {out_dir}: vocab {meta['vocab_size']}, " +
+          ', '.join(f"{k} {len(v):,} tokens" for k, v in splits.items()))
+    return meta
+
+
+def _encode_texts(texts, tokenizer, chars=None, desc='encode'):
+    """Concatenate and encode a list of texts. char: ids into `chars`; gpt2: EOS after each text."""
+    from tqdm import tqdm
+    if tokenizer == 'char':
+        table = {ch: i for i, ch in enumerate(chars)}
+        out = []
+        for t in texts:
+            for i in tqdm(range(0, len(t), 1 << 20), desc=desc, disable=len(t) < 1 << 22):
+                out.append(np.fromiter((table[ch] for ch in t[i:i + (1 << 20)]), dtype=np.int64))
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+    enc = gpt2_encoding()
+    ids = []
+    for t in tqdm(texts, desc=desc, disable=len(texts) < 100):
+        ids.extend(enc.encode_ordinary(t))
+        ids.append(enc.eot_token)
+    return np.array(ids, dtype=np.int64)
+
+
+def prepare_text(texts, out_dir, tokenizer='char', source='', val_frac=0.1, chars=None):
+    """Local text(s) -> out_dir: the last val_frac of each text's characters is validation (nanoGPT's
+    90/10 split for shakespeare_char); char vocabulary = the sorted set of characters seen."""
+    if tokenizer not in ('char', 'gpt2'):
+        raise SystemExit(f"data: unknown tokenizer '{tokenizer}': choose char or gpt2")
+    sha = hashlib.sha256(''.join(texts).encode()).hexdigest()
+    cut = [int(len(t) * (1 - val_frac)) for t in texts]
+    train, val = [t[:c] for t, c in zip(texts, cut)], [t[c:] for t, c in zip(texts, cut)]
+    if tokenizer == 'char':
+        chars = chars or sorted(set(''.join(texts)))
+        meta = dict(tokenizer='char', vocab_size=len(chars), chars=chars, eos=None, bos=None)
+    else:
+        meta = dict(tokenizer='gpt2', vocab_size=50257, eos=50256, bos=None)  # MDLM: V+1 = 50258 with [MASK]
+    meta.update(source=source, sha256=sha)
+    splits = dict(train=_encode_texts(train, tokenizer, chars, 'encode train'),
+                  val=_encode_texts(val, tokenizer, chars, 'encode val'))
+    return _write(out_dir, splits, meta)
+
+
+def read_files(paths):
+    texts = []
+    for p in paths:
+        if not os.path.isfile(p):
+            raise SystemExit(f"data: no such file '{p}' (--data takes comma-separated local text files)")
+        with open(p, encoding='utf-8', errors='replace') as f:
+            texts.append(f.read())
+    return texts
+
+
+def files_sha256(paths):
+    return hashlib.sha256(''.join(read_files(paths)).encode()).hexdigest()
+
+
+def prepare_text8(out_dir):
+    import zipfile
+    raw = os.path.join(out_dir, 'text8')
+    if not os.path.exists(raw):
+        os.makedirs(out_dir, exist_ok=True)
+        _fetch(TEXT8_URL, raw + '.zip', f"unzip text8.zip (from {TEXT8_URL}) to {raw}")
+        with zipfile.ZipFile(raw + '.zip') as z:
+            z.extract('text8', out_dir)
+    with open(raw, 'rb') as f:
+        data = np.frombuffer(f.read(), dtype=np.uint8)
+    chars = ' abcdefghijklmnopqrstuvwxyz'
+    lut = np.full(256, 255, dtype=np.uint8)
+    lut[np.frombuffer(chars.encode(), np.uint8)] = np.arange(27)
+    ids = lut[data]
+    if (ids == 255).any():
+        raise SystemExit(f"data: {raw} is not text8 (characters outside ' a-z')")
+    meta = dict(tokenizer='char', vocab_size=27, chars=list(chars), eos=None, bos=None, source=TEXT8_URL,
+                sha256=hashlib.sha256(data.tobytes()).hexdigest())
+    return _write(out_dir, dict(train=ids[:90_000_000], val=ids[90_000_000:95_000_000], test=ids[95_000_000:]), meta)
+
+
+def prepare_openwebtext(out_dir, num_proc=8):
+    """Hugging Face openwebtext, last 100k documents = validation (MDLM's openwebtext-split); GPT-2 BPE
+    with EOS after every document. Tokens are streamed into the .bin files in shards (nanoGPT)."""
+    from tqdm import tqdm
+    try:
+        from datasets import load_dataset
+        ds = load_dataset(OWT_HF, split='train', num_proc=num_proc)
+    except Exception as e:
+        raise SystemExit(f"data: could not load the Hugging Face dataset {OWT_HF} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120] if str(e) else ''}); offline, set HF_DATASETS_OFFLINE=1 "
+                         f"with a populated HF_HOME cache, or pass --data with local .txt files")
+    enc = gpt2_encoding()
+    n = len(ds)
+    parts = dict(train=ds.select(range(n - OWT_VAL_DOCS)), val=ds.select(range(n - OWT_VAL_DOCS, n)))
+    os.makedirs(out_dir, exist_ok=True)
+    meta = dict(tokenizer='gpt2', vocab_size=50257, eos=50256, bos=None, source=OWT_HF, sha256=None,
+                mask_id=50257, dtype='uint16')
+    for name, part in parts.items():
+        tok = part.map(lambda ex: {'ids': enc.encode_ordinary(ex['text']) + [enc.eot_token]},
+                       remove_columns=['text'], num_proc=num_proc, desc=f'tokenize {name}')
+        lens = np.fromiter((len(x) for x in tqdm(tok['ids'], desc=f'count {name}')), dtype=np.int64)
+        path = os.path.join(out_dir, f'{name}.bin')
+        arr = np.memmap(path + '.tmp', dtype=np.uint16, mode='w+', shape=(int(lens.sum()),))
+        pos, shards = 0, 1024 if name == 'train' else 16
+        for i in tqdm(range(shards), desc=f'write {name}.bin'):
+            shard = tok.shard(num_shards=shards, index=i, contiguous=True).with_format('numpy')
+            ids = np.concatenate(shard['ids'])
+            arr[pos:pos + len(ids)] = ids
+            pos += len(ids)
+        arr.flush()
+        del arr
+        os.replace(path + '.tmp', path)
+        meta[f'{name}_tokens'] = int(lens.sum())
+        print(f"data: {name}: {len(part):,} documents, {int(lens.sum()):,} tokens")
+    with open(os.path.join(out_dir, 'meta.json'), 'w') as f:
+        json.dump(meta, f, indent=1)
+    return meta
+
+
+def prepare(dataset='shakespeare_char', data='', tokenizer='', out_dir=''):
+    """Prepare a folder and return its meta. `data`: comma-separated local files (override the
+    named dataset's download); out_dir '' = data/<dataset>."""
+    out_dir = out_dir or default_dir(dataset)
+    tokenizer = tokenizer or DEFAULT_TOKENIZER.get(dataset, 'char')
+    if data:
+        paths = [p for p in data.split(',') if p]
+        return prepare_text(read_files(paths), out_dir, tokenizer, source=','.join(os.path.abspath(p) for p in paths))
+    if dataset == 'shakespeare_char':
+        raw = os.path.join(out_dir, 'input.txt')
+        if not os.path.exists(raw):
+            os.makedirs(out_dir, exist_ok=True)
+            _fetch(SHAKESPEARE_URL, raw, f"copy ../shared/data/tinyshakespeare.txt (or any tiny-shakespeare "
+                                         f"input.txt) to {raw}, or pass --data path/to/file.txt")
+        return prepare_text(read_files([raw]), out_dir, tokenizer, source=SHAKESPEARE_URL)
+    if dataset == 'text8':
+        return prepare_text8(out_dir)
+    if dataset == 'openwebtext':
+        return prepare_openwebtext(out_dir)
+    raise SystemExit(f"data: unknown dataset '{dataset}': choose shakespeare_char, text8, openwebtext, "
+                     f"or pass local files with --data a.txt[,b.txt]")
+
+
+def resolve_dir(dataset='shakespeare_char', data='', tokenizer='', data_dir=''):
+    """data_dir if given; else data/<first file's stem>_<tokenizer> for --data files, else data/<dataset>."""
+    if data_dir:
+        return data_dir
+    if data:
+        stem = os.path.splitext(os.path.basename(data.split(',')[0]))[0]
+        return default_dir(f"{stem}_{tokenizer or 'char'}")
+    return default_dir(dataset)
+
+
+def ensure(dataset='shakespeare_char', data='', tokenizer='', data_dir=''):
+    """Resolve the prepared folder for a training config, preparing it if missing (or if the --data
+    files changed since). Returns (data_dir, meta)."""
+    data_dir = resolve_dir(dataset, data, tokenizer, data_dir)
+    if os.path.exists(os.path.join(data_dir, 'meta.json')):
+        meta = load_meta(data_dir)
+        fresh = (not data or meta.get('sha256') == files_sha256([p for p in data.split(',') if p])) and \
+                (not tokenizer or meta['tokenizer'] == tokenizer)
+        if fresh:
+            return data_dir, meta
+    return data_dir, prepare(dataset, data, tokenizer, data_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+def get_batch(data_dir, split, batch_size, block_size, rng, dtype='uint16', device='cpu'):
+    """(batch_size, block_size) int64 random windows of split.bin. The memmap is reopened on every call
+    (as nanoGPT: a long-lived np.memmap keeps growing resident memory). rng: np.random.Generator, so a batch is
+    a pure function of the caller's seed: that is what makes resume and DDP reproducible."""
+    data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=dtype, mode='r')
+    if len(data) < block_size:
+        raise SystemExit(f"data: {split}.bin has {len(data)} tokens, fewer than block_size={block_size}")
+    ix = rng.integers(0, len(data) - block_size + 1, size=batch_size)
+    x = torch.from_numpy(np.stack([data[i:i + block_size].astype(np.int64) for i in ix]))  # (B, L)
+    if device != 'cpu' and torch.device(device).type == 'cuda':
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+if __name__ == '__main__':
+    import argparse
+    ap = argparse.ArgumentParser(description='prepare a dataset into train.bin / val.bin / meta.json')
+    ap.add_argument('dataset', nargs='?', default='shakespeare_char', help='shakespeare_char | text8 | openwebtext')
+    ap.add_argument('--data', default='', help='comma-separated local text files (override the download)')
+    ap.add_argument('--tokenizer', default='', choices=['', 'char', 'gpt2'], help="'' = the dataset's default")
+    ap.add_argument('--out_dir', default='', help="'' = data/<dataset>")
+    a = ap.parse_args()
+    prepare(a.dataset, a.data, a.tokenizer, resolve_dir(a.dataset, a.data, a.tokenizer, a.out_dir))

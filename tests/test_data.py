@@ -1,0 +1,89 @@
+"""data.py: preparation from the offline copy of tiny-shakespeare, batches, gpt2 files, offline errors."""
+import hashlib
+import json
+import os
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+import data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAKESPEARE = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'tinyshakespeare.txt')
+
+
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp('shakespeare_char'))
+    data.prepare(data=SHAKESPEARE, out_dir=d)
+    return d
+
+
+def test_shakespeare_char_matches_nanogpt(prepared):
+    meta = data.load_meta(prepared)
+    # nanoGPT's data/shakespeare_char/prepare.py: 65 characters, 90/10 split
+    assert (meta['vocab_size'], meta['train_tokens'], meta['val_tokens']) == (65, 1_003_854, 111_540)
+    assert meta['mask_id'] == 65 and meta['tokenizer'] == 'char' and meta['dtype'] == 'uint16'
+    text = open(SHAKESPEARE, encoding='utf-8').read()
+    assert meta['sha256'] == hashlib.sha256(text.encode()).hexdigest()
+    train = np.fromfile(os.path.join(prepared, 'train.bin'), dtype=np.uint16)
+    val = np.fromfile(os.path.join(prepared, 'val.bin'), dtype=np.uint16)
+    _, decode = data.get_tokenizer(meta)
+    assert decode(train[:200]) == text[:200] and decode(val[-50:]) == text[-50:]
+    assert decode([65]) == '_'  # [MASK]
+
+
+def test_batches_are_seeded_windows(prepared):
+    meta = data.load_meta(prepared)
+    text = open(SHAKESPEARE, encoding='utf-8').read()
+    encode, decode = data.get_tokenizer(meta)
+    x = data.get_batch(prepared, 'train', 8, 32, np.random.default_rng(5), meta['dtype'])
+    assert x.shape == (8, 32) and x.dtype == torch.int64
+    assert torch.equal(x, data.get_batch(prepared, 'train', 8, 32, np.random.default_rng(5), meta['dtype']))
+    assert not torch.equal(x, data.get_batch(prepared, 'train', 8, 32, np.random.default_rng(6), meta['dtype']))
+    for row in x:
+        assert decode(row) in text[:int(len(text) * 0.9)]
+    assert decode(encode('First Citizen')) == 'First Citizen'
+
+
+def test_gpt2_local_files(tmp_path):
+    a, b = tmp_path / 'a.txt', tmp_path / 'b.txt'
+    a.write_text('Hello world. ' * 40)
+    b.write_text('The quick brown fox. ' * 40)
+    d = str(tmp_path / 'prep')
+    data_dir, meta = data.ensure(data=f'{a},{b}', tokenizer='gpt2', data_dir=d)
+    assert data_dir == d and meta['vocab_size'] == 50257 and meta['mask_id'] == 50257 and meta['eos'] == 50256
+    train = np.fromfile(os.path.join(d, 'train.bin'), dtype=np.uint16)
+    assert train[:2].tolist() == [15496, 995]  # "Hello world"
+    assert (train == 50256).sum() == 2  # EOS after each file's training part
+    _, decode = data.get_tokenizer(meta)
+    assert decode(train[:4]) == 'Hello world. Hello'
+    # a changed file is prepared again; an unchanged one is reused
+    mtime = os.path.getmtime(os.path.join(d, 'meta.json'))
+    assert data.ensure(data=f'{a},{b}', tokenizer='gpt2', data_dir=d)[1]['sha256'] == meta['sha256']
+    assert os.path.getmtime(os.path.join(d, 'meta.json')) == mtime
+    b.write_text('Something else. ' * 40)
+    assert data.ensure(data=f'{a},{b}', tokenizer='gpt2', data_dir=d)[1]['sha256'] != meta['sha256']
+
+
+def test_offline_shakespeare_is_one_clear_line(tmp_path, monkeypatch):
+    def offline(*a, **k):
+        raise urllib.error.URLError('no network')
+    monkeypatch.setattr(data.urllib.request, 'urlopen', offline)
+    with pytest.raises(SystemExit) as e:
+        data.prepare('shakespeare_char', out_dir=str(tmp_path / 'sc'))
+    msg = str(e.value.code)
+    assert '\n' not in msg and 'tinyshakespeare.txt' in msg and 'input.txt' in msg and '--data' in msg
+    with pytest.raises(SystemExit) as e:
+        data.prepare(data=str(tmp_path / 'missing.txt'), out_dir=str(tmp_path / 'm'))
+    assert 'missing.txt' in str(e.value.code) and '\n' not in str(e.value.code)
+
+
+def test_input_txt_is_used_when_present(tmp_path):
+    d = tmp_path / 'sc'
+    d.mkdir()
+    (d / 'input.txt').write_text('abcabcabd\n' * 50)
+    meta = data.prepare('shakespeare_char', out_dir=str(d))
+    assert meta['vocab_size'] == 5 and json.load(open(d / 'meta.json'))['chars'] == ['\n', 'a', 'b', 'c', 'd']
