@@ -1,0 +1,119 @@
+"""
+Throughput: (a) training forward+backward tokens/s, token mode (MDLM loss) vs DSL mode (mixed-corruption loss
+through the converter), with MFU on CUDA; (b) sampling samples/s at batch 1 vs 32 and the share of the step
+time spent outside the model forward (the sampler's own overhead). Prints a small table.
+
+    python bench.py                                   # preset mini, char vocab 65, L = 256, CPU
+    python bench.py --preset small --vocab 50257 --block_size 1024 --batch 16 --device cuda --compile
+
+MFU = 6 N tokens/s / peak (N = parameters outside the embedding table, whose lookup has no flops; attention
+flops and the DSL converter's soft lookup are not counted, so DSL's extra cost shows up as lower MFU).
+"""
+import argparse
+import contextlib
+import time
+
+import torch
+
+import model as modellib
+import noise
+import sample
+
+
+def sync(device):
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def timed(fn, iters, warmup, device):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / iters
+
+
+def bench_train(args, objective, amp):
+    cfg = modellib.model_config(args.preset, args.vocab, dsl=objective == 'dsl')
+    m = modellib.DiT(cfg).to(args.device).train()
+    fwd = torch.compile(m) if args.compile else m
+    snr = noise.snr_config(args.vocab)
+    g = torch.Generator(args.device).manual_seed(0)
+    x = torch.randint(0, args.vocab, (args.batch, args.block_size), device=args.device, generator=g)
+
+    def step():
+        with amp:
+            loss = noise.loss_fn(objective, fwd, x, snr, generator=g)
+        loss.backward()
+        m.zero_grad(set_to_none=True)
+
+    dt = timed(step, args.iters, args.warmup, args.device)
+    n = m.num_params() - m.vocab_embed.embedding.numel()
+    tok_s = args.batch * args.block_size / dt
+    mfu = 6 * n * tok_s / args.peak_flops if args.device.startswith('cuda') else None
+    return dict(mode=objective, ms=1e3 * dt, tok_s=tok_s, mfu=mfu, params=m.num_params())
+
+
+def bench_sample(args, sampler, batch, amp):
+    dsl = sampler in sample.DSL_ONLY or args.sample_mode == 'dsl'
+    m = modellib.DiT(modellib.model_config(args.preset, args.vocab, dsl=dsl)).to(args.device)
+    g = torch.Generator(args.device).manual_seed(0)
+    with amp:
+        sample.generate(m, batch, args.block_size, 2, sampler, generator=g)  # warm-up
+        best = None
+        for _ in range(args.sample_reps):  # best of reps: the least disturbed by other processes
+            _, info = sample.generate(m, batch, args.block_size, args.steps, sampler, generator=g)
+            best = info if best is None or info['total_s'] < best['total_s'] else best
+    return dict(sampler=sampler, batch=batch, samples_s=batch / best['total_s'],
+                ms_step=1e3 * best['total_s'] / best['nfe'], outside=1 - best['model_s'] / best['total_s'])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description='training and sampling throughput (tokens/s, MFU, samples/s)')
+    ap.add_argument('--preset', default='mini', choices=sorted(modellib.PRESETS))
+    ap.add_argument('--vocab', type=int, default=65, help='V (65: shakespeare_char, 50257: GPT-2)')
+    ap.add_argument('--block_size', type=int, default=256, help='sequence length L')
+    ap.add_argument('--batch', type=int, default=32, help='training batch')
+    ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    ap.add_argument('--iters', type=int, default=10, help='timed training iterations')
+    ap.add_argument('--warmup', type=int, default=2)
+    ap.add_argument('--peak_flops', type=float, default=989e12, help='peak bf16 flop/s (H100 SXM dense: 989e12)')
+    ap.add_argument('--compile', action='store_true', help='torch.compile the training forward')
+    ap.add_argument('--modes', default='mdlm,dsl', help='training objectives to time (mdlm, dsl, ar)')
+    ap.add_argument('--samplers', default='mdlm,uncertainty', help="samplers to time ('' skips sampling)")
+    ap.add_argument('--sample_batches', default='1,32')
+    ap.add_argument('--steps', type=int, default=32, help='sampling steps (NFE) per sample')
+    ap.add_argument('--sample_mode', default='dsl', choices=['dsl', 'mdlm'], help='model for token-mode samplers')
+    ap.add_argument('--sample_reps', type=int, default=2)
+    ap.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = args.device.startswith('cuda')
+    amp = torch.autocast('cuda', dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    name = torch.cuda.get_device_name() if cuda else f'cpu, {torch.get_num_threads()} threads'
+    print(f"bench: preset {args.preset}, V={args.vocab}, L={args.block_size}, device {args.device} ({name}), "
+          f"torch {torch.__version__}{', bf16 autocast' if cuda else ', fp32'}{', compiled' if args.compile else ''}")
+    rows = [bench_train(args, mode, amp) for mode in args.modes.split(',') if mode]
+    if rows:
+        print(f"\ntraining fwd+bwd, batch {args.batch} x {args.block_size}, {rows[0]['params'] / 1e6:.2f}M params")
+        print(f"{'mode':<6} {'ms/iter':>9} {'tokens/s':>11} {'vs first':>9} {'MFU':>7}")
+        for r in rows:
+            mfu = f"{100 * r['mfu']:.1f}%" if r['mfu'] is not None else '-'
+            print(f"{r['mode']:<6} {r['ms']:>9.1f} {r['tok_s']:>11,.0f} {r['tok_s'] / rows[0]['tok_s']:>9.2f} {mfu:>7}")
+    samplers = [s for s in args.samplers.split(',') if s]
+    if samplers:
+        print(f"\nsampling, L={args.block_size}, T={args.steps} steps, top_p 0.9 ({args.sample_mode} model "
+              f"for token-mode samplers; outside = step time not in the model forward)")
+        print(f"{'sampler':<12} {'batch':>5} {'samples/s':>10} {'ms/step':>9} {'outside':>8}")
+        for s in samplers:
+            for b in [int(b) for b in args.sample_batches.split(',')]:
+                r = bench_sample(args, s, b, amp)
+                print(f"{s:<12} {b:>5} {r['samples_s']:>10.2f} {r['ms_step']:>9.1f} {100 * r['outside']:>7.1f}%")
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,514 @@
+"""
+Sampling: one loop over per-token SNR states, many paths (DESIGN.md §5).
+
+    python sample.py --ckpt out/ckpt.pt --steps 128 --sampler remdm-loop --num_samples 64
+    python sample.py --ckpt out/ckpt.pt --steps 48 --sampler hybrid --prompt "ROMEO:" --seed 1
+
+State: token ids x (B, L) with mask_id where hidden; discrete samplers keep every token at an endpoint
+(gamma = 0: hidden, gamma = gamma_max: x visible), which a DSL model reads through its endpoint table and
+an MDLM model reads as [MASK]/token. `steps` is always the number of denoiser calls (NFE).
+
+Discrete step t -> s on alpha_t (alpha_t = 1 - t for MDLM; ReMDM, Wang et al. 2025, eqs. 8-9):
+  revealed (non-prompt) token -> hidden with prob sigma_i,   sigma_max = min(1, (1 - alpha_s) / alpha_t)
+  hidden token -> revealed with prob (alpha_s - (1 - sigma_i) alpha_t) / (1 - alpha_t), value ~ top-p(p_theta)
+Rules choose sigma: mdlm, cap, rescale, conf, loop, budget, uncertainty (DSL). Other paths: roar (exact
+counts, random order), sde (continuous localization, DSL), hybrid (sde then discrete, DSL); ar for causal models.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import model as modellib
+
+DSL_ONLY = ('uncertainty', 'sde', 'hybrid')
+DISCRETE = ('mdlm', 'cap', 'rescale', 'conf', 'loop', 'budget', 'uncertainty')
+SAMPLERS = DISCRETE + ('roar', 'sde', 'hybrid', 'ar')
+# rule knobs (None: the rule's own default). eta: cap 0.008, rescale 0.015, loop 0.02 (ReMDM's defaults)
+KNOBS = dict(eta=None, rho=1.0, kappa=1.0, t_on=0.55, t_off=0.05, alpha_on=0.9,
+             gamma_end=None,      # sde: final SNR (default gamma_max)
+             gamma_first=None,    # sde/hybrid: first nonzero SNR of the log grid (default gamma_end / 100)
+             gamma_switch=None,   # hybrid: SNR at which the continuous phase stops (default gamma_max / 4)
+             T_c=None,            # hybrid: continuous steps (default T // 4)
+             commit_p=0.9,        # hybrid: commit positions whose posterior max >= commit_p, hide the rest
+             rule='uncertainty')  # hybrid: the rule of the discrete phase (it can undo a bad commit)
+
+
+# ---------------------------------------------------------------------------------------------
+# Remasking rules: pure functions of the step (alpha_t, alpha_s (B, 1)) and the state; sigma (B, L) or (B, 1)
+
+def sigma_max(a_t, a_s):
+    """Largest remasking probability that keeps the reveal probability <= 1 (ReMDM eq. 8)."""
+    return torch.where(a_t > 0, (1 - a_s) / a_t.clamp(min=1e-12), torch.ones_like(a_t)).clamp(0, 1)
+
+
+def mdlm(a_t, a_s, **_):
+    return torch.zeros_like(a_t)
+
+
+def cap(a_t, a_s, eta=0.008, **_):
+    return sigma_max(a_t, a_s).clamp(max=eta)
+
+
+def rescale(a_t, a_s, eta=0.015, **_):
+    return eta * sigma_max(a_t, a_s)
+
+
+def conf(a_t, a_s, psi, eligible, **_):
+    """sigma_i = sigma_max * softmax_i(-psi_i) over revealed positions, psi = prob at reveal time."""
+    w = torch.softmax((-psi).masked_fill(~eligible, -math.inf), dim=1).nan_to_num(0.0)  # rows w/o eligible: 0
+    return sigma_max(a_t, a_s) * w
+
+
+def loop(a_t, a_s, eta=0.02, **_):
+    """Remask at constant eta only while alpha is frozen (phase 2 of ReMDM-loop, or draft repair)."""
+    return torch.where(a_t == a_s, eta * torch.ones_like(a_t), torch.zeros_like(a_t)).clamp(max=sigma_max(a_t, a_s))
+
+
+def budget(a_t, a_s, T, rho=1.0, **_):
+    """Step-budget-aware cap: eta = rho / T, so E[#remask events per token] does not depend on T."""
+    return cap(a_t, a_s, eta=rho / T)
+
+
+def uncertainty(a_t, a_s, u, kappa=1.0, **_):
+    """DSL: remask each revealed token with prob min(1, kappa * u_i), u_i = 1 - p_theta(x_i | state)."""
+    return (kappa * u).clamp(0, 1)
+
+
+RULES = dict(mdlm=mdlm, cap=cap, rescale=rescale, conf=conf, loop=loop, budget=budget, uncertainty=uncertainty)
+
+
+def loop_alpha(t, t_on=0.55, t_off=0.05, alpha_on=0.9):
+    """ReMDM-loop schedule: alpha rises 0 -> alpha_on on (t_on, 1], frozen on [t_off, t_on], -> 1 at t = 0."""
+    if t <= 0:
+        return 1.0
+    if t > t_on:
+        return alpha_on * (1 - t) / (1 - t_on)
+    return alpha_on if t >= t_off else alpha_on + (1 - alpha_on) * (t_off - t) / t_off
+
+
+def step_probs(name, knobs, a_t, a_s, hidden, eligible, n_free, T, psi=None, u=None):
+    """Per-position probabilities of one step: (sigma (B, L) remask where eligible, reveal (B, L) where hidden)."""
+    kn = {k: v for k, v in knobs.items() if v is not None}
+    raw = RULES[name](a_t, a_s, T=T, psi=psi, eligible=eligible, u=u, **kn).expand(hidden.shape)  # (B, L)
+    sigma = (raw * eligible).float()  # prompt and hidden positions are never remasked
+    if name == 'uncertainty':  # reveal so that E[#revealed free tokens after the step] = alpha_s * n_free
+        kept = ((1 - sigma) * eligible).sum(1, keepdim=True)
+        r = (a_s * n_free - kept) / hidden.sum(1, keepdim=True).clamp(min=1)
+    else:  # ReMDM eq. 9 per token; under conf a hidden token's sigma is 0 (weight 0), else the row's sigma
+        r = (a_s - (1 - raw) * a_t) / (1 - a_t).clamp(min=1e-12)
+    return sigma, (r.clamp(0, 1) * hidden).float()
+
+
+def draw_moves(sigma, reveal_p, hidden, eligible, g, exact_count=None):
+    """Bernoulli draws of one step: (remask (B, L), reveal (B, L)); a single uniform per position (the sets are
+    disjoint). exact_count (B, 1): reveal exactly that many hidden positions, uniformly (roar)."""
+    r = torch.rand(hidden.shape, generator=g, device=hidden.device)
+    if exact_count is not None:  # rank of each hidden position in a random order
+        rank = r.masked_fill(~hidden, 2.0).argsort(1).argsort(1)
+        return torch.zeros_like(hidden), hidden & (rank < exact_count)
+    return eligible & (r < sigma), hidden & (r < reveal_p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token draws: nucleus in float64 on the rows being sampled only, in row chunks
+
+def sample_tokens(logits, top_p, g, chunk=1 << 22):
+    """logits (N, V) over real tokens -> (tokens (N,), their full-softmax probability (N,)).
+    float64: float32 sampling over large vocabularies truncates the tail (Zheng et al. 2024)."""
+    N, V = logits.shape
+    u = torch.rand(N, 1, generator=g, device=logits.device, dtype=torch.float64)
+    tok, prob, rows = [], [], max(1, chunk // V)
+    for i in range(0, N, rows):
+        p = torch.softmax(logits[i:i + rows].double(), dim=-1)  # (n, V)
+        ui = u[i:i + len(p)]
+        if top_p < 1:
+            ps, idx = p.sort(dim=-1, descending=True)
+            c = ps.cumsum(-1)
+            keep = ((c - ps) < top_p).sum(-1, keepdim=True)  # smallest prefix with mass >= top_p
+            j = torch.searchsorted(c, ui * c.gather(-1, keep - 1)).clamp(max=keep - 1)
+            t = idx.gather(-1, j)
+        else:
+            c = p.cumsum(-1)
+            t = torch.searchsorted(c, ui * c[:, -1:]).clamp(max=V - 1)
+        tok.append(t[:, 0])
+        prob.append(p.gather(-1, t)[:, 0])
+    if not tok:
+        return logits.new_zeros(0, dtype=torch.long), logits.new_zeros(0, dtype=torch.float64)
+    return torch.cat(tok), torch.cat(prob)
+
+
+def call(model, info, x=None, z=None, out_idx=None):
+    """One denoiser evaluation (one NFE), timed so that the loop's own overhead can be reported."""
+    cuda = (x if x is not None else z).is_cuda  # synchronise so that the timing is the forward's
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = model(x=x, z=z, out_idx=out_idx)
+    if cuda:
+        torch.cuda.synchronize()
+    info['model_s'] += time.perf_counter() - t0
+    info['nfe'] += 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The loops
+
+def discrete_loop(model, x, fixed, alphas, name, knobs, top_p, g, info, traj, psi=None, exact=False):
+    """x (B, L) ids, fixed (B, L) bool never remasked, alphas (T+1, B or 1, 1) revealed fraction of free tokens.
+    Each step: one call, the head only at positions drawn now (plus every free one for `uncertainty`, plus
+    the ones the last step must fill). Positions still hidden after the last step get that step's argmax."""
+    V, mask, T = model.vocab_size, model.mask_id, alphas.shape[0] - 1
+    free = ~fixed
+    n_free = free.sum(1, keepdim=True)  # (B, 1)
+    psi = torch.zeros(x.shape, device=x.device) if psi is None else psi  # prob at reveal (0: unknown)
+    for k in range(T):
+        a_t, a_s, last = alphas[k], alphas[k + 1], k == T - 1
+        hidden = x == mask  # (B, L)
+        eligible = ~hidden & free
+        u = None
+        if name == 'uncertainty':  # needs p_theta(x_i | state) at every revealed token: head on all free
+            lg_free = call(model, info, x=x, out_idx=free)[:, :V]  # (N_free, V)
+            lp = torch.log_softmax(lg_free.float(), -1).gather(-1, x[free].clamp(max=V - 1)[:, None])[:, 0]
+            u = torch.zeros(x.shape, device=x.device)
+            u[free] = 1 - lp.exp()
+        sigma, reveal_p = step_probs(name, knobs, a_t, a_s, hidden, eligible, n_free, T, psi, u)
+        if last and not model.dsl:
+            sigma = torch.zeros_like(sigma)  # SUBS: an MDLM model has no prediction for a visible token
+        count = None
+        if exact:  # roar: reveal floor(alpha_s n_free) tokens in total, in random order
+            count = (a_s * n_free + 1e-6).floor() - (n_free - hidden.sum(1, keepdim=True))
+        remask, reveal = draw_moves(sigma, reveal_p, hidden, eligible, g, count)
+        left = (hidden & ~reveal | remask) if last else torch.zeros_like(hidden)  # filled by argmax below
+        need = reveal | left
+        lg = lg_free[need[free]] if name == 'uncertainty' else call(model, info, x=x, out_idx=need)[:, :V]
+        tok, p_tok = sample_tokens(lg[reveal[need]], top_p, g)
+        x = x.masked_fill(remask, mask)
+        x[reveal] = tok
+        psi[reveal] = p_tok.float()
+        if last:
+            x[left] = lg[left[need]].argmax(-1)
+        if traj is not None:
+            traj.append(x.clone())
+    return x
+
+
+def sde_loop(model, x, fixed, gammas, g, info, traj):
+    """Continuous localization dz = xhat(z) dgamma + dW on the free tokens (prompt held at gamma_max e_x),
+    Euler-Maruyama on the grid gammas (S+1,), one call per interval. Returns (argmax ids, logits (N_free, V))
+    where the logits are updated by the last increment: p(v | z + dz) ∝ p(v | z) exp(<dz, e_v>) per token."""
+    V, E = model.vocab_size, model.E().float()  # (V, d) unit codes
+    free = ~fixed
+    z = model.endpoint_z(torch.where(free, torch.full_like(x, model.mask_id), x)).float()  # (B, L, d)
+    lg = None
+    for k in range(len(gammas) - 1):
+        dg = float(gammas[k + 1] - gammas[k])
+        lg = call(model, info, z=z, out_idx=free)[:, :V].float()  # (N_free, V)
+        xhat = torch.softmax(lg, -1) @ E  # posterior-mean embedding (N_free, d)
+        dz = xhat * dg + math.sqrt(dg) * torch.randn(xhat.shape, generator=g, device=z.device)
+        z[free] += dz
+        lg = lg + dz @ E.t()
+        if traj is not None:
+            traj.append(x.masked_scatter(free, lg.argmax(-1)))
+    return x.masked_scatter(free, lg.argmax(-1)), lg
+
+
+def ar_loop(model, x, fixed, top_p, g, info, traj):
+    """Left to right with a causal model; position 0 is predicted after a [MASK] start token (no BOS)."""
+    B, L = x.shape
+    for i in range(L):
+        if fixed[:, i].all():
+            continue
+        inp = x[:, :i] if i > 0 else torch.full((B, 1), model.mask_id, device=x.device)
+        sel = torch.zeros(inp.shape, dtype=torch.bool, device=x.device)
+        sel[:, -1] = True  # head at the last position only
+        tok, _ = sample_tokens(call(model, info, x=inp, out_idx=sel)[:, :model.vocab_size], top_p, g)
+        x[:, i] = torch.where(fixed[:, i], x[:, i], tok)
+        if traj is not None:
+            traj.append(x.clone())
+    return x
+
+
+def log_grid(g_first, g_end, n):
+    """0 followed by n log-spaced SNRs g_first .. g_end: (n+1,)."""
+    if n == 1:
+        return torch.tensor([0.0, g_end])
+    return torch.cat([torch.zeros(1), torch.logspace(math.log10(g_first), math.log10(g_end), n)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+def _check(model, sampler, steps, top_p, kw):
+    sampler = sampler[len('remdm-'):] if sampler.startswith('remdm-') else sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{sampler}': choose one of {', '.join(SAMPLERS)}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+    bad = sorted(set(kw) - set(KNOBS))
+    if bad:
+        raise ValueError(f"unknown sampler option(s) {bad}: valid ones are {sorted(KNOBS)}")
+    causal = model.config.get('causal', False)
+    if causal != (sampler == 'ar'):
+        raise ValueError("sampler 'ar' needs a causal checkpoint" if not causal else
+                         f"this checkpoint is causal (autoregressive): use --sampler ar, not '{sampler}'")
+    inner = kw.get('rule') or KNOBS['rule']
+    if sampler == 'hybrid' and inner not in DISCRETE:
+        raise ValueError(f"hybrid rule '{inner}' must be one of {', '.join(DISCRETE)}")
+    if not model.dsl and (sampler in DSL_ONLY):
+        raise ValueError(f"sampler '{sampler}' needs a DSL checkpoint; this one is token-mode (MDLM): "
+                         f"use mdlm, cap, rescale, conf, loop, budget or roar")
+    return sampler, {**KNOBS, **kw}
+
+
+def _device(model):
+    return next(iter(list(model.parameters()) + list(model.buffers()))).device
+
+
+@torch.no_grad()
+def _run(model, fn):
+    """Eval mode and (DSL) the endpoint table for the duration of one generation; info with timings."""
+    built = model.dsl and hasattr(model, 'build_endpoint_table') and getattr(model, 'table', None) is None
+    was_training = model.training
+    model.eval()
+    if built:
+        model.build_endpoint_table()  # discrete states are endpoints: a row lookup instead of the converter
+    info = dict(nfe=0, model_s=0.0)
+    t0 = time.perf_counter()
+    try:
+        x = fn(info)
+    finally:
+        if built:
+            model.drop_endpoint_table()
+        model.train(was_training)
+    info['total_s'] = time.perf_counter() - t0
+    assert (x != model.mask_id).all(), "internal error: a [MASK] survived sampling"
+    return x, info
+
+
+def generate(model, num_samples, L, steps, sampler='mdlm', top_p=0.9, prompt=None, generator=None,
+             trajectory=False, **kw):
+    """Unconditional/prompted generation. prompt: None or (L,) / (B, L) int64 ids with model.mask_id where
+    free (those given are revealed from the start and never remasked).
+    sampler in {'mdlm','cap','rescale','conf','loop','budget','uncertainty','roar','sde','hybrid','ar'}
+    ('remdm-' prefixes accepted); kw: knobs of KNOBS. Returns (x (B, L) int64 without mask_id, info dict
+    with 'nfe', 'model_s', 'total_s' and, if trajectory, 'trajectory': one (B, L) state per call, mask_id
+    where hidden (sde: the current argmax). 'ar' makes one call per free position (steps is not used)."""
+    sampler, kn = _check(model, sampler, steps, top_p, kw)
+    dev, B, mask = _device(model), num_samples, model.mask_id
+    x = torch.full((B, L), mask, dtype=torch.long, device=dev)
+    if prompt is not None:
+        prompt = torch.as_tensor(prompt, device=dev).long()
+        if prompt.shape[-1] > L:
+            raise ValueError(f"the prompt ({prompt.shape[-1]} tokens) is longer than the sequence (L = {L})")
+        x[:, :prompt.shape[-1]] = prompt.expand(B, -1)
+    fixed = x != mask  # (B, L)
+    traj = [] if trajectory else None
+    T, gmax = steps, model.config['gamma_max']
+
+    def fn(info):
+        if sampler == 'ar':
+            return ar_loop(model, x, fixed, top_p, generator, info, traj)
+        if sampler in ('sde', 'hybrid'):
+            g_end = kn['gamma_end'] or gmax
+            if sampler == 'sde':
+                grid = log_grid(kn['gamma_first'] or g_end / 100, g_end, T)
+                return sde_loop(model, x, fixed, grid, generator, info, traj)[0]
+            T_c = min(T - 1, T // 4 if kn['T_c'] is None else kn['T_c'])
+            xs, psi = x, None
+            if T_c > 0:  # continuous phase, then commit confident positions (z = gamma_max e_argmax), hide the rest
+                g_sw = kn['gamma_switch'] or gmax / 4
+                xs, lg = sde_loop(model, x, fixed, log_grid(kn['gamma_first'] or g_sw / 100, g_sw, T_c),
+                                  generator, info, traj)
+                pmax = torch.softmax(lg, -1).max(-1).values  # (N_free,)
+                xs = xs.clone()
+                xs[~fixed] = torch.where(pmax >= kn['commit_p'], xs[~fixed], mask)
+                psi = torch.zeros(x.shape, device=dev).masked_scatter(~fixed, pmax)
+            n_free = (~fixed).sum(1, keepdim=True).clamp(min=1)
+            a0 = ((xs != mask) & ~fixed).sum(1, keepdim=True) / n_free  # (B, 1) committed fraction
+            alphas = a0 + (1 - a0) * torch.linspace(0, 1, T - T_c + 1, device=dev)[:, None, None]
+            return discrete_loop(model, xs, fixed, alphas, kn['rule'], kn, top_p, generator, info, traj, psi)
+        if sampler == 'loop':
+            ts = [1 - k / T for k in range(T + 1)]
+            a = [loop_alpha(t, kn['t_on'], kn['t_off'], kn['alpha_on']) for t in ts]
+        else:
+            a = [k / T for k in range(T + 1)]  # alpha_t = 1 - t on t_k = 1 - k/T
+        alphas = torch.tensor(a, device=dev)[:, None, None]  # (T+1, 1, 1)
+        name = 'mdlm' if sampler == 'roar' else sampler
+        return discrete_loop(model, x, fixed, alphas, name, kn, top_p, generator, info, traj,
+                             exact=sampler == 'roar')
+
+    out, info = _run(model, fn)
+    info.update(sampler=sampler, steps=steps, top_p=top_p, knobs={k: v for k, v in kw.items()})
+    if trajectory:
+        info['trajectory'] = traj
+    return out, info
+
+
+def repair(model, draft, steps, sampler='uncertainty', alpha=None, top_p=1.0, generator=None, trajectory=False,
+           **kw):
+    """Draft repair (DESIGN.md §5): draft (B, L) ids, mask_id at hidden positions, the rest visible (possibly
+    wrong) and remaskable. Runs the rule at frozen alpha (float or (B,); default: each draft's revealed
+    fraction) for `steps` calls, then reveals what is left with the last call's argmax. Returns (x, info)."""
+    sampler, kn = _check(model, sampler, steps, top_p, kw)
+    if sampler not in DISCRETE:
+        raise ValueError(f"repair needs a discrete rule ({', '.join(DISCRETE)}), got '{sampler}'")
+    dev = _device(model)
+    x = torch.as_tensor(draft, device=dev).long()
+    x = x[None] if x.dim() == 1 else x.clone()
+    if alpha is None:
+        alpha = (x != model.mask_id).float().mean(1)
+    a = torch.as_tensor(alpha, dtype=torch.float32, device=dev).expand(x.shape[0])[:, None]  # (B, 1)
+    alphas = a[None].expand(steps + 1, -1, -1)  # frozen
+    traj = [] if trajectory else None
+    fixed = torch.zeros_like(x, dtype=torch.bool)
+    out, info = _run(model, lambda info: discrete_loop(model, x, fixed, alphas, sampler, kn, top_p, generator,
+                                                       info, traj))
+    info.update(sampler=sampler, steps=steps, top_p=top_p, alpha=a[:, 0].tolist(), knobs=dict(kw))
+    if trajectory:
+        info['trajectory'] = traj
+    return out, info
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+def get_codec(ckpt_path, model, meta_path=''):
+    """(encode, decode) for the checkpoint's training data (meta.json found through its train config,
+    as data.py writes it), gpt2 BPE for 50257-token models, else (None, None): ids only."""
+    import data
+    train_cfg = {}
+    if not meta_path:
+        try:  # mmap: reading the train config does not load the weights a second time
+            ck = torch.load(ckpt_path, map_location='cpu', weights_only=False, mmap=True)
+            train_cfg = (ck.get('config') or {}) if isinstance(ck, dict) else {}
+        except Exception:
+            pass
+        if train_cfg.get('data_dir') or train_cfg.get('dataset') or train_cfg.get('data'):
+            meta_path = os.path.join(data.resolve_dir(train_cfg.get('dataset', ''), train_cfg.get('data', ''),
+                                                      train_cfg.get('tokenizer', ''), train_cfg.get('data_dir', '')),
+                                     'meta.json')
+    if meta_path and os.path.exists(meta_path):
+        meta = data.load_meta(os.path.dirname(meta_path) or '.')
+        if meta['vocab_size'] == model.vocab_size:
+            return (*data.get_tokenizer(meta), train_cfg)
+    if model.vocab_size == 50257:
+        enc = data.gpt2_encoding()
+        return enc.encode_ordinary, lambda ids: enc.decode([int(i) for i in ids]), train_cfg
+    return None, None, train_cfg
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description='sample from a DSL / MDLM / AR checkpoint (DESIGN.md §5)')
+    ap.error = lambda msg: _die(msg)  # one line, no usage dump
+    ap.add_argument('--ckpt', required=True, help='train.py checkpoint, MDLM .ckpt/.safetensors or hub id')
+    ap.add_argument('--sampler', default='mdlm', help=', '.join(SAMPLERS) + " ('remdm-' prefix accepted)")
+    ap.add_argument('--steps', type=int, default=128, help='denoiser evaluations (NFE) per sample')
+    ap.add_argument('--num_samples', type=int, default=16)
+    ap.add_argument('--batch_size', type=int, default=16)
+    ap.add_argument('--seq_len', type=int, default=0, help="L; 0 = the checkpoint's block_size")
+    ap.add_argument('--top_p', type=float, default=0.9)
+    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--prompt', default='', help='text at the start of every sample, never remasked')
+    ap.add_argument('--suffix', default='', help='text at the end (with --prompt: infilling)')
+    ap.add_argument('--out', default='', help='JSONL file (default: samples_<sampler>_T<steps>_s<seed>.jsonl '
+                                               'next to the checkpoint)')
+    ap.add_argument('--meta', default='', help="meta.json for decoding (default: the checkpoint's data)")
+    ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    ap.add_argument('--dtype', default='bfloat16', choices=['bfloat16', 'float32'], help='autocast on CUDA')
+    ap.add_argument('--no_ema', action='store_true', help='use the raw weights instead of the EMA')
+    ap.add_argument('--profile', action='store_true', help='report samples/s and the time outside the forward')
+    ap.add_argument('--quiet', action='store_true', help='do not print the samples')
+    for k, v in KNOBS.items():
+        ap.add_argument(f'--{k}', type=str if k == 'rule' else int if k == 'T_c' else float, default=None,
+                        help=f'rule knob (default {v})' if v is not None else 'rule knob')
+    return ap.parse_args(argv)
+
+
+def _die(msg):
+    print(f"sample.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:  # user errors: one line, no traceback
+        _die(e.args[0] if e.args else str(e))
+
+
+def run(args):
+    sampler = args.sampler[len('remdm-'):] if args.sampler.startswith('remdm-') else args.sampler
+    if sampler not in SAMPLERS:  # checked before loading a large checkpoint
+        raise ValueError(f"unknown sampler '{args.sampler}': choose one of {', '.join(SAMPLERS)}")
+    if args.steps < 1 or args.num_samples < 1 or args.batch_size < 1:
+        raise ValueError(f"--steps, --num_samples and --batch_size must be >= 1")
+    kw = {k: getattr(args, k) for k in KNOBS if getattr(args, k) is not None}
+    model = modellib.load_mdlm(args.ckpt, use_ema=not args.no_ema).to(args.device)
+    _check(model, sampler, args.steps, args.top_p, kw)
+    encode, decode, train_cfg = get_codec(args.ckpt, model, args.meta)
+    L = args.seq_len or train_cfg.get('block_size') or (1024 if model.vocab_size == 50257 else 0)
+    if not L:
+        raise ValueError("sequence length unknown: pass --seq_len")
+    prompt = None
+    if args.prompt or args.suffix:
+        if encode is None:
+            raise ValueError("cannot encode --prompt/--suffix: no tokenizer found (pass --meta path/to/meta.json)")
+        pre, suf = encode(args.prompt), encode(args.suffix)
+        if len(pre) + len(suf) > L:
+            raise ValueError(f"the prompt ({len(pre) + len(suf)} tokens) is longer than the sequence (L = {L})")
+        prompt = torch.full((L,), model.mask_id, dtype=torch.long)
+        prompt[:len(pre)] = torch.tensor(pre, dtype=torch.long)
+        if suf:
+            prompt[L - len(suf):] = torch.tensor(suf, dtype=torch.long)
+    if decode is None:
+        print("sample.py: no tokenizer found for this checkpoint: writing token ids only", file=sys.stderr)
+    if sampler == 'ar' and args.steps != L - len(encode(args.prompt) if args.prompt else []):
+        print(f"sample.py: note: 'ar' makes one call per generated token; --steps {args.steps} is not used",
+              file=sys.stderr)
+    g = torch.Generator(args.device).manual_seed(args.seed)
+    amp = torch.autocast('cuda', dtype=torch.bfloat16, enabled=args.device.startswith('cuda') and
+                         args.dtype == 'bfloat16')
+    from tqdm import tqdm
+    records, nfe, model_s, total_s = [], 0, 0.0, 0.0
+    bar = tqdm(total=args.num_samples, desc=f'{sampler} T={args.steps}', unit='sample', disable=args.quiet)
+    while len(records) < args.num_samples:
+        B = min(args.batch_size, args.num_samples - len(records))
+        with amp:
+            x, info = generate(model, B, L, args.steps, sampler, args.top_p, prompt, g, **kw)
+        nfe, model_s, total_s = info['nfe'], model_s + info['model_s'], total_s + info['total_s']
+        for row in x.tolist():
+            records.append(dict(index=len(records), text=decode(row) if decode else None, ids=row,
+                                sampler=sampler, steps=args.steps, nfe=nfe, top_p=args.top_p, seed=args.seed,
+                                batch_size=args.batch_size, seq_len=L, prompt=args.prompt, suffix=args.suffix,
+                                knobs=kw, ckpt=args.ckpt))
+        bar.update(B)
+    bar.close()
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)),
+                                   f'samples_{sampler}_T{args.steps}_s{args.seed}.jsonl')
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, 'w') as f:
+        for r in records:
+            f.write(json.dumps(r) + '\n')
+    if not args.quiet:
+        for r in records:
+            print(f"--- sample {r['index']}\n{r['text'] if decode else r['ids']}")
+    print(f"wrote {len(records)} samples ({sampler}, {nfe} NFE each, top_p {args.top_p}, seed {args.seed}) to {out}",
+          file=sys.stderr)
+    if args.profile:
+        print(f"profile: {len(records) / total_s:.2f} samples/s at batch {args.batch_size}, "
+              f"{1e3 * total_s / max(1, nfe * math.ceil(len(records) / args.batch_size)):.1f} ms/step, "
+              f"{100 * (1 - model_s / total_s):.1f}% of the step time outside the model forward", file=sys.stderr)
+
+
+if __name__ == '__main__':
+    main()
