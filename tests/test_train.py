@@ -1,0 +1,156 @@
+"""train.py: CLI errors, DDP == gradient accumulation, exact resume after SIGKILL, corrupt checkpoints,
+the non-finite stop, and DSL initialised from an MDLM (Lightning-format) checkpoint. Tiny models, CPU."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data
+import model as M
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAKESPEARE = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'tinyshakespeare.txt')
+SMALL = ['--preset', 'tiny', '--block_size', '32', '--batch_size', '4', '--eval_windows', '4', '--eval_grid', '8',
+         '--log_interval', '1', '--warmup_iters', '0']
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp('shakespeare_char'))
+    data.prepare(data=SHAKESPEARE, out_dir=d)
+    return d
+
+
+@pytest.fixture
+def one_thread():
+    """In-process runs use one thread, as the subprocesses do: fast on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run(args, torchrun=False, timeout=120):
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')}
+    env['OMP_NUM_THREADS'] = '1'  # the same threads in single-process and DDP runs
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2'] if torchrun \
+        else [sys.executable]
+    return subprocess.run(launcher + ['train.py'] + [str(a) for a in args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def ckpt(out):
+    return torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu', weights_only=False)
+
+
+def max_diff(a, b):
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def test_cli(capsys):
+    assert train.parse_args(['--lr', '3e-4', '--max_iters=7', '--compile', '--gamma_max', '10']) == \
+        dict(lr=3e-4, max_iters=7, compile=True, gamma_max=10.0)
+    assert train.parse_args(['--mu=auto', '--smooth_endpoints', 'false']) == dict(mu=None, smooth_endpoints=False)
+    for bad, words in [(['--lrr', '1'], ['--lrr', '--lr', '--objective']), (['--lr', 'abc'], ['--lr', 'float']),
+                       (['--max_iters', '1.5'], ['int']), (['--objective', 'gan'], ['dsl', 'mdlm', 'ar']),
+                       (['--compile', 'maybe'], ['bool']), (['lr=1'], ['valid keys'])]:
+        with pytest.raises(SystemExit) as e:
+            train.parse_args(bad)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count('\n') == 1 and all(w in err for w in words), (bad, err)
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(['-h'])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and all(f'--{k}' in out for k in train.config)
+    # the real exit status, no traceback
+    r = run(['--no_such_key', '1'])
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'valid keys' in r.stderr
+
+
+def test_ddp_equals_grad_accum(data_dir, tmp_path):
+    args = SMALL + ['--data_dir', data_dir, '--max_iters', 1, '--grad_accum', 2, '--lr', 1e-2, '--ema_decay', 0]
+    r = run(args + ['--out_dir', tmp_path / 'ddp'], torchrun=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '2 process(es)' in r.stdout
+    r = run(args + ['--out_dir', tmp_path / 'one'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ddp, one = ckpt(tmp_path / 'ddp'), ckpt(tmp_path / 'one')
+    init = M.DiT(one['model_config'])
+    torch.manual_seed(1337)
+    init = M.DiT(one['model_config']).state_dict()
+    assert max_diff(ddp['model'], one['model']) < 1e-5
+    assert max_diff(one['model'], init) > 5e-3  # the step moved the weights: the comparison is not vacuous
+
+
+def test_sigkill_and_resume_is_exact(data_dir, tmp_path):
+    args = SMALL + ['--data_dir', data_dir, '--max_iters', 9, '--ckpt_interval', 3, '--eval_interval', 4,
+                    '--dropout', 0.1, '--objective', 'mdlm', '--grad_accum', 2]
+    r = run(args + ['--out_dir', tmp_path / 'a', '--debug_kill_step', 5])
+    assert r.returncode == -9 and ckpt(tmp_path / 'a')['step'] == 3
+    r = run(['--init_from', 'resume', '--out_dir', tmp_path / 'a', '--debug_kill_step', -1])
+    assert r.returncode == 0 and 'resuming' in r.stdout, r.stderr[-3000:]
+    r = run(args + ['--out_dir', tmp_path / 'b'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = ckpt(tmp_path / 'a'), ckpt(tmp_path / 'b')
+    assert a['step'] == b['step'] == 9 and a['best_val'] == b['best_val']
+    for key in ('model', 'ema'):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    sa, sb = a['optimizer']['state'], b['optimizer']['state']
+    assert all(torch.equal(sa[i]['exp_avg_sq'], sb[i]['exp_avg_sq']) for i in sa)
+    # sample.py's path: model.load_mdlm reads our checkpoint and returns the EMA weights
+    m = M.load_mdlm(str(tmp_path / 'a' / 'ckpt.pt'))
+    assert all(torch.equal(v, a['ema'][k]) for k, v in m.state_dict().items())
+
+
+def test_corrupt_checkpoint_is_one_line(data_dir, tmp_path):
+    out = tmp_path / 'c'
+    out.mkdir()
+    (out / 'ckpt.pt').write_bytes(b'PK\x03\x04 this is not a checkpoint')
+    r = run(['--init_from', 'resume', '--out_dir', out])
+    assert r.returncode == 1 and r.stderr.count('\n') == 1 and 'corrupt' in r.stderr, r.stderr
+    r = run(SMALL + ['--data_dir', data_dir, '--init_from', out / 'ckpt.pt', '--out_dir', tmp_path / 'd'])
+    assert r.returncode == 1 and r.stderr.count('\n') == 1 and 'ckpt.pt' in r.stderr, r.stderr
+    r = run(['--init_from', 'resume', '--out_dir', tmp_path / 'empty'])
+    assert r.returncode == 1 and r.stderr.count('\n') == 1 and 'no checkpoint' in r.stderr
+
+
+def test_nan_stops_and_keeps_last_checkpoint(data_dir, tmp_path):
+    out = tmp_path / 'n'
+    r = run(SMALL + ['--data_dir', data_dir, '--max_iters', 10, '--ckpt_interval', 4, '--debug_nan_step', 6,
+                     '--out_dir', out])
+    assert r.returncode == 1 and 'step 6' in r.stderr and r.stderr.count('\n') == 1, r.stderr
+    c = ckpt(out)
+    assert c['step'] == 4 and all(torch.isfinite(v).all() for v in c['model'].values())
+    assert os.listdir(out) == ['ckpt.pt']
+
+
+def test_dsl_from_mdlm_checkpoint(data_dir, tmp_path, capsys, one_thread):
+    torch.manual_seed(0)
+    sd = M.DiT(M.model_config('tiny', 65)).state_dict()
+    for v in sd.values():  # make the zero-initialised adaLN weights non-trivial, as a trained model's
+        v.add_(0.02 * torch.randn_like(v))
+    torch.save({'state_dict': {'backbone.' + k: v for k, v in sd.items()}}, tmp_path / 'mdlm.ckpt')
+    out = tmp_path / 'ft'
+    train.main(SMALL + ['--data_dir', data_dir, '--init_from', str(tmp_path / 'mdlm.ckpt'), '--max_iters', '3',
+                        '--lr', '1e-4', '--out_dir', str(out)])
+    log = capsys.readouterr().out
+    assert 'converted to DSL' in log and 'step 3 | loss' in log
+    c = ckpt(out)
+    assert c['model_config']['dsl'] and 'converter.noise_embed' in c['model']
+    # every backbone weight came from the MDLM file (3 Adam steps move a weight by at most ~3 lr)
+    assert max_diff({k: c['model'][k] for k in sd}, sd) < 5e-4
+    assert max_diff({k: c['model'][k] for k in sd}, M.DiT(M.model_config('tiny', 65)).state_dict()) > 1e-2
+
+
+@pytest.mark.parametrize('objective', ['ar', 'mdlm'])
+def test_objectives_learn(data_dir, tmp_path, capsys, one_thread, objective):
+    train.main(['--preset', 'tiny', '--block_size', '32', '--batch_size', '16', '--eval_windows', '16',
+                '--data_dir', data_dir, '--objective', objective, '--max_iters', '60', '--eval_interval', '60',
+                '--lr', '3e-3', '--warmup_iters', '5', '--ema_decay', '0', '--out_dir', str(tmp_path)])
+    evals = [float(re.search(r'([\d.]+) nats', line)[1]) for line in capsys.readouterr().out.splitlines()
+             if line.startswith('eval')]
+    assert len(evals) == 2 and evals[1] < evals[0] - 0.5, evals  # from ln 65 = 4.17 nats

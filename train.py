@@ -1,0 +1,396 @@
+"""
+Train a DSL (default), MDLM or autoregressive denoiser (DESIGN.md §8). nanoGPT style: one config dict,
+a CLI generated from it, one straight-line loop.
+
+    python train.py                                         # quick start: DSL on shakespeare_char, 2 CPU cores
+    python train.py --objective ar --block_size 64 ...      # the autoregressive baseline, same backbone
+    python train.py --init_from resume                      # continue out_dir/ckpt.pt exactly
+    python train.py --dataset openwebtext --init_from kuleshov-group/mdlm-owt   # DSL fine-tuning of MDLM
+    torchrun --standalone --nproc_per_node=8 train.py --dataset openwebtext --preset small --grad_accum 8
+
+Reproducibility: micro-batch g of step s (g = rank * micro_steps + micro, a global index) draws its
+windows, its corruption noise and its dropout from seeds derived from (seed, s, g) alone. So the data
+position is the step counter, a resumed run replays exactly the batches it would have seen, and a
+DDP run over W processes sees the same micro-batches as one process with W times the accumulation.
+"""
+import contextlib
+import copy
+import math
+import os
+import random
+import re
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+
+import data
+import model as M
+import noise
+
+config = dict(
+    # data
+    dataset='shakespeare_char',  # shakespeare_char | text8 | openwebtext (prepared on first use)
+    data='',                     # comma-separated local text files; override the dataset's download
+    tokenizer='',                # char | gpt2; '' = the dataset's own (gpt2 for openwebtext, else char)
+    data_dir='',                 # prepared folder; '' = data/<dataset> (data/<file stem>_<tokenizer> for --data)
+    # objective and model
+    objective='dsl',             # dsl | mdlm | ar
+    init_from='scratch',         # scratch | resume (out_dir/ckpt.pt) | an MDLM or train.py checkpoint, or hub id
+    preset='mini',               # model.PRESETS: tiny (2x64) | mini (4x128) | small (MDLM OWT, 12x768)
+    n_layer=None,                # None = the preset's
+    n_embd=None,                 # None = the preset's
+    n_head=None,                 # None = the preset's
+    noise_dim=0,                 # DSL noise-embedding size d; 0 = auto (16 for char, 64 for gpt2 vocabularies)
+    freeze_noise=False,          # keep the DSL noise embeddings E at their random init
+    dropout=0.0,                 # 0.1 at paper scale
+    # mixed corruption for DSL (noise.snr_config); None = the default for this vocabulary size
+    gamma_max=None,              # SNR of a revealed token (30 char, 100 gpt2); the model's gamma_max too
+    gamma_min=None,              # smoothed endpoints: hidden gamma ~ U(0, gamma_min)
+    p_end=None,                  # fraction of sequences at (smoothed) endpoints
+    c=None,                      # smoothed endpoints: revealed gamma ~ U(c gamma_max, gamma_max)
+    mu=None,                     # intermediate sequences: gamma ~ LogNormal(mu, sigma)
+    sigma=None,                  # see mu
+    jitter=None,                 # intermediate sequences: per-token multiplicative SNR jitter
+    smooth_endpoints=None,       # smoothed (True) or atomic (False) endpoints
+    roar_weight=0.0,             # weight of the extra any-order-AR term (CE on hidden endpoint positions)
+    # optimisation
+    block_size=128,              # sequence length L (AR: context length)
+    batch_size=32,               # sequences per micro-step and process
+    grad_accum=1,                # micro-steps per optimizer step summed over processes; global batch = batch_size * grad_accum
+    max_iters=1500,              # optimizer steps
+    lr=1e-3,                     # peak learning rate (3e-4 for fine-tuning MDLM)
+    min_lr=1e-4,                 # end of the cosine decay
+    lr_decay='constant',         # constant | cosine (nanoGPT: to min_lr at max_iters)
+    warmup_iters=100,            # linear warmup steps
+    weight_decay=0.0,            # AdamW decoupled decay, on matrices only
+    beta1=0.9,                   # AdamW
+    beta2=0.999,                 # AdamW
+    grad_clip=1.0,               # clip the global gradient norm; 0 = off
+    ema_decay=0.999,             # EMA of the weights, decay min(ema_decay, (1+t)/(10+t)); 0 = off
+    # evaluation, logging, checkpoints
+    eval_interval=250,           # steps between evaluations (and at the start and end)
+    eval_windows=32,             # fixed validation windows (same seed in every run)
+    eval_grid=64,                # SNR grid points of the diffusion bound
+    eval_ema=True,               # evaluate the EMA weights (the ones sampled) when there are any
+    log_interval=50,             # steps between log lines
+    ckpt_interval=250,           # steps between checkpoints (and at the end)
+    out_dir='out',               # checkpoint folder: out_dir/ckpt.pt
+    seed=1337,                   # model init, batches, noise
+    device='auto',               # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
+    compile=False,               # torch.compile the model (checkpoints keep the uncompiled weights)
+    # test hooks, off by default
+    debug_nan_step=-1,           # >= 0: make the loss NaN at this step (tests the non-finite stop)
+    debug_kill_step=-1,          # >= 0: SIGKILL this process at this step (tests exact resume)
+)
+AUTO_TYPES = dict(n_layer=int, n_embd=int, n_head=int, gamma_max=float, gamma_min=float, p_end=float, c=float,
+                  mu=float, sigma=float, jitter=float, smooth_endpoints=bool)  # types of the None defaults
+CHOICES = dict(objective=('dsl', 'mdlm', 'ar'), lr_decay=('constant', 'cosine'), preset=tuple(M.PRESETS),
+               tokenizer=('', 'char', 'gpt2'))
+SNR_KEYS = ('gamma_max', 'gamma_min', 'p_end', 'c', 'mu', 'sigma', 'jitter', 'smooth_endpoints')
+PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, '4090': 165e12}  # dense bf16
+
+
+def die(msg, code=1):
+    """User errors: one line on stderr, no traceback."""
+    print(f"train.py: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def usage():
+    """-h: the config block of this file, key by key with its default and comment."""
+    src = open(os.path.abspath(__file__)).read()
+    start = src.index('config = dict(')
+    out = ['usage: python train.py [--key value | --key=value ...]   (DDP: torchrun --nproc_per_node=N train.py ...)']
+    for line in src[start:src.index('\n)\n', start)].splitlines()[1:]:
+        m = re.match(r"\s*(\w+)=(.*?),\s*#\s?(.*)", line)
+        out.append(f"  --{m[1]:<17} {m[2]:<19} {m[3]}" if m else line.strip())
+    return '\n'.join(out)
+
+
+def convert(key, val):
+    typ = AUTO_TYPES.get(key) or type(config[key])
+    if config[key] is None and val.lower() in ('none', 'auto'):
+        return None
+    try:
+        if typ is bool:
+            if val.lower() not in ('true', 'false', '1', '0', 'yes', 'no'):
+                raise ValueError
+            v = val.lower() in ('true', '1', 'yes')
+        else:
+            v = typ(val)
+    except ValueError:
+        die(f"--{key} expects {typ.__name__}, got '{val}'", 2)
+    if key in CHOICES and v not in CHOICES[key]:
+        die(f"--{key} expects one of {', '.join(repr(c) for c in CHOICES[key])}, got '{val}'", 2)
+    return v
+
+
+def parse_args(argv):
+    """--key value | --key=value | --flag (bools). Returns {key: typed value} of the keys given."""
+    given, i = {}, 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ('-h', '--help'):
+            print(usage())
+            sys.exit(0)
+        key, eq, val = a[2:].partition('=') if a.startswith('--') else (a, '', '')
+        if not a.startswith('--') or key not in config:
+            die(f"unknown key '{a}'; valid keys: {', '.join('--' + k for k in config)}", 2)
+        if not eq:
+            if type(config[key]) is bool and (i + 1 == len(argv) or argv[i + 1].startswith('--')):
+                val = 'true'  # a bare boolean flag
+            elif i + 1 == len(argv):
+                die(f"--{key} needs a value ({(AUTO_TYPES.get(key) or type(config[key])).__name__})", 2)
+            else:
+                val, i = argv[i + 1], i + 1
+        given[key] = convert(key, val)
+        i += 1
+    return given
+
+
+def get_lr(step, cfg):
+    """Linear warmup, then constant or cosine decay to min_lr at max_iters (nanoGPT)."""
+    if step < cfg['warmup_iters']:
+        return cfg['lr'] * (step + 1) / (cfg['warmup_iters'] + 1)
+    if cfg['lr_decay'] == 'constant':
+        return cfg['lr']
+    ratio = min(1.0, (step - cfg['warmup_iters']) / max(1, cfg['max_iters'] - cfg['warmup_iters']))
+    return cfg['min_lr'] + 0.5 * (1 + math.cos(math.pi * ratio)) * (cfg['lr'] - cfg['min_lr'])
+
+
+def micro_seeds(seed, step, g):
+    """Everything random in micro-batch g of a step comes from here: (numpy rng for windows, noise seed,
+    dropout seed). A pure function of (seed, step, g): no state to save, identical under DDP."""
+    rng = np.random.default_rng([seed, step, g])
+    return rng, int(rng.integers(2 ** 62)), int(rng.integers(2 ** 62))
+
+
+@torch.no_grad()
+def evaluate(m, cfg, val_x):
+    """Fixed-seed val bound in nats/token: diffusion bound (DSL), MDLM NELBO (MDLM), next-token NLL (AR)."""
+    m.eval()
+    g = torch.Generator(val_x.device).manual_seed(0)
+    chunks = val_x.split(cfg['batch_size'])
+    if cfg['objective'] == 'dsl':
+        # noise.diffusion_bound, but the min over the cut-off g* is taken after averaging all chunks
+        grid = noise.snr_grid(4 * m.config['gamma_max'], cfg['eval_grid'])
+        per_cut = torch.cat([sum(noise.path_integral(m, x, grid, g)) for x in chunks], dim=1)  # (S, N)
+        nats = per_cut.mean(1).min().item() / val_x.shape[1]
+    elif cfg['objective'] == 'mdlm':
+        nats = sum(noise.mdlm_bound(m, x, n_t=8, generator=g) * len(x) for x in chunks) / len(val_x)
+    else:
+        nats = sum(noise.ar_loss(m, x).item() * len(x) for x in chunks) / len(val_x)
+    m.train()
+    return nats
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        die(f"no checkpoint at {path} to resume from (train with --init_from scratch first, or set --out_dir)")
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=False)
+        missing = [k for k in ('model', 'model_config', 'optimizer', 'config', 'step') if k not in ckpt]
+    except Exception as e:
+        die(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}); delete it, or resume from a copy")
+    if missing:
+        die(f"checkpoint {path} is not a train.py checkpoint (missing {', '.join(missing)})")
+    return ckpt
+
+
+def save_checkpoint(path, state):
+    """Temp file then os.replace: a kill during the write never leaves a torn ckpt.pt."""
+    torch.save(state, path + '.tmp')
+    os.replace(path + '.tmp', path)
+
+
+def main(argv):
+    given = parse_args(argv)
+    cfg = {**config, **given}
+    # --- processes and devices: DDP when torchrun set RANK (DESIGN.md §8)
+    ddp = 'RANK' in os.environ
+    if ddp:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+        dist.init_process_group('nccl' if torch.cuda.is_available() and cfg['device'] != 'cpu' else 'gloo')
+    else:
+        rank, world = 0, 1
+    master = rank == 0
+    log = print if master else (lambda *a, **k: None)
+    # --- resume: the checkpoint's config, with this command line's keys on top (e.g. a larger max_iters)
+    ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
+    ckpt = None
+    if cfg['init_from'] == 'resume':
+        ckpt = load_checkpoint(ckpt_path)
+        cfg = {**config, **ckpt['config'], **given}
+        log(f"resuming {ckpt_path} at step {ckpt['step']}" + (f", overriding {sorted(given)}" if given else ''))
+    if cfg['grad_accum'] % world:
+        die(f"grad_accum={cfg['grad_accum']} must be divisible by the number of processes ({world})", 2)
+    micro_steps = cfg['grad_accum'] // world  # the global batch stays batch_size * grad_accum
+    device = cfg['device'] if cfg['device'] != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu'
+    if ddp and device.startswith('cuda'):
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+    dtype = 'cuda' if device.startswith('cuda') else 'cpu'
+    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if dtype == 'cuda' else contextlib.nullcontext()
+    if dtype == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    # --- data (rank 0 prepares, the others wait)
+    if master:
+        cfg['data_dir'], meta = data.ensure(cfg['dataset'], cfg['data'], cfg['tokenizer'], cfg['data_dir'])
+    if ddp:
+        dist.barrier()
+        if not master:
+            cfg['data_dir'], meta = data.ensure(cfg['dataset'], cfg['data'], cfg['tokenizer'], cfg['data_dir'])
+    V, L, ar = meta['vocab_size'], cfg['block_size'], cfg['objective'] == 'ar'
+    # --- model: one gamma_max for the model and the SNR sampler
+    torch.manual_seed(cfg['seed'])  # the same init on every rank
+    dsl = cfg['objective'] == 'dsl'
+    if ckpt is not None:
+        raw = M.DiT(ckpt['model_config'])
+        raw.load_state_dict(ckpt['model'])
+    elif cfg['init_from'] == 'scratch':
+        gamma_max = cfg['gamma_max'] or noise.snr_config(V)['gamma_max']
+        shape = {k: cfg[k] for k in ('n_layer', 'n_embd', 'n_head') if cfg[k] is not None}
+        try:
+            raw = M.DiT(M.model_config(cfg['preset'], V, dropout=cfg['dropout'], causal=ar, dsl=dsl,
+                                       noise_dim=cfg['noise_dim'], gamma_max=gamma_max,
+                                       freeze_noise=cfg['freeze_noise'], **shape))
+        except ValueError as e:
+            die(str(e), 2)
+    else:  # MDLM (safetensors / Lightning) or one of ours; DSL keeps every backbone weight (model.load_mdlm)
+        extra = {k: cfg[k] for k in ('gamma_max', 'noise_dim') if cfg[k]}  # else the checkpoint's / auto
+        try:
+            raw = M.load_mdlm(cfg['init_from'], dsl=dsl, dropout=cfg['dropout'], causal=ar,
+                              freeze_noise=cfg['freeze_noise'], **extra)
+        except (KeyError, ValueError, FileNotFoundError) as e:  # missing file, mismatched keys or shapes
+            die(f"cannot initialise from {cfg['init_from']}: {e.args[0] if e.args else e}")
+        except Exception as e:
+            die(f"cannot read --init_from {cfg['init_from']}: corrupt or not a checkpoint ({type(e).__name__})")
+        log(f"initialised from {cfg['init_from']}" + (' (converted to DSL)' if dsl else ''))
+    if raw.vocab_size != V:
+        die(f"the model's vocabulary ({raw.vocab_size}) does not match the data's ({V}, {cfg['data_dir']})")
+    if raw.dsl != dsl or raw.config['causal'] != ar:
+        die(f"the checkpoint's model (dsl={raw.dsl}, causal={raw.config['causal']}) does not fit --objective {cfg['objective']}")
+    cfg['gamma_max'] = raw.config['gamma_max']
+    snr = noise.snr_config(V, **{k: cfg[k] for k in SNR_KEYS if cfg[k] is not None}, roar_weight=cfg['roar_weight'])
+    raw.to(device)
+    ema = copy.deepcopy(raw).requires_grad_(False).eval() if master and cfg['ema_decay'] > 0 else None
+    # --- optimizer: AdamW, weight decay on matrices only (nanoGPT)
+    params = [p for p in raw.parameters() if p.requires_grad]
+    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg['weight_decay']),
+              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    opt = torch.optim.AdamW(groups, lr=cfg['lr'], betas=(cfg['beta1'], cfg['beta2']), fused=dtype == 'cuda')
+    step, best_val = 0, float('inf')
+    if ckpt is not None:
+        opt.load_state_dict(ckpt['optimizer'])
+        if ema is not None:
+            ema.load_state_dict(ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model'])
+        step, best_val = ckpt['step'], ckpt.get('best_val', float('inf'))
+        rng = ckpt.get('rng', {})  # batches and noise are reseeded per micro-step; these cover everything else
+        if rng:
+            torch.set_rng_state(rng['torch'])
+            np.random.set_state(rng['numpy'])
+            random.setstate(rng['python'])
+            if dtype == 'cuda' and rng['cuda'] is not None:
+                torch.cuda.set_rng_state_all(rng['cuda'])
+        del ckpt
+    model = torch.compile(raw) if cfg['compile'] else raw
+    if ddp:
+        # broadcast_buffers off: the only buffer (rotary inv_freq) is constant
+        model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if dtype == 'cuda' else None,
+                    broadcast_buffers=False)
+        for name in ('E', 'vocab_size', 'mask_id', 'dsl', 'config'):  # what noise.loss_fn reads from the model
+            setattr(model, name, getattr(raw, name))
+    eval_model = ema if ema is not None and cfg['eval_ema'] else raw
+    val_x = data.get_batch(cfg['data_dir'], 'val', cfg['eval_windows'], L + ar, np.random.default_rng(1234),
+                           meta['dtype'], device) if master else None  # (N, L), the same windows in every run
+    bound_name = dict(dsl='diffusion bound', mdlm='MDLM bound', ar='NLL')[cfg['objective']]
+    tokens_per_step = cfg['batch_size'] * cfg['grad_accum'] * L
+    n_params = raw.num_params()
+    flops_per_token = 6 * n_params + 12 * raw.config['n_layer'] * raw.config['n_embd'] * L  # PaLM appendix B
+    peak = next((f for k, f in PEAK_FLOPS.items() if k in torch.cuda.get_device_name(device)), None) \
+        if dtype == 'cuda' else None
+    log(f"config: {cfg}")
+    log(f"data: {cfg['data_dir']} ({meta['tokenizer']}, V={V}, {meta['train_tokens']:,} train tokens) | "
+        f"model: {n_params / 1e6:.2f}M params, {cfg['objective']} | {world} process(es) on {device} | "
+        f"global batch {cfg['batch_size'] * cfg['grad_accum']} x {L} tokens")
+    os.makedirs(cfg['out_dir'], exist_ok=True)
+    start_step, last_saved, t_log, n_log = step, step, time.time(), 0
+    while True:
+        if master and (step % cfg['eval_interval'] == 0 or step == cfg['max_iters']):
+            t = time.time()
+            nats = evaluate(eval_model, cfg, val_x)
+            best_val = min(best_val, nats)
+            r = noise.bound_report(nats)
+            log(f"eval step {step} | val {bound_name} {nats:.4f} nats/token ({r['bits']:.4f} bits, "
+                f"ppl {r['ppl']:.2f}) | {time.time() - t:.1f}s", flush=True)
+            t_log += time.time() - t  # keep eval time out of ms/step
+        if master and step > start_step and (step % cfg['ckpt_interval'] == 0 or step == cfg['max_iters']):
+            rng = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
+                       cuda=torch.cuda.get_rng_state_all() if dtype == 'cuda' else None)
+            save_checkpoint(ckpt_path, dict(
+                model=raw.state_dict(), ema=ema.state_dict() if ema is not None else None,
+                model_config=raw.config, optimizer=opt.state_dict(), config=cfg, snr_config=snr, meta=meta,
+                step=step, best_val=best_val, rng=rng, data=dict(seed=cfg['seed'], step=step)))
+            last_saved = step
+        if step >= cfg['max_iters']:
+            break
+        if step == cfg['debug_kill_step']:
+            os.kill(os.getpid(), signal.SIGKILL)
+        # --- one optimizer step over micro_steps micro-batches; DDP syncs only on the last (forward included)
+        lr = get_lr(step, cfg)
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(micro_steps):
+            gidx = rank * micro_steps + micro
+            rng, noise_seed, drop_seed = micro_seeds(cfg['seed'], step, gidx)
+            x = data.get_batch(cfg['data_dir'], 'train', cfg['batch_size'], L + ar, rng, meta['dtype'], device)  # (B, L)
+            gen = torch.Generator(device).manual_seed(noise_seed)
+            torch.manual_seed(drop_seed)
+            sync = model.no_sync() if ddp and micro < micro_steps - 1 else contextlib.nullcontext()
+            with sync:
+                with autocast:
+                    # MDLM's antithetic t is stratified over the global batch: gidx of grad_accum slices
+                    loss = noise.loss_fn(cfg['objective'], model, x, snr, rank=gidx, world_size=cfg['grad_accum'],
+                                         generator=gen) / micro_steps
+                if step == cfg['debug_nan_step']:
+                    loss = loss * float('nan')
+                loss.backward()
+            loss_sum += loss.detach()
+        if ddp:  # the global mean loss, for logging and so that every rank agrees to stop
+            dist.all_reduce(loss_sum)
+            loss_sum /= world
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg['grad_clip'] if cfg['grad_clip'] > 0 else float('inf'))
+        lossf, gnorm = loss_sum.item(), gnorm.item()
+        if not (math.isfinite(lossf) and math.isfinite(gnorm)):
+            msg = (f"non-finite loss at step {step} (loss {lossf}, grad norm {gnorm}); stopped, "
+                   + (f"last good checkpoint {ckpt_path} (step {last_saved}) left untouched"
+                      if os.path.exists(ckpt_path) else "no checkpoint was written yet"))
+            if ddp:
+                dist.destroy_process_group()
+            die(msg) if master else sys.exit(1)
+        for group in opt.param_groups:
+            group['lr'] = lr
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if ema is not None:  # ema <- d ema + (1 - d) w, with the warmup d = min(decay, (1+t)/(10+t))
+            d = min(cfg['ema_decay'], (1 + step) / (10 + step))
+            torch._foreach_lerp_(list(ema.parameters()), list(raw.parameters()), 1 - d)
+        step, n_log = step + 1, n_log + 1
+        if step % cfg['log_interval'] == 0 or step == cfg['max_iters']:
+            if dtype == 'cuda':
+                torch.cuda.synchronize()
+            dt, t_log, n_log = (time.time() - t_log) / n_log, time.time(), 0  # mean over the interval
+            mfu = f" | MFU {flops_per_token * tokens_per_step / dt / (peak * world):.1%}" if peak else ''
+            log(f"step {step} | loss {lossf:.4f} | lr {lr:.2e} | grad norm {gnorm:.3f} | {dt * 1000:.1f} ms/step"
+                f" | {tokens_per_step / dt:,.0f} tok/s{mfu}", flush=True)
+    log(f"done: {step} steps, best val {bound_name} {best_val:.4f} nats/token, checkpoint {ckpt_path}")
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
