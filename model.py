@@ -227,7 +227,7 @@ class DiT(nn.Module):
         if z is not None:
             return (self.converter(z) @ W.float()).to(W.dtype)  # soft lookup (B, L, D)
         if self.dsl:
-            if self.table is not None:
+            if self.table is not None and not self.training:  # a stale table must never leak into training
                 return self.table[x]
             return self.embed(z=self.endpoint_z(x))
         return W[x]  # row lookup, never a one-hot matmul
@@ -334,6 +334,14 @@ def infer_config(sd, **overrides):
     cfg = model_config(preset, V1 - 1, n_layer=n_layer, n_embd=D, n_head=D // head_dim, cond_dim=cond)
     cfg.update(overrides)
     return cfg
+
+
+def convert_to_dsl(model, **overrides):
+    """An MDLM (token-mode) model turned into a DSL model: every backbone weight is kept, vocab_embed
+    becomes the converter's value matrix unchanged, and E, beta, b are added at their init (DESIGN.md §3)."""
+    cfg = dict(model.config, dsl=True, **overrides)
+    dsl = DiT(cfg).to(model.vocab_embed.embedding.device)
+    return load_backbone(dsl, model.state_dict())
 
 
 def load_mdlm(path, dsl=False, use_ema=True, **overrides):
