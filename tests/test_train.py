@@ -72,18 +72,24 @@ def test_cli(capsys):
 
 
 def test_ddp_equals_grad_accum(data_dir, tmp_path):
-    args = SMALL + ['--data_dir', data_dir, '--max_iters', 1, '--grad_accum', 2, '--lr', 1e-2, '--ema_decay', 0]
-    r = run(args + ['--out_dir', tmp_path / 'ddp'], torchrun=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert '2 process(es)' in r.stdout
-    r = run(args + ['--out_dir', tmp_path / 'one'])
+    """2 gloo processes x 1 micro-batch == 1 process x 2 micro-batches: after the first optimizer step,
+    and after a DDP resume for two more steps."""
+    args = SMALL + ['--data_dir', data_dir, '--grad_accum', 2, '--lr', 1e-2, '--dropout', 0.1]
+    r = run(args + ['--max_iters', 1, '--out_dir', tmp_path / 'ddp'], torchrun=True)
+    assert r.returncode == 0 and '2 process(es)' in r.stdout, r.stderr[-3000:]
+    r = run(args + ['--max_iters', 1, '--out_dir', tmp_path / 'one'])
     assert r.returncode == 0, r.stderr[-3000:]
     ddp, one = ckpt(tmp_path / 'ddp'), ckpt(tmp_path / 'one')
-    init = M.DiT(one['model_config'])
     torch.manual_seed(1337)
     init = M.DiT(one['model_config']).state_dict()
     assert max_diff(ddp['model'], one['model']) < 1e-5
     assert max_diff(one['model'], init) > 5e-3  # the step moved the weights: the comparison is not vacuous
+    r = run(['--init_from', 'resume', '--max_iters', 3, '--out_dir', tmp_path / 'ddp'], torchrun=True)
+    assert r.returncode == 0 and 'step 3 | loss' in r.stdout, r.stderr[-3000:]
+    r = run(args + ['--max_iters', 3, '--out_dir', tmp_path / 'three'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ddp, three = ckpt(tmp_path / 'ddp'), ckpt(tmp_path / 'three')
+    assert max_diff(ddp['model'], three['model']) < 1e-5 and max_diff(ddp['ema'], three['ema']) < 1e-5
 
 
 def test_sigkill_and_resume_is_exact(data_dir, tmp_path):
