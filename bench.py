@@ -11,6 +11,7 @@ flops and the DSL converter's soft lookup are not counted, so DSL's extra cost s
 """
 import argparse
 import contextlib
+import math
 import time
 
 import torch
@@ -25,36 +26,52 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, iters, warmup, device):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t0) / iters
+def timed(fns, iters, warmup, reps, device):
+    """Seconds per call of each fn: warm-up, then `reps` interleaved rounds of `iters` calls, best round kept
+    (interleaving and the minimum make the comparison robust to other load on the machine)."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    best = [math.inf] * len(fns)
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            sync(device)
+            best[i] = min(best[i], (time.perf_counter() - t0) / iters)
+    return best
 
 
-def bench_train(args, objective, amp):
-    cfg = modellib.model_config(args.preset, args.vocab, dsl=objective == 'dsl')
+def train_step(args, objective, amp):
+    """A closure running one forward+backward of `objective` (mdlm, dsl or ar) on a fixed random batch."""
+    cfg = modellib.model_config(args.preset, args.vocab, dsl=objective == 'dsl', causal=objective == 'ar')
     m = modellib.DiT(cfg).to(args.device).train()
     fwd = torch.compile(m) if args.compile else m
     snr = noise.snr_config(args.vocab)
     g = torch.Generator(args.device).manual_seed(0)
-    x = torch.randint(0, args.vocab, (args.batch, args.block_size), device=args.device, generator=g)
+    x = torch.randint(0, args.vocab, (args.batch, args.block_size + (objective == 'ar')), device=args.device,
+                      generator=g)
 
     def step():
         with amp:
             loss = noise.loss_fn(objective, fwd, x, snr, generator=g)
         loss.backward()
         m.zero_grad(set_to_none=True)
+    return step, m
 
-    dt = timed(step, args.iters, args.warmup, args.device)
-    n = m.num_params() - m.vocab_embed.embedding.numel()
-    tok_s = args.batch * args.block_size / dt
-    mfu = 6 * n * tok_s / args.peak_flops if args.device.startswith('cuda') else None
-    return dict(mode=objective, ms=1e3 * dt, tok_s=tok_s, mfu=mfu, params=m.num_params())
+
+def bench_train(args, amp):
+    modes = [mode for mode in args.modes.split(',') if mode]
+    steps, models = zip(*[train_step(args, mode, amp) for mode in modes])
+    rows = []
+    for mode, m, dt in zip(modes, models, timed(steps, args.iters, args.warmup, args.reps, args.device)):
+        n = m.num_params() - m.vocab_embed.embedding.numel()
+        tok_s = args.batch * args.block_size / dt
+        mfu = 6 * n * tok_s / args.peak_flops if args.device.startswith('cuda') else None
+        rows.append(dict(mode=mode, ms=1e3 * dt, tok_s=tok_s, mfu=mfu, params=m.num_params()))
+    return rows
 
 
 def bench_sample(args, sampler, batch, amp):
@@ -64,7 +81,7 @@ def bench_sample(args, sampler, batch, amp):
     with amp:
         sample.generate(m, batch, args.block_size, 2, sampler, generator=g)  # warm-up
         best = None
-        for _ in range(args.sample_reps):  # best of reps: the least disturbed by other processes
+        for _ in range(args.reps):  # best of reps: the least disturbed by other processes
             _, info = sample.generate(m, batch, args.block_size, args.steps, sampler, generator=g)
             best = info if best is None or info['total_s'] < best['total_s'] else best
     return dict(sampler=sampler, batch=batch, samples_s=batch / best['total_s'],
@@ -80,6 +97,7 @@ def main(argv=None):
     ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     ap.add_argument('--iters', type=int, default=10, help='timed training iterations')
     ap.add_argument('--warmup', type=int, default=2)
+    ap.add_argument('--reps', type=int, default=3, help='timed rounds; the best is reported')
     ap.add_argument('--peak_flops', type=float, default=989e12, help='peak bf16 flop/s (H100 SXM dense: 989e12)')
     ap.add_argument('--compile', action='store_true', help='torch.compile the training forward')
     ap.add_argument('--modes', default='mdlm,dsl', help='training objectives to time (mdlm, dsl, ar)')
@@ -87,7 +105,6 @@ def main(argv=None):
     ap.add_argument('--sample_batches', default='1,32')
     ap.add_argument('--steps', type=int, default=32, help='sampling steps (NFE) per sample')
     ap.add_argument('--sample_mode', default='dsl', choices=['dsl', 'mdlm'], help='model for token-mode samplers')
-    ap.add_argument('--sample_reps', type=int, default=2)
     ap.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
     args = ap.parse_args(argv)
     if args.threads:
@@ -97,7 +114,7 @@ def main(argv=None):
     name = torch.cuda.get_device_name() if cuda else f'cpu, {torch.get_num_threads()} threads'
     print(f"bench: preset {args.preset}, V={args.vocab}, L={args.block_size}, device {args.device} ({name}), "
           f"torch {torch.__version__}{', bf16 autocast' if cuda else ', fp32'}{', compiled' if args.compile else ''}")
-    rows = [bench_train(args, mode, amp) for mode in args.modes.split(',') if mode]
+    rows = bench_train(args, amp) if args.modes else []
     if rows:
         print(f"\ntraining fwd+bwd, batch {args.batch} x {args.block_size}, {rows[0]['params'] / 1e6:.2f}M params")
         print(f"{'mode':<6} {'ms/iter':>9} {'tokens/s':>11} {'vs first':>9} {'MFU':>7}")

@@ -22,7 +22,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 import model as modellib
 
@@ -249,7 +248,7 @@ def _check(model, sampler, steps, top_p, kw):
     sampler = sampler[len('remdm-'):] if sampler.startswith('remdm-') else sampler
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}': choose one of {', '.join(SAMPLERS)}")
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
