@@ -80,6 +80,13 @@ def _fetch(url, dest, offline_hint):
         raise SystemExit(f"data: could not download {url} ({type(e).__name__}); offline, {offline_hint}")
 
 
+def _write_meta(out_dir, meta):
+    path = os.path.join(out_dir, 'meta.json')
+    with open(path + '.tmp', 'w') as f:
+        json.dump(meta, f, indent=1)
+    os.replace(path + '.tmp', path)
+
+
 def _write(out_dir, splits, meta):
     """splits: {name: 1-D int array}. Writes <name>.bin atomically, then meta.json."""
     os.makedirs(out_dir, exist_ok=True)
@@ -90,9 +97,7 @@ def _write(out_dir, splits, meta):
         os.replace(path + '.tmp', path)
         meta[f'{name}_tokens'] = int(len(ids))
     meta.update(mask_id=meta['vocab_size'], dtype=np.dtype(dtype).name)
-    with open(os.path.join(out_dir, 'meta.json.tmp'), 'w') as f:
-        json.dump(meta, f, indent=1)
-    os.replace(os.path.join(out_dir, 'meta.json.tmp'), os.path.join(out_dir, 'meta.json'))
+    _write_meta(out_dir, meta)
     print(f"data: {out_dir}: vocab {meta['vocab_size']}, " +
           ', '.join(f"{k} {len(v):,} tokens" for k, v in splits.items()))
     return meta
@@ -188,12 +193,14 @@ def prepare_openwebtext(out_dir, num_proc=8):
     meta = dict(tokenizer='gpt2', vocab_size=50257, eos=50256, bos=None, source=OWT_HF, sha256=None,
                 mask_id=50257, dtype='uint16')
     for name, part in parts.items():
-        tok = part.map(lambda ex: {'ids': enc.encode_ordinary(ex['text']) + [enc.eot_token]},
-                       remove_columns=['text'], num_proc=num_proc, desc=f'tokenize {name}')
-        lens = np.fromiter((len(x) for x in tqdm(tok['ids'], desc=f'count {name}')), dtype=np.int64)
+        def tokenize(ex):
+            ids = enc.encode_ordinary(ex['text']) + [enc.eot_token]
+            return {'ids': ids, 'len': len(ids)}
+        tok = part.map(tokenize, remove_columns=['text'], num_proc=num_proc, desc=f'tokenize {name}')
+        lens = np.asarray(tok['len'], dtype=np.int64)
         path = os.path.join(out_dir, f'{name}.bin')
         arr = np.memmap(path + '.tmp', dtype=np.uint16, mode='w+', shape=(int(lens.sum()),))
-        pos, shards = 0, 1024 if name == 'train' else 16
+        pos, shards = 0, min(len(tok), 1024 if name == 'train' else 16)
         for i in tqdm(range(shards), desc=f'write {name}.bin'):
             shard = tok.shard(num_shards=shards, index=i, contiguous=True).with_format('numpy')
             ids = np.concatenate(shard['ids'])
@@ -204,8 +211,7 @@ def prepare_openwebtext(out_dir, num_proc=8):
         os.replace(path + '.tmp', path)
         meta[f'{name}_tokens'] = int(lens.sum())
         print(f"data: {name}: {len(part):,} documents, {int(lens.sum()):,} tokens")
-    with open(os.path.join(out_dir, 'meta.json'), 'w') as f:
-        json.dump(meta, f, indent=1)
+    _write_meta(out_dir, meta)
     return meta
 
 

@@ -87,3 +87,18 @@ def test_input_txt_is_used_when_present(tmp_path):
     (d / 'input.txt').write_text('abcabcabd\n' * 50)
     meta = data.prepare('shakespeare_char', out_dir=str(d))
     assert meta['vocab_size'] == 5 and json.load(open(d / 'meta.json'))['chars'] == ['\n', 'a', 'b', 'c', 'd']
+
+
+def test_openwebtext_pipeline_on_a_stand_in(tmp_path, monkeypatch):
+    """The openwebtext path (map, shards, memmap) on a 12-document stand-in for the hub dataset."""
+    import datasets
+    docs = [f'Document number {i}. ' * (i + 1) for i in range(12)]
+    monkeypatch.setattr(datasets, 'load_dataset', lambda *a, **k: datasets.Dataset.from_dict({'text': docs}))
+    monkeypatch.setattr(data, 'OWT_VAL_DOCS', 2)
+    meta = data.prepare_openwebtext(str(tmp_path), num_proc=1)
+    train = np.fromfile(tmp_path / 'train.bin', dtype=np.uint16)
+    val = np.fromfile(tmp_path / 'val.bin', dtype=np.uint16)
+    enc = data.gpt2_encoding()
+    want = [t for d in docs[:10] for t in enc.encode_ordinary(d) + [50256]]
+    assert train.tolist() == want and meta['train_tokens'] == len(want)
+    assert (val == 50256).sum() == 2 and data.load_meta(str(tmp_path))['mask_id'] == 50257
