@@ -209,10 +209,11 @@ def sde_loop(model, x, fixed, gammas, g, info, traj):
     for k in range(len(gammas) - 1):
         dg = float(gammas[k + 1] - gammas[k])
         lg = call(model, info, z=z, out_idx=free)[:, :V].float()  # (N_free, V)
-        xhat = torch.softmax(lg, -1) @ E  # posterior-mean embedding (N_free, d)
-        dz = xhat * dg + math.sqrt(dg) * torch.randn(xhat.shape, generator=g, device=z.device)
-        z[free] += dz
-        lg = lg + dz @ E.t()
+        with torch.autocast(z.device.type, enabled=False):  # the path itself stays in fp32
+            xhat = torch.softmax(lg, -1) @ E  # posterior-mean embedding (N_free, d)
+            dz = xhat * dg + math.sqrt(dg) * torch.randn(xhat.shape, generator=g, device=z.device)
+            z[free] += dz
+            lg = lg + dz @ E.t()
         if traj is not None:
             traj.append(x.masked_scatter(free, lg.argmax(-1)))
     return x.masked_scatter(free, lg.argmax(-1)), lg
@@ -300,7 +301,8 @@ def generate(model, num_samples, L, steps, sampler='mdlm', top_p=0.9, prompt=Non
     sampler in {'mdlm','cap','rescale','conf','loop','budget','uncertainty','roar','sde','hybrid','ar'}
     ('remdm-' prefixes accepted); kw: knobs of KNOBS. Returns (x (B, L) int64 without mask_id, info dict
     with 'nfe', 'model_s', 'total_s' and, if trajectory, 'trajectory': one (B, L) state per call, mask_id
-    where hidden (sde: the current argmax). 'ar' makes one call per free position (steps is not used)."""
+    where hidden (sde: the current argmax). 'ar' makes one call per free position (steps is not used).
+    top_p is the nucleus of every token draw; the sde drift uses the full posterior mean."""
     sampler, kn = _check(model, sampler, steps, top_p, kw)
     dev, B, mask = _device(model), num_samples, model.mask_id
     x = torch.full((B, L), mask, dtype=torch.long, device=dev)
@@ -346,7 +348,7 @@ def generate(model, num_samples, L, steps, sampler='mdlm', top_p=0.9, prompt=Non
                              exact=sampler == 'roar')
 
     out, info = _run(model, fn)
-    info.update(sampler=sampler, steps=steps, top_p=top_p, knobs={k: v for k, v in kw.items()})
+    info.update(sampler=sampler, steps=steps, top_p=top_p, knobs=dict(kw))
     if trajectory:
         info['trajectory'] = traj
     return out, info
@@ -504,7 +506,7 @@ def run(args):
     print(f"wrote {len(records)} samples ({sampler}, {nfe} NFE each, top_p {args.top_p}, seed {args.seed}) to {out}",
           file=sys.stderr)
     if args.profile:
-        print(f"profile: {len(records) / total_s:.2f} samples/s at batch {args.batch_size}, "
+        print(f"profile: {len(records) / total_s:.2f} samples/s at batch {min(args.batch_size, args.num_samples)}, "
               f"{1e3 * total_s / max(1, nfe * math.ceil(len(records) / args.batch_size)):.1f} ms/step, "
               f"{100 * (1 - model_s / total_s):.1f}% of the step time outside the model forward", file=sys.stderr)
 
