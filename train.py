@@ -57,7 +57,7 @@ config = dict(
     smooth_endpoints=None,       # smoothed (True) or atomic (False) endpoints
     roar_weight=0.0,             # weight of the extra any-order-AR term (CE on hidden endpoint positions)
     # optimisation
-    block_size=128,              # sequence length L (AR: context length)
+    block_size=64,               # sequence length L (AR: context length)
     batch_size=32,               # sequences per micro-step and process
     grad_accum=1,                # micro-steps per optimizer step summed over processes; global batch = batch_size * grad_accum
     max_iters=1500,              # optimizer steps
