@@ -89,6 +89,8 @@ AUTO_TYPES = dict(n_layer=int, n_embd=int, n_head=int, gamma_max=float, gamma_mi
                   mu=float, sigma=float, jitter=float, smooth_endpoints=bool)  # types of the None defaults
 CHOICES = dict(objective=('dsl', 'mdlm', 'ar'), lr_decay=('constant', 'cosine'), preset=tuple(M.PRESETS),
                tokenizer=('', 'char', 'gpt2'))
+POSITIVE = ('block_size', 'batch_size', 'grad_accum', 'eval_interval', 'eval_windows', 'eval_grid', 'log_interval',
+            'ckpt_interval')
 SNR_KEYS = ('gamma_max', 'gamma_min', 'p_end', 'c', 'mu', 'sigma', 'jitter', 'smooth_endpoints')
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, '4090': 165e12}  # dense bf16
 
@@ -123,6 +125,8 @@ def convert(key, val):
             v = typ(val)
     except ValueError:
         die(f"--{key} expects {typ.__name__}, got '{val}'", 2)
+    if key in POSITIVE and v < 1:
+        die(f"--{key} expects a positive int, got '{val}'", 2)
     if key in CHOICES and v not in CHOICES[key]:
         die(f"--{key} expects one of {', '.join(repr(c) for c in CHOICES[key])}, got '{val}'", 2)
     return v
@@ -330,12 +334,12 @@ def main(argv):
                 f"ppl {r['ppl']:.2f}) | {time.time() - t:.1f}s", flush=True)
             t_log += time.time() - t  # keep eval time out of ms/step
         if master and step > start_step and (step % cfg['ckpt_interval'] == 0 or step == cfg['max_iters']):
-            rng = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
-                       cuda=torch.cuda.get_rng_state_all() if dtype == 'cuda' else None)
+            rng_states = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
+                              cuda=torch.cuda.get_rng_state_all() if dtype == 'cuda' else None)
             save_checkpoint(ckpt_path, dict(
                 model=raw.state_dict(), ema=ema.state_dict() if ema is not None else None,
                 model_config=raw.config, optimizer=opt.state_dict(), config=cfg, snr_config=snr, meta=meta,
-                step=step, best_val=best_val, rng=rng, data=dict(seed=cfg['seed'], step=step)))
+                step=step, best_val=best_val, rng=rng_states, data=dict(seed=cfg['seed'], step=step)))
             last_saved = step
         if step >= cfg['max_iters']:
             break

@@ -57,7 +57,7 @@ def test_cli(capsys):
     assert train.parse_args(['--mu=auto', '--smooth_endpoints', 'false']) == dict(mu=None, smooth_endpoints=False)
     for bad, words in [(['--lrr', '1'], ['--lrr', '--lr', '--objective']), (['--lr', 'abc'], ['--lr', 'float']),
                        (['--max_iters', '1.5'], ['int']), (['--objective', 'gan'], ['dsl', 'mdlm', 'ar']),
-                       (['--compile', 'maybe'], ['bool']), (['lr=1'], ['valid keys'])]:
+                       (['--compile', 'maybe'], ['bool']), (['--eval_interval', '0'], ['positive']), (['lr=1'], ['valid keys'])]:
         with pytest.raises(SystemExit) as e:
             train.parse_args(bad)
         err = capsys.readouterr().err
