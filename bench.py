@@ -51,7 +51,7 @@ def train_step(args, objective, amp):
     fwd = torch.compile(m) if args.compile else m
     snr = noise.snr_config(args.vocab)
     g = torch.Generator(args.device).manual_seed(0)
-    x = torch.randint(0, args.vocab, (args.batch, args.block_size + (objective == 'ar')), device=args.device,
+    x = torch.randint(0, args.vocab, (args.batch, args.block_size), device=args.device,
                       generator=g)
 
     def step():

@@ -130,9 +130,12 @@ def dsl_loss(model, x, cfg, generator=None, roar_weight=0.0):
 
 
 def ar_loss(model, x):
-    """Next-token cross-entropy with the causal backbone: x[:, :-1] predicts x[:, 1:]."""
-    logits = model(x=x[:, :-1])
-    return F.cross_entropy(logits[..., :model.vocab_size].flatten(0, 1).float(), x[:, 1:].flatten())
+    """Next-token cross-entropy with the causal backbone over all L positions of x (B, L). The [MASK] id
+    serves as the start token: input [MASK], x_0..x_{L-2} predicts x_0..x_{L-1}, so an unprompted AR sampler
+    has a trained distribution for its first token (it starts from [MASK] too)."""
+    start = torch.full_like(x[:, :1], model.mask_id)
+    logits = model(x=torch.cat([start, x[:, :-1]], dim=1))  # (B, L, V+1)
+    return F.cross_entropy(logits[..., :model.vocab_size].flatten(0, 1).float(), x.flatten())
 
 
 def loss_fn(objective, model, x, cfg, rank=0, world_size=1, generator=None):

@@ -310,7 +310,7 @@ def main(argv):
         for name in ('E', 'vocab_size', 'mask_id', 'dsl', 'config'):  # what noise.loss_fn reads from the model
             setattr(model, name, getattr(raw, name))
     eval_model = ema if ema is not None and cfg['eval_ema'] else raw
-    val_x = data.get_batch(cfg['data_dir'], 'val', cfg['eval_windows'], L + ar, np.random.default_rng(1234),
+    val_x = data.get_batch(cfg['data_dir'], 'val', cfg['eval_windows'], L, np.random.default_rng(1234),
                            meta['dtype'], device) if master else None  # (N, L), the same windows in every run
     bound_name = dict(dsl='diffusion bound', mdlm='MDLM bound', ar='NLL')[cfg['objective']]
     tokens_per_step = cfg['batch_size'] * cfg['grad_accum'] * L
@@ -351,7 +351,7 @@ def main(argv):
         for micro in range(micro_steps):
             gidx = rank * micro_steps + micro
             rng, noise_seed, drop_seed = micro_seeds(cfg['seed'], step, gidx)
-            x = data.get_batch(cfg['data_dir'], 'train', cfg['batch_size'], L + ar, rng, meta['dtype'], device)  # (B, L)
+            x = data.get_batch(cfg['data_dir'], 'train', cfg['batch_size'], L, rng, meta['dtype'], device)  # (B, L)
             gen = torch.Generator(device).manual_seed(noise_seed)
             torch.manual_seed(drop_seed)
             sync = model.no_sync() if ddp and micro < micro_steps - 1 else contextlib.nullcontext()
