@@ -14,3 +14,7 @@ if 'TIKTOKEN_CACHE_DIR' not in os.environ and os.path.isdir(os.path.join(SHARED,
     cache = os.path.join(tempfile.gettempdir(), 'dsl-tiktoken-cache')
     shutil.copytree(os.path.join(SHARED, 'tiktoken'), cache, dirs_exist_ok=True)
     os.environ['TIKTOKEN_CACHE_DIR'] = cache
+
+# the tiny-shakespeare text for data/train tests: ../shared/data (CI), else a quick-start copy; else skip
+SHAKESPEARE = next((p for p in (os.path.join(SHARED, 'data', 'tinyshakespeare.txt'),
+                                os.path.join(ROOT, 'data', 'shakespeare_char', 'input.txt')) if os.path.exists(p)), None)

@@ -11,7 +11,8 @@ import torch
 import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAKESPEARE = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'tinyshakespeare.txt')
+from conftest import SHAKESPEARE
+pytestmark = pytest.mark.skipif(SHAKESPEARE is None, reason='needs tinyshakespeare.txt in ../shared/data or data/shakespeare_char/input.txt')
 
 
 @pytest.fixture(scope='module')

@@ -13,7 +13,8 @@ import model as M
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAKESPEARE = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'tinyshakespeare.txt')
+from conftest import SHAKESPEARE
+pytestmark = pytest.mark.skipif(SHAKESPEARE is None, reason='needs tinyshakespeare.txt in ../shared/data or data/shakespeare_char/input.txt')
 SMALL = ['--preset', 'tiny', '--block_size', '32', '--batch_size', '4', '--eval_windows', '4', '--eval_grid', '8',
          '--log_interval', '1', '--warmup_iters', '0']
 
