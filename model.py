@@ -124,8 +124,8 @@ class Block(nn.Module):
         q, k, v = qkv.view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, hd)
         q = (q * cos + rotate_half(q) * sin).to(v.dtype)
         k = (k * cos + rotate_half(k) * sin).to(v.dtype)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        # no attention dropout: MDLM's flash-attention call uses none, dropout acts on the residual branches
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         y = y.transpose(1, 2).reshape(B, L, D)
         drop = lambda t: F.dropout(t, self.dropout, self.training)
         h = h + gate1 * drop(self.attn_out(y))
