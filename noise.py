@@ -182,7 +182,9 @@ def roar_bound(model, x, n_k=8, generator=None):
 
 
 def snr_grid(g_end, n=64, g_first=1e-2):
-    """0 followed by n-1 log-spaced points up to g_end: dense at small gamma where mmse changes fastest."""
+    """0 followed by n-1 log-spaced points g_first .. g_end: dense at small gamma where mmse changes fastest."""
+    if n == 2:
+        return torch.tensor([0.0, g_end])
     return torch.cat([torch.zeros(1), torch.logspace(math.log10(g_first), math.log10(g_end), n - 1)])
 
 

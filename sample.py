@@ -24,6 +24,7 @@ import time
 import torch
 
 import model as modellib
+import noise
 
 DSL_ONLY = ('uncertainty', 'sde', 'hybrid')
 DISCRETE = ('mdlm', 'cap', 'rescale', 'conf', 'loop', 'budget', 'uncertainty')
@@ -235,13 +236,6 @@ def ar_loop(model, x, fixed, top_p, g, info, traj):
     return x
 
 
-def log_grid(g_first, g_end, n):
-    """0 followed by n log-spaced SNRs g_first .. g_end: (n+1,)."""
-    if n == 1:
-        return torch.tensor([0.0, g_end])
-    return torch.cat([torch.zeros(1), torch.logspace(math.log10(g_first), math.log10(g_end), n)])
-
-
 # ---------------------------------------------------------------------------------------------
 # Public API
 
@@ -321,13 +315,13 @@ def generate(model, num_samples, L, steps, sampler='mdlm', top_p=0.9, prompt=Non
         if sampler in ('sde', 'hybrid'):
             g_end = kn['gamma_end'] or gmax
             if sampler == 'sde':
-                grid = log_grid(kn['gamma_first'] or g_end / 100, g_end, T)
+                grid = noise.snr_grid(g_end, T + 1, kn['gamma_first'] or g_end / 100)  # (T+1,)
                 return sde_loop(model, x, fixed, grid, generator, info, traj)[0]
             T_c = min(T - 1, T // 4 if kn['T_c'] is None else kn['T_c'])
             xs, psi = x, None
             if T_c > 0:  # continuous phase, then commit confident positions (z = gamma_max e_argmax), hide the rest
                 g_sw = kn['gamma_switch'] or gmax / 4
-                xs, lg = sde_loop(model, x, fixed, log_grid(kn['gamma_first'] or g_sw / 100, g_sw, T_c),
+                xs, lg = sde_loop(model, x, fixed, noise.snr_grid(g_sw, T_c + 1, kn['gamma_first'] or g_sw / 100),
                                   generator, info, traj)
                 pmax = torch.softmax(lg, -1).max(-1).values  # (N_free,)
                 xs = xs.clone()
@@ -383,28 +377,21 @@ def repair(model, draft, steps, sampler='uncertainty', alpha=None, top_p=1.0, ge
 # CLI
 
 def get_codec(ckpt_path, model, meta_path=''):
-    """(encode, decode) for the checkpoint's training data (meta.json found through its train config,
-    as data.py writes it), gpt2 BPE for 50257-token models, else (None, None): ids only."""
+    """(encode, decode, train config): the tokenizer of the checkpoint's data (the meta dict train.py stores
+    in it, or --meta), GPT-2 BPE for 50257-token models, else (None, None): ids only."""
     import data
-    train_cfg = {}
-    if not meta_path:
-        try:  # mmap: reading the train config does not load the weights a second time
-            ck = torch.load(ckpt_path, map_location='cpu', weights_only=False, mmap=True)
-            train_cfg = (ck.get('config') or {}) if isinstance(ck, dict) else {}
-        except Exception:
-            pass
-        if train_cfg.get('data_dir') or train_cfg.get('dataset') or train_cfg.get('data'):
-            meta_path = os.path.join(data.resolve_dir(train_cfg.get('dataset', ''), train_cfg.get('data', ''),
-                                                      train_cfg.get('tokenizer', ''), train_cfg.get('data_dir', '')),
-                                     'meta.json')
-    if meta_path and os.path.exists(meta_path):
-        meta = data.load_meta(os.path.dirname(meta_path) or '.')
-        if meta['vocab_size'] == model.vocab_size:
-            return (*data.get_tokenizer(meta), train_cfg)
+    try:  # mmap: reading the dicts does not load the weights a second time
+        ck = torch.load(ckpt_path, map_location='cpu', weights_only=False, mmap=True)
+    except Exception:  # MDLM .safetensors / hub ids carry no meta
+        ck = {}
+    ck = ck if isinstance(ck, dict) else {}
+    meta = data.load_meta(os.path.dirname(meta_path) or '.') if meta_path else ck.get('meta')
+    if meta and meta['vocab_size'] == model.vocab_size:
+        return (*data.get_tokenizer(meta), ck.get('config') or {})
     if model.vocab_size == 50257:
         enc = data.gpt2_encoding()
-        return enc.encode_ordinary, lambda ids: enc.decode([int(i) for i in ids]), train_cfg
-    return None, None, train_cfg
+        return enc.encode_ordinary, lambda ids: enc.decode([int(i) for i in ids]), ck.get('config') or {}
+    return None, None, ck.get('config') or {}
 
 
 def parse_args(argv):

@@ -296,12 +296,12 @@ def test_generate_rejects_bad_input():
 def ckpts(tmp_path_factory):
     d = tmp_path_factory.mktemp('ck')
     chars = [chr(48 + i) for i in range(11)]  # a char vocabulary of 11 for the tiny models
-    (d / 'meta.json').write_text(json.dumps(dict(tokenizer='char', vocab_size=11, chars=chars)))
+    meta = dict(tokenizer='char', vocab_size=11, chars=chars)  # train.py stores data.py's meta in checkpoints
     out = {}
     for name, dsl in (('dsl', True), ('mdlm', False)):
         m = tiny(dsl)
         path = d / f'{name}.pt'
-        torch.save(dict(model=m.state_dict(), ema=None, model_config=m.config,
+        torch.save(dict(model=m.state_dict(), ema=None, model_config=m.config, meta=meta,
                         config=dict(block_size=12, data_dir=str(d))), path)
         out[name] = str(path)
     return out
