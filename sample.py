@@ -464,6 +464,8 @@ def run(args):
         print(f"sample.py: note: 'ar' makes one call per generated token; --steps {args.steps} is not used",
               file=sys.stderr)
     g = torch.Generator(args.device).manual_seed(args.seed)
+    if model.dsl:  # once for all batches (generate() would otherwise build and drop it per call)
+        model.eval().build_endpoint_table()
     amp = torch.autocast('cuda', dtype=torch.bfloat16, enabled=args.device.startswith('cuda') and
                          args.dtype == 'bfloat16')
     from tqdm import tqdm
