@@ -323,7 +323,26 @@ def main(argv):
         f"model: {n_params / 1e6:.2f}M params, {cfg['objective']} | {world} process(es) on {device} | "
         f"global batch {cfg['batch_size'] * cfg['grad_accum']} x {L} tokens")
     os.makedirs(cfg['out_dir'], exist_ok=True)
+    def save(step, best_val):
+        rng_states = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
+                          cuda=torch.cuda.get_rng_state_all() if dtype == 'cuda' else None)
+        save_checkpoint(ckpt_path, dict(
+            model=raw.state_dict(), ema=ema.state_dict() if ema is not None else None,
+            model_config=raw.config, optimizer=opt.state_dict(), config=cfg, snr_config=snr, meta=meta,
+            step=step, best_val=best_val, rng=rng_states, data=dict(seed=cfg['seed'], step=step)))
+
+    # Ctrl-C finishes the current step, saves and exits, so an interruption loses nothing (a second one aborts)
+    stop = []
+
+    def on_sigint(sig, frame):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(sig)
+        log("interrupted: finishing this step, then saving (Ctrl-C again to abort)", flush=True)
+
+    signal.signal(signal.SIGINT, on_sigint)
     start_step, last_saved, t_log, n_log = step, step, time.time(), 0
+    stop_all = False
     while True:
         if master and (step % cfg['eval_interval'] == 0 or step == cfg['max_iters']):
             t = time.time()
@@ -334,14 +353,12 @@ def main(argv):
                 f"ppl {r['ppl']:.2f}) | {time.time() - t:.1f}s", flush=True)
             t_log += time.time() - t  # keep eval time out of ms/step
         if master and step > start_step and (step % cfg['ckpt_interval'] == 0 or step == cfg['max_iters']):
-            rng_states = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
-                              cuda=torch.cuda.get_rng_state_all() if dtype == 'cuda' else None)
-            save_checkpoint(ckpt_path, dict(
-                model=raw.state_dict(), ema=ema.state_dict() if ema is not None else None,
-                model_config=raw.config, optimizer=opt.state_dict(), config=cfg, snr_config=snr, meta=meta,
-                step=step, best_val=best_val, rng=rng_states, data=dict(seed=cfg['seed'], step=step)))
+            save(step, best_val)
             last_saved = step
-        if step >= cfg['max_iters']:
+        if step >= cfg['max_iters'] or stop_all:
+            if stop_all and master and last_saved != step:
+                save(step, best_val)
+                log(f"saved {ckpt_path} at step {step}; continue with --init_from resume")
             break
         if step == cfg['debug_kill_step']:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -364,9 +381,11 @@ def main(argv):
                     loss = loss * float('nan')
                 loss.backward()
             loss_sum += loss.detach()
+        stop_all = bool(stop)
         if ddp:  # the global mean loss, for logging and so that every rank agrees to stop
-            dist.all_reduce(loss_sum)
-            loss_sum /= world
+            both = torch.stack([loss_sum, torch.tensor(float(stop_all), device=device)])
+            dist.all_reduce(both)
+            loss_sum, stop_all = both[0] / world, bool(both[1] > 0)
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg['grad_clip'] if cfg['grad_clip'] > 0 else float('inf'))
         lossf, gnorm = loss_sum.item(), gnorm.item()
         if not (math.isfinite(lossf) and math.isfinite(gnorm)):

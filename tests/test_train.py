@@ -113,6 +113,26 @@ def test_sigkill_and_resume_is_exact(data_dir, tmp_path):
     assert all(torch.equal(v, a['ema'][k]) for k, v in m.state_dict().items())
 
 
+def test_ctrl_c_saves_and_resumes(data_dir, tmp_path):
+    """SIGINT finishes the step, writes a checkpoint at that step (off the ckpt_interval grid) and exits 0."""
+    out = tmp_path / 'i'
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    args = SMALL + ['--data_dir', data_dir, '--max_iters', 10000, '--ckpt_interval', 5000, '--eval_interval', 5000,
+                    '--out_dir', out]
+    p = subprocess.Popen([sys.executable, 'train.py'] + [str(a) for a in args], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in p.stdout:
+        if line.startswith('step 3 '):
+            p.send_signal(2)
+            break
+    rest = p.communicate(timeout=60)[0]
+    assert p.returncode == 0 and 'saved' in rest, rest[-2000:]
+    step = ckpt(out)['step']
+    assert 3 <= step < 5000
+    r = run(['--init_from', 'resume', '--out_dir', out, '--max_iters', step + 2])
+    assert r.returncode == 0 and ckpt(out)['step'] == step + 2, r.stderr[-2000:]
+
+
 def test_corrupt_checkpoint_is_one_line(data_dir, tmp_path):
     out = tmp_path / 'c'
     out.mkdir()
