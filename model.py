@@ -18,6 +18,7 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # n_layer, n_embd, n_head, cond_dim. `small` is MDLM's OWT model (~170M params with GPT-2 vocab).
 PRESETS = {
@@ -194,6 +195,7 @@ class DiT(nn.Module):
         if self.dsl:
             self.converter = Converter(V, config['noise_dim'], config['freeze_noise'])
         self.table = None  # optional (V+1, D) endpoint embeddings for discrete samplers
+        self.recompute_lookup_above = 1000  # vocab size from which training recomputes p in the backward
 
     def E(self):
         return self.converter.E()
@@ -225,12 +227,20 @@ class DiT(nn.Module):
     def embed(self, x=None, z=None):
         W = self.vocab_embed.embedding
         if z is not None:
-            return (self.converter(z) @ W.float()).to(W.dtype)  # soft lookup (B, L, D)
+            if torch.is_grad_enabled() and self.vocab_size > self.recompute_lookup_above:
+                # recompute p in the backward instead of keeping (B, L, V+1) fp32 probabilities alive:
+                # ~8 GB at batch 40 x 1024 with GPT-2's vocabulary, for one extra V-wide softmax
+                return checkpoint(self._soft_lookup, z, use_reentrant=False)
+            return self._soft_lookup(z)
         if self.dsl:
             if self.table is not None and not self.training:  # a stale table must never leak into training
                 return self.table[x]
             return self.embed(z=self.endpoint_z(x))
         return W[x]  # row lookup, never a one-hot matmul
+
+    def _soft_lookup(self, z):  # (B, L, d) -> (B, L, D)
+        W = self.vocab_embed.embedding
+        return (self.converter(z) @ W.float()).to(W.dtype)
 
     def forward(self, x=None, z=None, out_idx=None):
         """x: (B, L) token ids in [0, V] (V = [MASK]), or z: (B, L, d) noisy DSL input.

@@ -273,3 +273,21 @@ def test_hub_id_offline_is_one_clear_line(monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     with pytest.raises(SystemExit, match='pass a local'):
         model.load_mdlm('kuleshov-group/mdlm-owt-nonexistent')
+
+
+def test_recomputed_soft_lookup_gives_the_same_gradients(monkeypatch):
+    """Large vocabularies recompute the converter's probabilities in the backward (memory); same numbers."""
+    calls = []
+    real = model.checkpoint
+    monkeypatch.setattr(model, 'checkpoint', lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = randomize(model.DiT(model.model_config('tiny', 1500, dsl=True)), std=0.05)
+    x = torch.randint(0, 1500, (2, 8), generator=torch.Generator().manual_seed(0))
+    cfg = noise.snr_config(1500)
+    grads = []
+    for above in (1000, 10 ** 9):  # recomputed, then the plain path
+        m.zero_grad()
+        m.recompute_lookup_above = above
+        noise.loss_fn('dsl', m, x, cfg, generator=torch.Generator().manual_seed(1)).backward()
+        grads.append([p.grad.clone() for p in m.parameters() if p.grad is not None])
+    assert len(calls) == 1 and len(grads[0]) == len(grads[1])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
