@@ -239,10 +239,16 @@ def ar_loop(model, x, fixed, top_p, g, info, traj):
 # ---------------------------------------------------------------------------------------------
 # Public API
 
-def _check(model, sampler, steps, top_p, kw):
-    sampler = sampler[len('remdm-'):] if sampler.startswith('remdm-') else sampler
-    if sampler not in SAMPLERS:
+def sampler_name(sampler):
+    """'remdm-loop' -> 'loop'; an unknown name is a ValueError listing the valid ones."""
+    name = sampler[len('remdm-'):] if sampler.startswith('remdm-') else sampler
+    if name not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}': choose one of {', '.join(SAMPLERS)}")
+    return name
+
+
+def _check(model, sampler, steps, top_p, kw):
+    sampler = sampler_name(sampler)
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps}")
     if not 0 < top_p <= 1:
@@ -435,9 +441,7 @@ def main(argv=None):
 
 
 def run(args):
-    sampler = args.sampler[len('remdm-'):] if args.sampler.startswith('remdm-') else args.sampler
-    if sampler not in SAMPLERS:  # checked before loading a large checkpoint
-        raise ValueError(f"unknown sampler '{args.sampler}': choose one of {', '.join(SAMPLERS)}")
+    sampler = sampler_name(args.sampler)  # checked before loading a large checkpoint
     if args.steps < 1 or args.num_samples < 1 or args.batch_size < 1:
         raise ValueError(f"--steps, --num_samples and --batch_size must be >= 1")
     kw = {k: getattr(args, k) for k in KNOBS if getattr(args, k) is not None}
