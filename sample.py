@@ -36,7 +36,9 @@ KNOBS = dict(eta=None, rho=1.0, kappa=1.0, t_on=0.55, t_off=0.05, alpha_on=0.9,
              gamma_switch=None,   # hybrid: SNR at which the continuous phase stops (default gamma_max / 4)
              T_c=None,            # hybrid: continuous steps (default T // 4)
              commit_p=0.9,        # hybrid: commit positions whose posterior max >= commit_p, hide the rest
-             rule='uncertainty')  # hybrid: the rule of the discrete phase (it can undo a bad commit)
+             rule='uncertainty',  # hybrid: the rule of the discrete phase (it can undo a bad commit)
+             nucleus='remdm')     # top-p convention: remdm (ReMDM's code, the default) | hf (Hugging Face)
+HYBRID_RULES = tuple(r for r in DISCRETE if r != 'loop')  # hybrid's discrete phase has no frozen-alpha stretch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,13 +85,30 @@ def uncertainty(a_t, a_s, u, kappa=1.0, **_):
 RULES = dict(mdlm=mdlm, cap=cap, rescale=rescale, conf=conf, loop=loop, budget=budget, uncertainty=uncertainty)
 
 
-def loop_alpha(t, t_on=0.55, t_off=0.05, alpha_on=0.9):
-    """ReMDM-loop schedule: alpha rises 0 -> alpha_on on (t_on, 1], frozen on [t_off, t_on], -> 1 at t = 0."""
-    if t <= 0:
-        return 1.0
-    if t > t_on:
+def loop_alphas(T, t_on=0.55, t_off=0.05, alpha_on=0.9, eps=1e-5):
+    """ReMDM-loop's (alpha_t, alpha_s) for each of the T steps t -> s = t - dt on ReMDM's grid
+    t_k = 1 - k dt, dt = (1 - eps) / T. As in ReMDM's code the phase is chosen from t alone: t > t_on, alpha
+    rises linearly to alpha_on (MDLM); t_off < t <= t_on, alpha is frozen at alpha_on (remasking); t <= t_off,
+    alpha rises from alpha_on towards 1 (MDLM). At T = 128 that is 58 / 64 / 6 steps, at T = 1024
+    461 / 512 / 51. A step that straddles a phase boundary uses its own phase's formula at both ends (so
+    alpha_s may pass alpha_on slightly), as ReMDM does; what the last step leaves hidden (a fraction ~eps)
+    takes the argmax, as ReMDM's final noise removal does."""
+    def rise(t):
         return alpha_on * (1 - t) / (1 - t_on)
-    return alpha_on if t >= t_off else alpha_on + (1 - alpha_on) * (t_off - t) / t_off
+
+    def final(t):
+        return 1 - t * (1 - alpha_on) / t_off
+    dt, out = (1 - eps) / T, []
+    for k in range(T):
+        t = 1 - k * dt
+        out.append((rise(t), rise(t - dt)) if t > t_on else (final(t), final(t - dt)) if t <= t_off
+                   else (alpha_on, alpha_on))
+    return out
+
+
+def grid_pairs(alphas):
+    """A grid of revealed fractions (T+1, ...) -> the steps' (alpha_t, alpha_s) pairs (T, 2, ...)."""
+    return torch.stack([alphas[:-1], alphas[1:]], 1)
 
 
 def step_probs(name, knobs, a_t, a_s, hidden, eligible, n_free, T, psi=None, u=None):
@@ -118,9 +137,12 @@ def draw_moves(sigma, reveal_p, hidden, eligible, g, exact_count=None):
 # ---------------------------------------------------------------------------------------------
 # Token draws: nucleus in float64 on the rows being sampled only, in row chunks
 
-def sample_tokens(logits, top_p, g, chunk=1 << 22):
-    """logits (N, V) over real tokens -> (tokens (N,), their full-softmax probability (N,)).
-    float64: float32 sampling over large vocabularies truncates the tail (Zheng et al. 2024)."""
+def sample_tokens(logits, top_p, g, chunk=1 << 22, nucleus='remdm'):
+    """logits (N, V) over real tokens -> (tokens (N,), their probability under the distribution they were drawn
+    from (N,), i.e. the renormalised nucleus). float64: float32 sampling over large vocabularies truncates the
+    tail (Zheng et al. 2024). nucleus='remdm' (default, ReMDM's and MDLM's code): sort, keep tokens while the
+    cumulative probability is <= top_p, the top token always. 'hf' (Hugging Face): the smallest prefix with
+    mass >= top_p, i.e. also the token that crosses top_p; less greedy, and not what published numbers used."""
     N, V = logits.shape
     u = torch.rand(N, 1, generator=g, device=logits.device, dtype=torch.float64)
     tok, prob, rows = [], [], max(1, chunk // V)
@@ -130,14 +152,17 @@ def sample_tokens(logits, top_p, g, chunk=1 << 22):
         if top_p < 1:
             ps, idx = p.sort(dim=-1, descending=True)
             c = ps.cumsum(-1)
-            keep = ((c - ps) < top_p).sum(-1, keepdim=True)  # smallest prefix with mass >= top_p
-            j = torch.searchsorted(c, ui * c.gather(-1, keep - 1)).clamp(max=keep - 1)
-            t = idx.gather(-1, j)
+            before = c if nucleus == 'remdm' else c - ps  # remdm: c_j <= p; hf: c_{j-1} < p
+            keep = (before <= top_p if nucleus == 'remdm' else before < top_p).sum(-1, keepdim=True).clamp(min=1)
+            mass = c.gather(-1, keep - 1)  # (n, 1) nucleus mass
+            j = torch.searchsorted(c, ui * mass).clamp(max=keep - 1)
+            t, q = idx.gather(-1, j), ps.gather(-1, j) / mass
         else:
             c = p.cumsum(-1)
             t = torch.searchsorted(c, ui * c[:, -1:]).clamp(max=V - 1)
+            q = p.gather(-1, t)
         tok.append(t[:, 0])
-        prob.append(p.gather(-1, t)[:, 0])
+        prob.append(q[:, 0])
     if not tok:
         return logits.new_zeros(0, dtype=torch.long), logits.new_zeros(0, dtype=torch.float64)
     return torch.cat(tok), torch.cat(prob)
@@ -161,15 +186,16 @@ def call(model, info, x=None, z=None, out_idx=None):
 # The loops
 
 def discrete_loop(model, x, fixed, alphas, name, knobs, top_p, g, info, traj, psi=None, exact=False):
-    """x (B, L) ids, fixed (B, L) bool never remasked, alphas (T+1, B or 1, 1) revealed fraction of free tokens.
+    """x (B, L) ids, fixed (B, L) bool never remasked, alphas (T, 2, B or 1, 1): each step's (alpha_t, alpha_s),
+    the revealed fraction of free tokens before and after it.
     Each step: one call, the head only at positions drawn now (plus every free one for `uncertainty`, plus
     the ones the last step must fill). Positions still hidden after the last step get that step's argmax."""
-    V, mask, T = model.vocab_size, model.mask_id, alphas.shape[0] - 1
+    V, mask, T = model.vocab_size, model.mask_id, alphas.shape[0]
     free = ~fixed
     n_free = free.sum(1, keepdim=True)  # (B, 1)
     psi = torch.zeros(x.shape, device=x.device) if psi is None else psi  # prob at reveal (0: unknown)
     for k in range(T):
-        a_t, a_s, last = alphas[k], alphas[k + 1], k == T - 1
+        (a_t, a_s), last = alphas[k], k == T - 1
         hidden = x == mask  # (B, L)
         eligible = ~hidden & free
         u = None
@@ -188,10 +214,10 @@ def discrete_loop(model, x, fixed, alphas, name, knobs, top_p, g, info, traj, ps
         left = (hidden & ~reveal | remask) if last else torch.zeros_like(hidden)  # filled by argmax below
         need = reveal | left
         lg = lg_free[need[free]] if name == 'uncertainty' else call(model, info, x=x, out_idx=need)[:, :V]
-        tok, p_tok = sample_tokens(lg[reveal[need]], top_p, g)
+        tok, p_tok = sample_tokens(lg[reveal[need]], top_p, g, nucleus=knobs['nucleus'])
         x = x.masked_fill(remask, mask)
         x[reveal] = tok
-        psi[reveal] = p_tok.float()
+        psi[reveal] = p_tok.float()  # ReMDM's conf: the probability under the nucleus it was drawn from
         if last:
             x[left] = lg[left[need]].argmax(-1)
         if traj is not None:
@@ -220,17 +246,23 @@ def sde_loop(model, x, fixed, gammas, g, info, traj):
     return x.masked_scatter(free, lg.argmax(-1)), lg
 
 
-def ar_loop(model, x, fixed, top_p, g, info, traj):
-    """Left to right with a causal model; position 0 is predicted after a [MASK] start token (no BOS)."""
+def ar_loop(model, x, fixed, top_p, g, info, traj, nucleus='remdm'):
+    """Left to right with a causal model, conditioned exactly as noise.ar_loss trains it: the context is a
+    [MASK] start token followed by x_0..x_{i-1}, and position i is read at the last context position.
+    info['token_prob'] (B, L): the probability each drawn token had under the distribution it was drawn from."""
     B, L = x.shape
+    start = torch.full((B, 1), model.mask_id, dtype=x.dtype, device=x.device)
+    info['token_prob'] = torch.ones(x.shape, dtype=torch.float64, device=x.device)  # prompt positions: 1
     for i in range(L):
         if fixed[:, i].all():
             continue
-        inp = x[:, :i] if i > 0 else torch.full((B, 1), model.mask_id, device=x.device)
+        inp = torch.cat([start, x[:, :i]], 1)  # (B, i + 1)
         sel = torch.zeros(inp.shape, dtype=torch.bool, device=x.device)
         sel[:, -1] = True  # head at the last position only
-        tok, _ = sample_tokens(call(model, info, x=inp, out_idx=sel)[:, :model.vocab_size], top_p, g)
+        tok, p = sample_tokens(call(model, info, x=inp, out_idx=sel)[:, :model.vocab_size], top_p, g,
+                               nucleus=nucleus)
         x[:, i] = torch.where(fixed[:, i], x[:, i], tok)
+        info['token_prob'][:, i] = torch.where(fixed[:, i], 1.0, p)
         if traj is not None:
             traj.append(x.clone())
     return x
@@ -261,8 +293,11 @@ def _check(model, sampler, steps, top_p, kw):
         raise ValueError("sampler 'ar' needs a causal checkpoint" if not causal else
                          f"this checkpoint is causal (autoregressive): use --sampler ar, not '{sampler}'")
     inner = kw.get('rule') or KNOBS['rule']
-    if sampler == 'hybrid' and inner not in DISCRETE:
-        raise ValueError(f"hybrid rule '{inner}' must be one of {', '.join(DISCRETE)}")
+    if sampler == 'hybrid' and inner not in HYBRID_RULES:  # loop would never remask on a rising schedule
+        raise ValueError(f"hybrid rule '{inner}' must be one of {', '.join(HYBRID_RULES)} (its discrete phase "
+                         f"follows a rising schedule, so 'loop' would never remask)")
+    if kw.get('nucleus', 'remdm') not in ('remdm', 'hf'):
+        raise ValueError(f"nucleus must be 'remdm' (ReMDM's top-p) or 'hf' (Hugging Face's), got '{kw['nucleus']}'")
     if not model.dsl and (sampler in DSL_ONLY):
         raise ValueError(f"sampler '{sampler}' needs a DSL checkpoint; this one is token-mode (MDLM): "
                          f"use mdlm, cap, rescale, conf, loop, budget or roar")
@@ -317,7 +352,7 @@ def generate(model, num_samples, L, steps, sampler='mdlm', top_p=0.9, prompt=Non
 
     def fn(info):
         if sampler == 'ar':
-            return ar_loop(model, x, fixed, top_p, generator, info, traj)
+            return ar_loop(model, x, fixed, top_p, generator, info, traj, kn['nucleus'])
         if sampler in ('sde', 'hybrid'):
             g_end = kn['gamma_end'] or gmax
             if sampler == 'sde':
@@ -335,14 +370,13 @@ def generate(model, num_samples, L, steps, sampler='mdlm', top_p=0.9, prompt=Non
                 psi = torch.zeros(x.shape, device=dev).masked_scatter(~fixed, pmax)
             n_free = (~fixed).sum(1, keepdim=True).clamp(min=1)
             a0 = ((xs != mask) & ~fixed).sum(1, keepdim=True) / n_free  # (B, 1) committed fraction
-            alphas = a0 + (1 - a0) * torch.linspace(0, 1, T - T_c + 1, device=dev)[:, None, None]
+            alphas = grid_pairs(a0 + (1 - a0) * torch.linspace(0, 1, T - T_c + 1, device=dev)[:, None, None])
             return discrete_loop(model, xs, fixed, alphas, kn['rule'], kn, top_p, generator, info, traj, psi)
         if sampler == 'loop':
-            ts = [1 - k / T for k in range(T + 1)]
-            a = [loop_alpha(t, kn['t_on'], kn['t_off'], kn['alpha_on']) for t in ts]
-        else:
-            a = [k / T for k in range(T + 1)]  # alpha_t = 1 - t on t_k = 1 - k/T
-        alphas = torch.tensor(a, device=dev)[:, None, None]  # (T+1, 1, 1)
+            alphas = torch.tensor(loop_alphas(T, kn['t_on'], kn['t_off'], kn['alpha_on']), device=dev)
+        else:  # alpha_t = 1 - t on t_k = 1 - k/T
+            alphas = grid_pairs(torch.arange(T + 1, device=dev) / T)
+        alphas = alphas.float()[:, :, None, None]  # (T, 2, 1, 1)
         name = 'mdlm' if sampler == 'roar' else sampler
         return discrete_loop(model, x, fixed, alphas, name, kn, top_p, generator, info, traj,
                              exact=sampler == 'roar')
@@ -368,7 +402,7 @@ def repair(model, draft, steps, sampler='uncertainty', alpha=None, top_p=1.0, ge
     if alpha is None:
         alpha = (x != model.mask_id).float().mean(1)
     a = torch.as_tensor(alpha, dtype=torch.float32, device=dev).expand(x.shape[0])[:, None]  # (B, 1)
-    alphas = a[None].expand(steps + 1, -1, -1)  # frozen
+    alphas = a[None, None].expand(steps, 2, -1, -1)  # (T, 2, B, 1) frozen
     traj = [] if trajectory else None
     fixed = torch.zeros_like(x, dtype=torch.bool)
     out, info = _run(model, lambda info: discrete_loop(model, x, fixed, alphas, sampler, kn, top_p, generator,
@@ -422,7 +456,7 @@ def parse_args(argv):
     ap.add_argument('--profile', action='store_true', help='report samples/s and the time outside the forward')
     ap.add_argument('--quiet', action='store_true', help='do not print the samples')
     for k, v in KNOBS.items():
-        ap.add_argument(f'--{k}', type=str if k == 'rule' else int if k == 'T_c' else float, default=None,
+        ap.add_argument(f'--{k}', type=str if k in ('rule', 'nucleus') else int if k == 'T_c' else float, default=None,
                         help=f'rule knob (default {v})' if v is not None else 'rule knob')
     return ap.parse_args(argv)
 

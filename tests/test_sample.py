@@ -204,18 +204,80 @@ def test_roar_reveals_exact_counts_in_random_order():
     assert first.float().mean(0).min() > 0  # every position can come first
 
 
-def test_top_p_draws_only_from_the_nucleus_with_renormalised_frequencies():
-    p = torch.tensor([0.5, 0.25, 0.15, 0.06, 0.04])
+@pytest.mark.parametrize('nucleus,cases', [
+    ('remdm', ((0.7, 1), (0.8, 2), (0.95, 3), (1.0, 5))),  # ReMDM: keep while the cumulative mass is <= top_p
+    ('hf', ((0.7, 2), (0.8, 3), (0.95, 4), (1.0, 5)))])    # Hugging Face: also the token that crosses top_p
+def test_top_p_draws_only_from_the_nucleus_with_renormalised_frequencies(nucleus, cases):
+    p = torch.tensor([0.5, 0.25, 0.15, 0.06, 0.04])  # cumulative 0.5, 0.75, 0.9, 0.96, 1
     n = 20000
     logits = p.log().expand(n, -1)
-    for top_p, keep in ((0.7, 2), (0.8, 3), (1.0, 5)):  # smallest prefix with mass >= top_p
-        tok, prob = sample.sample_tokens(logits, top_p, torch.Generator().manual_seed(0), chunk=4096)
-        assert torch.allclose(prob, p[tok].double(), atol=1e-6)
+    for top_p, keep in cases:
+        tok, prob = sample.sample_tokens(logits, top_p, torch.Generator().manual_seed(0), chunk=4096,
+                                         nucleus=nucleus)
         q = p[:keep] / p[:keep].sum()
+        assert torch.allclose(prob, q[tok].double(), atol=1e-6)  # the probability it was drawn with
         counts = torch.bincount(tok, minlength=5)
         assert counts[keep:].sum() == 0
         for v in range(keep):
             assert close(counts[v].item(), n, q[v].item()), (top_p, v, counts)
+
+
+def test_nucleus_default_is_remdms():
+    """ReMDM's example: p = [.85, .10, .05] at top_p 0.9 keeps only the top token (HF would keep two)."""
+    logits = torch.tensor([0.85, 0.10, 0.05]).log().expand(4000, -1)
+    tok, prob = sample.sample_tokens(logits, 0.9, torch.Generator().manual_seed(0))
+    assert (tok == 0).all() and (prob == 1).all()
+    tok, _ = sample.sample_tokens(logits, 0.9, torch.Generator().manual_seed(0), nucleus='hf')
+    assert (tok == 1).any()
+    assert sample.KNOBS['nucleus'] == 'remdm'
+
+
+def test_conf_stores_the_probability_under_the_nucleus(monkeypatch):
+    """ReMDM's conf remasks by psi = the probability of the token under the renormalised nucleus it was drawn
+    from: with a nucleus of one token (top_p tiny) that is 1 for every revealed token, whatever the softmax."""
+    seen = []
+    rule = sample.RULES['conf']
+    monkeypatch.setitem(sample.RULES, 'conf', lambda a_t, a_s, psi, eligible, **k:
+                        seen.append(psi[eligible].clone()) or rule(a_t, a_s, psi=psi, eligible=eligible, **k))
+    m = tiny(True)
+    gen(m, 6, 12, 6, 'conf', top_p=0.01)
+    psi = torch.cat(seen)
+    assert len(psi) > 20 and (psi == 1).all()
+    seen.clear()
+    gen(m, 6, 12, 6, 'conf', top_p=1.0)  # full softmax of an untrained model: well below 1
+    assert torch.cat(seen).max() < 0.9
+
+
+@pytest.mark.parametrize('T,counts', [(128, (58, 64, 6)), (1024, (461, 512, 51)), (20, (10, 10, 0))])  # T = 20: t_9 = 0.55 + 4.5e-6 > t_on on ReMDM's grid
+def test_loop_phases_follow_remdm(T, counts):
+    """ReMDM picks the phase of step t -> t - 1/T from t alone (t > t_on: rise; t <= t_off: final)."""
+    a = sample.loop_alphas(T)
+    frozen = [k for k, (a_t, a_s) in enumerate(a) if a_t == a_s == 0.9]
+    rise = [k for k, (a_t, a_s) in enumerate(a) if a_t < a_s and a_t < 0.9]
+    final = [k for k, (a_t, a_s) in enumerate(a) if a_t < a_s and a_t >= 0.9 - 1e-12]
+    assert (len(rise), len(frozen), len(final)) == counts
+    assert rise == list(range(counts[0])) and frozen == list(range(counts[0], counts[0] + counts[1]))
+    assert a[0][0] == 0 and (1 - 1e-4 < a[-1][1] <= 1 if counts[2] else a[-1] == (0.9, 0.9))
+
+
+def test_hybrid_rejects_the_loop_rule():
+    with pytest.raises(ValueError, match="never remask"):
+        gen(tiny(True), 1, 8, 8, 'hybrid', rule='loop')
+    with pytest.raises(ValueError, match="nucleus"):
+        gen(tiny(True), 1, 8, 8, 'mdlm', nucleus='topk')
+
+
+def test_ar_sampling_conditions_as_training():
+    """Each drawn token's probability equals the teacher-forced probability of noise.ar_loss's input
+    ([MASK] start, then the sequence shifted right) on the finished sequence."""
+    import noise
+    m, L = tiny(False, causal=True), 10
+    x, info = gen(m, 4, L, L, 'ar')
+    start = torch.full((4, 1), m.mask_id)
+    with torch.no_grad():
+        p = torch.softmax(m(x=torch.cat([start, x[:, :-1]], 1))[..., :m.vocab_size].double(), -1)
+    tf = p.gather(-1, x[..., None])[..., 0]  # (B, L)
+    assert torch.allclose(info['token_prob'], tf, atol=1e-5), (info['token_prob'] - tf).abs().max()
 
 
 # ----------------------------------------------------------------------------- invariants
