@@ -59,7 +59,7 @@ config = dict(
     # optimisation
     block_size=64,               # sequence length L (AR: context length)
     batch_size=32,               # sequences per micro-step and process
-    grad_accum=1,                # micro-steps per optimizer step summed over processes; global batch = batch_size * grad_accum
+    grad_accum=0,                # micro-steps per optimizer step, all processes together; 0 = one per process. Global batch = batch_size * grad_accum
     max_iters=1500,              # optimizer steps
     lr=1e-3,                     # peak learning rate (3e-4 for fine-tuning MDLM)
     min_lr=1e-4,                 # end of the cosine decay
@@ -89,7 +89,7 @@ AUTO_TYPES = dict(n_layer=int, n_embd=int, n_head=int, gamma_max=float, gamma_mi
                   mu=float, sigma=float, jitter=float, smooth_endpoints=bool)  # types of the None defaults
 CHOICES = dict(objective=('dsl', 'mdlm', 'ar'), lr_decay=('constant', 'cosine'), preset=tuple(M.PRESETS),
                tokenizer=('', 'char', 'gpt2'))
-POSITIVE = ('block_size', 'batch_size', 'grad_accum', 'eval_interval', 'eval_windows', 'eval_grid', 'log_interval',
+POSITIVE = ('block_size', 'batch_size', 'eval_interval', 'eval_windows', 'eval_grid', 'log_interval',
             'ckpt_interval')
 SNR_KEYS = ('gamma_max', 'gamma_min', 'p_end', 'c', 'mu', 'sigma', 'jitter', 'smooth_endpoints')
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, '4090': 165e12}  # dense bf16
@@ -125,6 +125,8 @@ def convert(key, val):
             v = typ(val)
     except ValueError:
         die(f"--{key} expects {typ.__name__}, got '{val}'", 2)
+    if key == 'grad_accum' and v < 0:
+        die(f"--grad_accum expects an int >= 0 (0: one micro-step per process), got '{val}'", 2)
     if key in POSITIVE and v < 1:
         die(f"--{key} expects a positive int, got '{val}'", 2)
     if key in CHOICES and v not in CHOICES[key]:
@@ -231,6 +233,8 @@ def main(argv):
         ckpt = load_checkpoint(ckpt_path)
         cfg = {**config, **ckpt['config'], **given}
         log(f"resuming {ckpt_path} at step {ckpt['step']}" + (f", overriding {sorted(given)}" if given else ''))
+    if cfg['grad_accum'] == 0:  # auto: one micro-step per process, so any number of processes runs
+        cfg['grad_accum'] = world  # stored resolved, so that a resume replays the same global batches
     if cfg['grad_accum'] % world:
         die(f"grad_accum={cfg['grad_accum']} must be divisible by the number of processes ({world})", 2)
     micro_steps = cfg['grad_accum'] // world  # the global batch stays batch_size * grad_accum

@@ -1,4 +1,5 @@
-"""data.py: preparation from the offline copy of tiny-shakespeare, batches, gpt2 files, offline errors."""
+"""data.py: preparation (char and gpt2), batches, offline errors; on the generated corpus, plus one check
+against nanoGPT's numbers that needs the real tiny-shakespeare text."""
 import hashlib
 import json
 import os
@@ -12,17 +13,19 @@ import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from conftest import SHAKESPEARE
-pytestmark = pytest.mark.skipif(SHAKESPEARE is None, reason='needs tinyshakespeare.txt in ../shared/data or data/shakespeare_char/input.txt')
 
 
 @pytest.fixture(scope='module')
-def prepared(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp('shakespeare_char'))
-    data.prepare(data=SHAKESPEARE, out_dir=d)
+def prepared(tmp_path_factory, corpus):
+    d = str(tmp_path_factory.mktemp('play_char'))
+    data.prepare(data=corpus, out_dir=d)
     return d
 
 
-def test_shakespeare_char_matches_nanogpt(prepared):
+@pytest.mark.skipif(SHAKESPEARE is None, reason='needs the real tinyshakespeare.txt (data/shakespeare_char/input.txt)')
+def test_shakespeare_char_matches_nanogpt(tmp_path):
+    prepared = str(tmp_path)
+    data.prepare(data=SHAKESPEARE, out_dir=prepared)
     meta = data.load_meta(prepared)
     # nanoGPT's data/shakespeare_char/prepare.py: 65 characters, 90/10 split
     assert (meta['vocab_size'], meta['train_tokens'], meta['val_tokens']) == (65, 1_003_854, 111_540)
@@ -36,9 +39,22 @@ def test_shakespeare_char_matches_nanogpt(prepared):
     assert decode([65]) == '_'  # [MASK]
 
 
-def test_batches_are_seeded_windows(prepared):
+def test_char_preparation_round_trips(prepared, corpus):
     meta = data.load_meta(prepared)
-    text = open(SHAKESPEARE, encoding='utf-8').read()
+    text = open(corpus, encoding='utf-8').read()
+    n_train = int(len(text) * 0.9)
+    assert (meta['vocab_size'], meta['train_tokens'], meta['val_tokens']) == (len(set(text)), n_train, len(text) - n_train)
+    assert meta['mask_id'] == meta['vocab_size'] and meta['chars'] == sorted(set(text))
+    assert meta['sha256'] == hashlib.sha256(text.encode()).hexdigest()
+    _, decode = data.get_tokenizer(meta)
+    train = np.fromfile(os.path.join(prepared, 'train.bin'), dtype=np.uint16)
+    val = np.fromfile(os.path.join(prepared, 'val.bin'), dtype=np.uint16)
+    assert decode(train) == text[:n_train] and decode(val) == text[n_train:]
+
+
+def test_batches_are_seeded_windows(prepared, corpus):
+    meta = data.load_meta(prepared)
+    text = open(corpus, encoding='utf-8').read()
     encode, decode = data.get_tokenizer(meta)
     x = data.get_batch(prepared, 'train', 8, 32, np.random.default_rng(5), meta['dtype'])
     assert x.shape == (8, 32) and x.dtype == torch.int64
@@ -46,7 +62,7 @@ def test_batches_are_seeded_windows(prepared):
     assert not torch.equal(x, data.get_batch(prepared, 'train', 8, 32, np.random.default_rng(6), meta['dtype']))
     for row in x:
         assert decode(row) in text[:int(len(text) * 0.9)]
-    assert decode(encode('First Citizen')) == 'First Citizen'
+    assert decode(encode('FIRST CITIZEN: thou')) == 'FIRST CITIZEN: thou'
 
 
 def test_gpt2_local_files(tmp_path):

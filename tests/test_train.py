@@ -13,16 +13,14 @@ import model as M
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from conftest import SHAKESPEARE
-pytestmark = pytest.mark.skipif(SHAKESPEARE is None, reason='needs tinyshakespeare.txt in ../shared/data or data/shakespeare_char/input.txt')
 SMALL = ['--preset', 'tiny', '--block_size', '32', '--batch_size', '4', '--eval_windows', '4', '--eval_grid', '8',
          '--log_interval', '1', '--warmup_iters', '0']
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp('shakespeare_char'))
-    data.prepare(data=SHAKESPEARE, out_dir=d)
+def data_dir(tmp_path_factory, corpus):
+    d = str(tmp_path_factory.mktemp('play_char'))
+    data.prepare(data=corpus, out_dir=d)
     return d
 
 
@@ -38,8 +36,8 @@ def one_thread():
 def run(args, torchrun=False, timeout=120):
     env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')}
     env['OMP_NUM_THREADS'] = '1'  # the same threads in single-process and DDP runs
-    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2'] if torchrun \
-        else [sys.executable]
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                f'--nproc_per_node={2 if torchrun is True else torchrun}'] if torchrun else [sys.executable]
     return subprocess.run(launcher + ['train.py'] + [str(a) for a in args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -70,6 +68,15 @@ def test_cli(capsys):
     # the real exit status, no traceback
     r = run(['--no_such_key', '1'])
     assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'valid keys' in r.stderr
+
+
+@pytest.mark.parametrize('n', [1, 2, 3])
+def test_bare_torchrun_runs_for_any_number_of_processes(data_dir, tmp_path, n):
+    """No --grad_accum: one micro-step per process, global batch = batch_size * processes."""
+    r = run(SMALL + ['--data_dir', data_dir, '--max_iters', 1, '--eval_interval', 1, '--out_dir', tmp_path],
+            torchrun=n)
+    assert r.returncode == 0 and f'{n} process(es)' in r.stdout, r.stderr[-3000:]
+    assert f'global batch {4 * n} x 32' in r.stdout and ckpt(tmp_path)['config']['grad_accum'] == n
 
 
 def test_ddp_equals_grad_accum(data_dir, tmp_path):
@@ -156,8 +163,9 @@ def test_nan_stops_and_keeps_last_checkpoint(data_dir, tmp_path):
 
 
 def test_dsl_from_mdlm_checkpoint(data_dir, tmp_path, capsys, one_thread):
+    V = data.load_meta(data_dir)['vocab_size']
     torch.manual_seed(0)
-    sd = M.DiT(M.model_config('tiny', 65)).state_dict()
+    sd = M.DiT(M.model_config('tiny', V)).state_dict()
     for v in sd.values():  # make the zero-initialised adaLN weights non-trivial, as a trained model's
         v.add_(0.02 * torch.randn_like(v))
     torch.save({'state_dict': {'backbone.' + k: v for k, v in sd.items()}}, tmp_path / 'mdlm.ckpt')
@@ -170,7 +178,7 @@ def test_dsl_from_mdlm_checkpoint(data_dir, tmp_path, capsys, one_thread):
     assert c['model_config']['dsl'] and 'converter.noise_embed' in c['model']
     # every backbone weight came from the MDLM file (3 Adam steps move a weight by at most ~3 lr)
     assert max_diff({k: c['model'][k] for k in sd}, sd) < 5e-4
-    assert max_diff({k: c['model'][k] for k in sd}, M.DiT(M.model_config('tiny', 65)).state_dict()) > 1e-2
+    assert max_diff({k: c['model'][k] for k in sd}, M.DiT(M.model_config('tiny', V)).state_dict()) > 1e-2
 
 
 @pytest.mark.parametrize('objective', ['ar', 'mdlm'])
@@ -180,4 +188,4 @@ def test_objectives_learn(data_dir, tmp_path, capsys, one_thread, objective):
                 '--lr', '3e-3', '--warmup_iters', '5', '--ema_decay', '0', '--out_dir', str(tmp_path)])
     evals = [float(re.search(r'([\d.]+) nats', line)[1]) for line in capsys.readouterr().out.splitlines()
              if line.startswith('eval')]
-    assert len(evals) == 2 and evals[1] < evals[0] - 0.5, evals  # from ln 65 = 4.17 nats
+    assert len(evals) == 2 and evals[1] < evals[0] - 0.5, evals  # from ln V = 4.0 nats
