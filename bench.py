@@ -5,12 +5,14 @@ time spent outside the model forward (the sampler's own overhead). Prints a smal
 
     python bench.py                                   # preset mini, char vocab 65, L = 256, CPU
     python bench.py --preset small --vocab 50257 --block_size 1024 --batch 16 --device cuda --compile
+    bash bench_gpu.sh                                 # the whole GPU measurement, JSON out (--cpu-smoke: tiny, CPU)
 
 MFU = 6 N tokens/s / peak (N = parameters outside the embedding table, whose lookup has no flops; attention
 flops and the DSL converter's soft lookup are not counted, so DSL's extra cost shows up as lower MFU).
 """
 import argparse
 import contextlib
+import json
 import math
 import time
 
@@ -44,9 +46,12 @@ def timed(fns, iters, warmup, reps, device):
     return best
 
 
-def train_step(args, objective, amp):
-    """A closure running one forward+backward of `objective` (mdlm, dsl or ar) on a fixed random batch."""
-    cfg = modellib.model_config(args.preset, args.vocab, dsl=objective == 'dsl', causal=objective == 'ar')
+def train_step(args, mode, amp):
+    """A closure running one forward+backward of `mode` (mdlm, dsl, dsl-dense or ar) on a fixed random batch.
+    dsl uses the model's default soft lookup (top-k above 1000 tokens), dsl-dense the exact dense one."""
+    objective = mode.split('-')[0]
+    extra = dict(lookup_topk=0) if mode == 'dsl-dense' else {}
+    cfg = modellib.model_config(args.preset, args.vocab, dsl=objective == 'dsl', causal=objective == 'ar', **extra)
     m = modellib.DiT(cfg).to(args.device).train()
     fwd = torch.compile(m) if args.compile else m
     snr = noise.snr_config(args.vocab)
@@ -62,21 +67,44 @@ def train_step(args, objective, amp):
     return step, m
 
 
+def saved_bytes(step, m):
+    """Bytes of activations autograd keeps for the backward of one step (weights excluded): the memory a
+    training step needs beyond weights, gradients and optimizer state, measured on any device."""
+    params = {p.untyped_storage().data_ptr() for p in m.parameters()}
+    seen = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values())
+
+
 def bench_train(args, amp):
     modes = [mode for mode in args.modes.split(',') if mode]
     steps, models = zip(*[train_step(args, mode, amp) for mode in modes])
-    rows = []
-    for mode, m, dt in zip(modes, models, timed(steps, args.iters, args.warmup, args.reps, args.device)):
+    rows, cuda, tokens = [], args.device.startswith('cuda'), args.batch * args.block_size
+    for mode, step, m, dt in zip(modes, steps, models, timed(steps, args.iters, args.warmup, args.reps, args.device)):
         n = m.num_params() - m.vocab_embed.embedding.numel()
-        tok_s = args.batch * args.block_size / dt
-        mfu = 6 * n * tok_s / args.peak_flops if args.device.startswith('cuda') else None
-        rows.append(dict(mode=mode, ms=1e3 * dt, tok_s=tok_s, mfu=mfu, params=m.num_params()))
+        mfu = 6 * n * tokens / dt / args.peak_flops if cuda else None
+        if cuda:  # the real peak of one step, everything included (weights, grads, activations, workspace)
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() if cuda else None
+        act = saved_bytes(step, m) if args.memory else None
+        rows.append(dict(mode=mode, ms=1e3 * dt, tok_s=tokens / dt, mfu=mfu, params=m.num_params(),
+                         peak_gb=peak / 2**30 if peak else None, act_kb_per_token=act / tokens / 2**10 if act else None))
     return rows
 
 
 def bench_sample(args, sampler, batch, amp):
     dsl = sampler in sample.DSL_ONLY or args.sample_mode == 'dsl'
     m = modellib.DiT(modellib.model_config(args.preset, args.vocab, dsl=dsl)).to(args.device)
+    m = torch.compile(m, dynamic=True) if args.compile else m  # the head's row count changes every step
     g = torch.Generator(args.device).manual_seed(0)
     with amp:
         sample.generate(m, batch, args.block_size, 2, sampler, generator=g)  # warm-up
@@ -84,7 +112,7 @@ def bench_sample(args, sampler, batch, amp):
         for _ in range(args.reps):  # best of reps: the least disturbed by other processes
             _, info = sample.generate(m, batch, args.block_size, args.steps, sampler, generator=g)
             best = info if best is None or info['total_s'] < best['total_s'] else best
-    return dict(sampler=sampler, batch=batch, samples_s=batch / best['total_s'],
+    return dict(sampler=sampler, batch=batch, samples_s=batch / best['total_s'], nfe_s=best['nfe'] / best['total_s'],
                 ms_step=1e3 * best['total_s'] / best['nfe'], outside=1 - best['model_s'] / best['total_s'])
 
 
@@ -99,8 +127,10 @@ def main(argv=None):
     ap.add_argument('--warmup', type=int, default=2)
     ap.add_argument('--reps', type=int, default=3, help='timed rounds; the best is reported')
     ap.add_argument('--peak_flops', type=float, default=989e12, help='peak bf16 flop/s (H100 SXM dense: 989e12)')
-    ap.add_argument('--compile', action='store_true', help='torch.compile the training forward')
-    ap.add_argument('--modes', default='mdlm,dsl', help='training objectives to time (mdlm, dsl, ar)')
+    ap.add_argument('--compile', action='store_true', help='torch.compile the training forward and the sampler\'s model')
+    ap.add_argument('--memory', action='store_true', help='also measure the activations kept for the backward')
+    ap.add_argument('--json', default='', help='also write the results to this JSON file')
+    ap.add_argument('--modes', default='mdlm,dsl', help='training modes to time (mdlm, dsl, dsl-dense, ar)')
     ap.add_argument('--samplers', default='mdlm,uncertainty', help="samplers to time ('' skips sampling)")
     ap.add_argument('--sample_batches', default='1,32')
     ap.add_argument('--steps', type=int, default=32, help='sampling steps (NFE) per sample')
@@ -117,19 +147,27 @@ def main(argv=None):
     rows = bench_train(args, amp) if args.modes else []
     if rows:
         print(f"\ntraining fwd+bwd, batch {args.batch} x {args.block_size}, {rows[0]['params'] / 1e6:.2f}M params")
-        print(f"{'mode':<6} {'ms/iter':>9} {'tokens/s':>11} {'vs first':>9} {'MFU':>7}")
+        print(f"{'mode':<9} {'ms/iter':>9} {'tokens/s':>11} {'vs first':>9} {'MFU':>7} {'peak GB':>8} {'act KB/tok':>10}")
         for r in rows:
             mfu = f"{100 * r['mfu']:.1f}%" if r['mfu'] is not None else '-'
-            print(f"{r['mode']:<6} {r['ms']:>9.1f} {r['tok_s']:>11,.0f} {r['tok_s'] / rows[0]['tok_s']:>9.2f} {mfu:>7}")
-    samplers = [s for s in args.samplers.split(',') if s]
+            peak = f"{r['peak_gb']:.1f}" if r['peak_gb'] is not None else '-'
+            act = f"{r['act_kb_per_token']:.1f}" if r['act_kb_per_token'] is not None else '-'
+            print(f"{r['mode']:<9} {r['ms']:>9.1f} {r['tok_s']:>11,.0f} {r['tok_s'] / rows[0]['tok_s']:>9.2f} {mfu:>7}"
+                  f" {peak:>8} {act:>10}")
+    samplers, srows = [s for s in args.samplers.split(',') if s], []
     if samplers:
         print(f"\nsampling, L={args.block_size}, T={args.steps} steps, top_p 0.9 ({args.sample_mode} model "
               f"for token-mode samplers; outside = step time not in the model forward)")
-        print(f"{'sampler':<12} {'batch':>5} {'samples/s':>10} {'ms/step':>9} {'outside':>8}")
+        print(f"{'sampler':<12} {'batch':>5} {'samples/s':>10} {'NFE/s':>8} {'ms/step':>9} {'outside':>8}")
         for s in samplers:
             for b in [int(b) for b in args.sample_batches.split(',')]:
                 r = bench_sample(args, s, b, amp)
-                print(f"{s:<12} {b:>5} {r['samples_s']:>10.2f} {r['ms_step']:>9.1f} {100 * r['outside']:>7.1f}%")
+                srows.append(r)
+                print(f"{s:<12} {b:>5} {r['samples_s']:>10.2f} {r['nfe_s']:>8.1f} {r['ms_step']:>9.1f} "
+                      f"{100 * r['outside']:>7.1f}%")
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(device=name, torch=torch.__version__, args=vars(args), train=rows, sample=srows), f, indent=1)
 
 
 if __name__ == '__main__':

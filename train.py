@@ -46,6 +46,7 @@ config = dict(
     noise_dim=0,                 # DSL noise-embedding size d; 0 = auto (16 for char, 64 for gpt2 vocabularies)
     freeze_noise=False,          # keep the DSL noise embeddings E at their random init
     dropout=0.0,                 # 0.1 at paper scale
+    lookup_topk=-1,              # DSL soft lookup: -1 auto (dense up to 1000 tokens, else top-64), 0 dense, k top-k
     # mixed corruption for DSL (noise.snr_config); None = the default for this vocabulary size
     gamma_max=None,              # SNR of a revealed token (30 char, 100 gpt2); the model's gamma_max too
     gamma_min=None,              # smoothed endpoints: hidden gamma ~ U(0, gamma_min)
@@ -265,7 +266,7 @@ def main(argv):
         shape = {k: cfg[k] for k in ('n_layer', 'n_embd', 'n_head') if cfg[k] is not None}
         try:
             raw = M.DiT(M.model_config(cfg['preset'], V, dropout=cfg['dropout'], causal=ar, dsl=dsl,
-                                       noise_dim=cfg['noise_dim'], gamma_max=gamma_max,
+                                       noise_dim=cfg['noise_dim'], gamma_max=gamma_max, lookup_topk=cfg['lookup_topk'],
                                        freeze_noise=cfg['freeze_noise'], **shape))
         except ValueError as e:
             die(str(e), 2)
@@ -273,7 +274,7 @@ def main(argv):
         extra = {k: cfg[k] for k in ('gamma_max', 'noise_dim') if cfg[k]}  # else the checkpoint's / auto
         try:
             raw = M.load_mdlm(cfg['init_from'], dsl=dsl, dropout=cfg['dropout'], causal=ar,
-                              freeze_noise=cfg['freeze_noise'], **extra)
+                              freeze_noise=cfg['freeze_noise'], lookup_topk=cfg['lookup_topk'], **extra)
         except (KeyError, ValueError, FileNotFoundError) as e:  # missing file, mismatched keys or shapes
             die(f"cannot initialise from {cfg['init_from']}: {e.args[0] if e.args else e}")
         except Exception as e:
@@ -347,7 +348,24 @@ def main(argv):
     signal.signal(signal.SIGINT, on_sigint)
     start_step, last_saved, t_log, n_log = step, step, time.time(), 0
     stop_all = False
+    # No host-device synchronisation in the hot loop (CUDA then runs ahead, so the next batch is read from
+    # disk while the GPU computes): the first non-finite step is kept on the device and read only at log,
+    # eval and checkpoint steps, before anything is saved, so a bad step never reaches a checkpoint.
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def check_finite():
+        bad = int(first_bad)
+        if bad >= 0:
+            msg = (f"non-finite loss or gradient at step {bad}; stopped, "
+                   + (f"last good checkpoint {ckpt_path} (step {last_saved}) left untouched"
+                      if os.path.exists(ckpt_path) else "no checkpoint was written yet"))
+            if ddp:
+                dist.destroy_process_group()
+            die(msg) if master else sys.exit(1)
+
     while True:
+        if step % cfg['eval_interval'] == 0 or step % cfg['ckpt_interval'] == 0 or step == cfg['max_iters']:
+            check_finite()  # every rank: they see the same all-reduced loss and gradients
         if master and (step % cfg['eval_interval'] == 0 or step == cfg['max_iters']):
             t = time.time()
             nats = evaluate(eval_model, cfg, val_x)
@@ -385,20 +403,12 @@ def main(argv):
                     loss = loss * float('nan')
                 loss.backward()
             loss_sum += loss.detach()
-        stop_all = bool(stop)
-        if ddp:  # the global mean loss, for logging and so that every rank agrees to stop
-            both = torch.stack([loss_sum, torch.tensor(float(stop_all), device=device)])
-            dist.all_reduce(both)
-            loss_sum, stop_all = both[0] / world, bool(both[1] > 0)
+        if ddp:  # the global mean loss, for logging (queued on the stream; nothing waits for it here)
+            dist.all_reduce(loss_sum)
+            loss_sum /= world
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg['grad_clip'] if cfg['grad_clip'] > 0 else float('inf'))
-        lossf, gnorm = loss_sum.item(), gnorm.item()
-        if not (math.isfinite(lossf) and math.isfinite(gnorm)):
-            msg = (f"non-finite loss at step {step} (loss {lossf}, grad norm {gnorm}); stopped, "
-                   + (f"last good checkpoint {ckpt_path} (step {last_saved}) left untouched"
-                      if os.path.exists(ckpt_path) else "no checkpoint was written yet"))
-            if ddp:
-                dist.destroy_process_group()
-            die(msg) if master else sys.exit(1)
+        finite = torch.isfinite(loss_sum) & torch.isfinite(gnorm)
+        first_bad = torch.where((first_bad < 0) & ~finite, step, first_bad)
         for group in opt.param_groups:
             group['lr'] = lr
         opt.step()
@@ -407,9 +417,14 @@ def main(argv):
             d = min(cfg['ema_decay'], (1 + step) / (10 + step))
             torch._foreach_lerp_(list(ema.parameters()), list(raw.parameters()), 1 - d)
         step, n_log = step + 1, n_log + 1
+        stop_all = bool(stop) and not ddp  # a host-side flag: free to read every step
         if step % cfg['log_interval'] == 0 or step == cfg['max_iters']:
-            if dtype == 'cuda':
-                torch.cuda.synchronize()
+            check_finite()  # synchronises
+            lossf, gnorm = loss_sum.item(), gnorm.item()
+            if ddp:  # every rank agrees to stop (Ctrl-C reaches them at different moments): at log steps only
+                flag = torch.tensor(float(bool(stop)), device=device)
+                dist.all_reduce(flag)
+                stop_all = bool(flag > 0)
             dt, t_log, n_log = (time.time() - t_log) / n_log, time.time(), 0  # mean over the interval
             mfu = f" | MFU {flops_per_token * tokens_per_step / dt / (peak * world):.1%}" if peak else ''
             log(f"step {step} | loss {lossf:.4f} | lr {lr:.2e} | grad norm {gnorm:.3f} | {dt * 1000:.1f} ms/step"

@@ -280,7 +280,7 @@ def test_recomputed_soft_lookup_gives_the_same_gradients(monkeypatch):
     calls = []
     real = model.checkpoint
     monkeypatch.setattr(model, 'checkpoint', lambda *a, **k: calls.append(1) or real(*a, **k))
-    m = randomize(model.DiT(model.model_config('tiny', 1500, dsl=True)), std=0.05)
+    m = randomize(model.DiT(model.model_config('tiny', 1500, dsl=True, lookup_topk=0)), std=0.05)
     x = torch.randint(0, 1500, (2, 8), generator=torch.Generator().manual_seed(0))
     cfg = noise.snr_config(1500)
     grads = []
@@ -291,3 +291,51 @@ def test_recomputed_soft_lookup_gives_the_same_gradients(monkeypatch):
         grads.append([p.grad.clone() for p in m.parameters() if p.grad is not None])
     assert len(calls) == 1 and len(grads[0]) == len(grads[1])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_topk_softmax_backward_is_exact():
+    """The sparse lookup's custom backward against finite differences (float64)."""
+    g = torch.Generator().manual_seed(0)
+    z, E = torch.randn(5, 6, generator=g, dtype=torch.float64), torch.randn(40, 6, generator=g, dtype=torch.float64)
+    beta, bias = torch.tensor(1.3, dtype=torch.float64), torch.randn(41, generator=g, dtype=torch.float64)
+    args = [t.requires_grad_() for t in (z, E, beta, bias)]
+    assert torch.autograd.gradcheck(lambda *a: model.TopKSoftmax.apply(*a, 7)[:2], args)
+    p_top, p_mask, idx = model.TopKSoftmax.apply(*args, 7)
+    p = torch.softmax(torch.cat([beta * z @ E.t() + bias[:40], bias[40].expand(5, 1)], -1), -1)
+    assert torch.allclose(p_top, p[:, :40].topk(7).values) and torch.allclose(p_mask, p[:, 40])
+
+
+def test_sparse_lookup_against_its_dense_formula_and_the_exact_lookup():
+    """lookup_topk = k: h = sum_top p_v W_v + p_mask W_mask + r Wbar. Values and gradients (E, beta, b, W) equal
+    autograd through that formula built from the dense softmax; at endpoints it equals the exact lookup."""
+    V, k = 1500, 16
+    m = randomize(model.DiT(model.model_config('tiny', V, dsl=True)), std=0.05).train()
+    assert m.config['lookup_topk'] == 64 and model.DiT(model.model_config('tiny', 65, dsl=True)).config['lookup_topk'] == 0
+    m.config['lookup_topk'] = k
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, V, (2, 8), generator=g)
+    z = noise.localize(m.E()[x].detach(), torch.tensor([[4.0], [12.0]]), g)  # mid SNRs: a real tail
+
+    def reference(z):
+        c, W = m.converter, m.vocab_embed.embedding
+        p = c(z)  # (B, L, V+1) dense
+        top, idx = p[..., :V].topk(k, -1)
+        r = 1 - top.sum(-1) - p[..., V]
+        return (top[..., None] * W[idx]).sum(-2) + p[..., V:] * W[V] + r[..., None] * W[:V].mean(0)
+    grads = []
+    for fn in (lambda z: m.embed(z=z), reference):
+        m.zero_grad()
+        h = fn(z)
+        (h * torch.linspace(-1, 1, h.shape[-1])).sum().backward()
+        grads.append((h.detach(), [p.grad.clone() for p in (m.converter.noise_embed, m.converter.beta,
+                                                            m.converter.bias, m.vocab_embed.embedding)]))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (a - b).abs().max()
+    m = model.DiT(model.model_config('tiny', V, dsl=True, lookup_topk=k))  # the converter at its init
+    with torch.no_grad():  # endpoints carry (almost) all their mass on one slot: the exact lookup
+        ends = m.endpoint_z(torch.tensor([[3, V, 7, V]]))
+        sparse = m.embed(z=ends)
+        m.config['lookup_topk'] = 0
+        dense = m.embed(z=ends)
+        assert ((sparse - dense).norm(dim=-1) / dense.norm(dim=-1)).max() < 1e-3
