@@ -35,10 +35,16 @@ import sample
 MAUVE_SEED, MAUVE_SCALE, GPT2_CONTEXT, GPT2_EOS = 25, 5, 1024, 50256
 
 
-def need(module, pip, what):
-    """Import an optional package, or fail with one line saying what to install."""
+def need(module, pip, what, check=False):
+    """Import an optional package (check: only make sure it is there, without the import's cost), or fail with
+    one line saying what to install."""
     import importlib
+    import importlib.util
     try:
+        if check:
+            if sys.modules.get(module, 0) is None or importlib.util.find_spec(module) is None:
+                raise ImportError
+            return None
         return importlib.import_module(module)
     except ImportError:
         raise ImportError(f"{what} needs the optional package '{pip}': pip install {pip}") from None
@@ -330,9 +336,13 @@ def references(refs, judge, L, n, seed=0, skip=0):
 
 def metrics(sample_paths, refs, judge='gpt2-large', featurizer=None, seed=0, out='', pool='mean'):
     """One row per sample file: MAUVE, generative perplexity, entropy, distinct-n. Writes JSON to out."""
-    files = {p: read_samples(p) for p in sample_paths}  # bad files fail before any model is loaded
+    need('mauve', 'mauve-text', 'MAUVE', check=True)  # bad input fails before any model is loaded or any work is done
+    files = {p: read_samples(p) for p in sample_paths}
     J = get_judge(judge, pool) if isinstance(judge, str) else judge
     F = J if featurizer in (None, judge) else get_judge(featurizer, pool) if isinstance(featurizer, str) else featurizer
+    for p, (recs, x) in files.items():
+        for K in {id(J): J, id(F): F}.values():
+            judge_inputs(K, x, [r.get('text') for r in recs], p)
     n_ref = {}  # per length: as many reference chunks as the largest file has samples, the same for every file
     for recs, x in files.values():
         n_ref[x.shape[1]] = max(n_ref.get(x.shape[1], 0), len(x))
@@ -568,6 +578,8 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
     in it (same key) are read back instead of recomputed. Adds a 'reference' row (held-out chunks vs other
     held-out chunks) and, with an AR judge, the AR model's own samples. Writes results.csv, .md, .png."""
     from tqdm import tqdm
+    need('mauve', 'mauve-text', 'MAUVE', check=True)
+    need('matplotlib', 'matplotlib', 'the sweep plot', check=True)
     models = {p: load(p) for p in ckpts}
     J = get_judge(judge, pool)
     F = J if featurizer in (None, judge) else get_judge(featurizer, pool)
