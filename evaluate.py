@@ -167,7 +167,7 @@ def hf_judge(name='gpt2-large', model=None, encode=None, eos=GPT2_EOS, device='c
     if model is None:
         tf = need('transformers', 'transformers', f"judge '{name}'")
         try:
-            model = tf.AutoModelForCausalLM.from_pretrained(name, torch_dtype=torch.float32)
+            model = tf.AutoModelForCausalLM.from_pretrained(name)
         except Exception as e:
             raise ValueError(f"cannot load judge '{name}' ({type(e).__name__}); offline, pass --judge path/to/ar.pt") from None
     if encode is None:
@@ -321,7 +321,7 @@ def score(x, texts, judge, featurizer, q_feats, where='samples'):
 
 def references(refs, judge, L, n, seed=0, skip=0):
     """n reference chunks of L tokens (ids, texts) in the judge's tokenizer (AR) or text (HF)."""
-    enc = judge['encode'] if judge['kind'] == 'ar' else gpt2_encode()
+    enc = judge['encode']
     if enc is None:
         raise ValueError(f"judge {judge['name']} has no tokenizer (no meta in the checkpoint)")
     toks, dec, meta = ref_tokens(refs, enc)
@@ -580,6 +580,7 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
     from tqdm import tqdm
     need('mauve', 'mauve-text', 'MAUVE', check=True)
     need('matplotlib', 'matplotlib', 'the sweep plot', check=True)
+    names = [sample.sampler_name(s) for s in samplers]  # an unknown sampler fails before any work
     models = {p: load(p) for p in ckpts}
     J = get_judge(judge, pool)
     F = J if featurizer in (None, judge) else get_judge(featurizer, pool)
@@ -588,7 +589,6 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
     L = L or cfg0.get('block_size')
     if not refs or not L:
         raise ValueError("pass --refs (a prepared data folder or a text file) and --seq_len")
-    names = [sample.sampler_name(s) for s in samplers]  # an unknown sampler fails before any work
     cells, notes = [], []
     for p, (m, meta, _) in models.items():
         for s, name in zip(samplers, names):
@@ -635,10 +635,9 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
     write_atomic(path, to_csv(rows))
     head = (f"N = {num_samples} samples per cell, L = {L}, seed {seed}, top-p {top_p}, judge {J['name']}, "
             f"featurizer {F['name']} ({F.get('pool', 'last')} state), references {refs} (seed {seed})")
-    md = [head, '', '| ' + ' | '.join(c for c in COLUMNS if c not in ('ckpt', 'judge', 'n', 'L', 'seed', 'top_p')) + ' |']
-    md.append('|' + '---|' * (md[-1].count('|') - 1))
-    for r in rows:
-        md.append('| ' + ' | '.join(fmt(r[c]) for c in COLUMNS if c not in ('ckpt', 'judge', 'n', 'L', 'seed', 'top_p')) + ' |')
+    show = [c for c in COLUMNS if c not in ('ckpt', 'judge', 'n', 'L', 'seed', 'top_p')]  # those are in the header
+    md = [head, '', '| ' + ' | '.join(show) + ' |', '|' + '---|' * len(show)]
+    md += ['| ' + ' | '.join(fmt(r[c]) for c in show) + ' |' for r in rows]
     write_atomic(os.path.join(out_dir, 'results.md'), '\n'.join(md + [''] + notes) + '\n')
     plot(rows, os.path.join(out_dir, 'results.png'), head)
     return rows, notes
@@ -655,8 +654,7 @@ def to_csv(rows):
 
 def fmt(v):
     try:
-        f = float(v)
-        return v if f == int(f) and '.' not in v else f"{f:.4g}"
+        return v if v.lstrip('-').isdigit() else f"{float(v):.4g}"
     except ValueError:
         return v
 
