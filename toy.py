@@ -69,9 +69,9 @@ class Oracle(nn.Module):
     def E(self):
         return self.codes
 
-    def endpoint_z(self, x):
-        visible = (x != self.mask_id)
-        return self.codes[x.clamp(max=V - 1)] * (self.config['gamma_max'] * visible)[..., None]
+    def endpoint_z(self, x, gamma=None):  # z = gamma e_x (default gamma_max), 0 at [MASK], as DiT.endpoint_z
+        gamma = self.config['gamma_max'] if gamma is None else gamma
+        return self.codes[x.clamp(max=V - 1)] * (torch.as_tensor(gamma) * (x != self.mask_id))[..., None]
 
     def forward(self, x=None, z=None, out_idx=None):
         if z is None:
