@@ -40,7 +40,7 @@ KNOBS = dict(eta=None, rho=1.0, kappa=1.0, t_on=0.55, t_off=0.05, alpha_on=0.9,
              commit_p=0.9,        # hybrid: commit positions whose posterior max >= commit_p, hide the rest
              rule='uncertainty',  # hybrid: the rule of the discrete phase (it can undo a bad commit)
              nucleus='remdm',     # top-p convention: remdm (ReMDM's code, the default) | hf (Hugging Face)
-             gamma_commit=None,   # DSL discrete samplers: SNR at which revealed free tokens are shown (default gamma_max)
+             gamma_commit=None,   # DSL discrete samplers: SNR of revealed non-prompt tokens (default gamma_max)
              commit_noise=0)      # 1: show them as channel samples gamma_commit e_x + sqrt(gamma_commit) eps
 HYBRID_RULES = tuple(r for r in DISCRETE if r != 'loop')  # hybrid's discrete phase has no frozen-alpha stretch
 
@@ -341,7 +341,7 @@ def _check(model, sampler, steps, top_p, kw):
         raise ValueError(f"sampler '{sampler}' needs a DSL checkpoint; this one is token-mode (MDLM): "
                          f"use mdlm, cap, rescale, conf, loop, budget or roar")
     gc, noisy = kw.get('gamma_commit'), kw.get('commit_noise', 0)
-    if isinstance(noisy, bool) or noisy not in (0, 1):
+    if noisy not in (0, 1):  # also False / True
         raise ValueError(f"commit_noise must be 0 (deterministic commit state) or 1 (channel noise), got {noisy}")
     if gc is not None or noisy:
         if not model.dsl:
@@ -508,7 +508,8 @@ def parse_args(argv):
     ap.add_argument('--profile', action='store_true', help='report samples/s and the time outside the forward')
     ap.add_argument('--quiet', action='store_true', help='do not print the samples')
     for k, v in KNOBS.items():
-        ap.add_argument(f'--{k}', type=str if k in ('rule', 'nucleus') else int if k in ('T_c', 'commit_noise') else float, default=None,
+        ap.add_argument(f'--{k}', type=str if k in ('rule', 'nucleus') else int if k in ('T_c', 'commit_noise')
+                        else float, default=None,
                         help=f'rule knob (default {v})' if v is not None else 'rule knob')
     return ap.parse_args(argv)
 
