@@ -228,7 +228,8 @@ class DiT(nn.Module):
         self.output_layer = FinalLayer(D, V + 1, C)
         if self.dsl:
             self.converter = Converter(V, config['noise_dim'], config['freeze_noise'])
-        self.table = None  # optional (V+1, D) endpoint embeddings for discrete samplers
+        # optional (V+1, D) endpoint embeddings for discrete samplers: at gamma_max, and at gamma_commit
+        self.table = self.commit_table = self.commit_gamma = None
         self.recompute_lookup_above = 1000  # vocab size from which training recomputes p in the backward
 
     def E(self):
@@ -238,27 +239,36 @@ class DiT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     @torch.no_grad()
-    def build_endpoint_table(self, chunk=4096):
-        """Precompute h for the V+1 endpoint states (token v at gamma_max, or z = 0) so that discrete
-        samplers skip the V-wide softmax: afterwards model(x=ids) is a row lookup. Call again after
-        the weights change; `drop_endpoint_table()` removes it."""
+    def endpoint_rows(self, gamma=None, chunk=4096):
+        """(V+1, D) input embeddings h of the deterministic states z = gamma e_v (default gamma = gamma_max) for
+        v < V, and z = 0 for row V ([MASK]), through the same soft lookup as training (dense or top-k)."""
         V, W = self.vocab_size, self.vocab_embed.embedding
         rows = []
         for i in range(0, V + 1, chunk):
             ids = torch.arange(i, min(i + chunk, V + 1), device=W.device)
-            rows.append(self.converter(self.endpoint_z(ids)) @ W.float())
-        self.table = torch.cat(rows).to(W.dtype)  # (V+1, D)
+            rows.append(self._soft_lookup(self.endpoint_z(ids, gamma)[None])[0])
+        return torch.cat(rows).to(W.dtype)
+
+    def build_endpoint_table(self, gamma_commit=None, chunk=4096):
+        """Precompute h for the V+1 endpoint states (token v at gamma_max, or z = 0) so that discrete
+        samplers skip the V-wide softmax: afterwards model(x=ids) is a row lookup. gamma_commit: also the
+        commit table, the same rows at z = gamma_commit e_v, read where forward's `commit` is True.
+        Call again after the weights change; `drop_endpoint_table()` removes both."""
+        self.table = self.endpoint_rows(chunk=chunk)
+        self.commit_gamma = gamma_commit
+        self.commit_table = None if gamma_commit is None else self.endpoint_rows(gamma_commit, chunk)
 
     def drop_endpoint_table(self):
-        self.table = None
+        self.table = self.commit_table = self.commit_gamma = None
 
-    def endpoint_z(self, x):
-        """Atomic endpoint state of ids x: z = gamma_max e_x, and z = 0 where x == mask_id."""
-        visible = (x != self.mask_id)
+    def endpoint_z(self, x, gamma=None):
+        """Deterministic endpoint state of ids x: z = gamma e_x (gamma: default gamma_max, a float or a
+        tensor broadcastable to x), and z = 0 where x == mask_id."""
+        gamma = self.config['gamma_max'] if gamma is None else gamma
         e = self.E()[x.clamp(max=self.vocab_size - 1)]
-        return e * (self.config['gamma_max'] * visible)[..., None].to(e.dtype)
+        return e * (torch.as_tensor(gamma, device=x.device) * (x != self.mask_id))[..., None].to(e.dtype)
 
-    def embed(self, x=None, z=None):
+    def embed(self, x=None, z=None, commit=None):
         W = self.vocab_embed.embedding
         if z is not None:
             sparse = 0 < self.config.get('lookup_topk', 0) < self.vocab_size  # keeps no (B, L, V) tensor anyway
@@ -269,8 +279,11 @@ class DiT(nn.Module):
             return self._soft_lookup(z)
         if self.dsl:
             if self.table is not None and not self.training:  # a stale table must never leak into training
-                return self.table[x]
-            return self.embed(z=self.endpoint_z(x))
+                if commit is None:
+                    return self.table[x]
+                return torch.where(commit[..., None], self.commit_table[x], self.table[x])  # (B, L, D)
+            gamma = None if commit is None else torch.where(commit, self.commit_gamma, self.config['gamma_max'])
+            return self.embed(z=self.endpoint_z(x, gamma))
         return W[x]  # row lookup, never a one-hot matmul
 
     def _soft_lookup(self, z):  # (B, L, d) -> (B, L, D)
@@ -298,12 +311,13 @@ class DiT(nn.Module):
                 out.append(h + p_mask[:, None] * Wf[V] + r[:, None] * Wbar)
         return torch.cat(out).reshape(*z.shape[:-1], -1).to(W.dtype)
 
-    def forward(self, x=None, z=None, out_idx=None):
+    def forward(self, x=None, z=None, out_idx=None, commit=None):
         """x: (B, L) token ids in [0, V] (V = [MASK]), or z: (B, L, d) noisy DSL input.
         out_idx: optional (B, L) bool; the head then runs only there and returns (N, V+1).
-        Returns logits (B, L, V+1)."""
-        self._check_input(x, z, out_idx)
-        h = self.embed(x, z)
+        commit: optional (B, L) bool with x (DSL): those tokens are read at z = gamma_commit e_x (the commit
+        table of build_endpoint_table(gamma_commit)), the others at gamma_max. Returns logits (B, L, V+1)."""
+        self._check_input(x, z, out_idx, commit)
+        h = self.embed(x, z, commit)
         B, L = h.shape[:2]
         # time conditioning is off: one constant vector per forward (sigma = 0)
         c = F.silu(self.sigma_map(torch.zeros(1, device=h.device)))  # (1, C)
@@ -315,9 +329,15 @@ class DiT(nn.Module):
         logits = self.output_layer(h, c)
         return logits[0] if out_idx is not None else logits
 
-    def _check_input(self, x, z, out_idx):
+    def _check_input(self, x, z, out_idx, commit=None):
         if (x is None) == (z is None):
             raise ValueError("pass exactly one of x (token ids) or z (noisy vectors)")
+        if commit is not None:
+            if x is None or not self.dsl or self.commit_gamma is None:
+                raise ValueError("commit needs a DSL model, token ids x and build_endpoint_table(gamma_commit=...)")
+            if commit.dtype != torch.bool or commit.shape != x.shape:
+                raise ValueError(f"commit must be a bool tensor of shape {tuple(x.shape)}, got "
+                                 f"{tuple(commit.shape)} {commit.dtype}")
         if z is not None:
             if not self.dsl:
                 raise ValueError("z input needs a DSL model (config dsl=True); token-mode models take x")

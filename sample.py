@@ -6,7 +6,9 @@ Sampling: one loop over per-token SNR states, many paths (DESIGN.md §5).
 
 State: token ids x (B, L) with mask_id where hidden; discrete samplers keep every token at an endpoint
 (gamma = 0: hidden, gamma = gamma_max: x visible), which a DSL model reads through its endpoint table and
-an MDLM model reads as [MASK]/token. `steps` is always the number of denoiser calls (NFE).
+an MDLM model reads as [MASK]/token. `steps` is always the number of denoiser calls (NFE). --gamma_commit g
+(DSL) shows revealed non-prompt tokens at z = g e_x instead (a second table, no extra cost), --commit_noise 1
+as channel samples g e_x + sqrt(g) eps (through the converter); the returned ids are committed at gamma_max.
 
 Discrete step t -> s on alpha_t (alpha_t = 1 - t for MDLM; ReMDM, Wang et al. 2025, eqs. 8-9):
   revealed (non-prompt) token -> hidden with prob sigma_i,   sigma_max = min(1, (1 - alpha_s) / alpha_t)
@@ -37,7 +39,9 @@ KNOBS = dict(eta=None, rho=1.0, kappa=1.0, t_on=0.55, t_off=0.05, alpha_on=0.9,
              T_c=None,            # hybrid: continuous steps (default T // 4)
              commit_p=0.9,        # hybrid: commit positions whose posterior max >= commit_p, hide the rest
              rule='uncertainty',  # hybrid: the rule of the discrete phase (it can undo a bad commit)
-             nucleus='remdm')     # top-p convention: remdm (ReMDM's code, the default) | hf (Hugging Face)
+             nucleus='remdm',     # top-p convention: remdm (ReMDM's code, the default) | hf (Hugging Face)
+             gamma_commit=None,   # DSL discrete samplers: SNR of revealed non-prompt tokens (default gamma_max)
+             commit_noise=0)      # 1: show them as channel samples gamma_commit e_x + sqrt(gamma_commit) eps
 HYBRID_RULES = tuple(r for r in DISCRETE if r != 'loop')  # hybrid's discrete phase has no frozen-alpha stretch
 
 
@@ -168,18 +172,43 @@ def sample_tokens(logits, top_p, g, chunk=1 << 22, nucleus='remdm'):
     return torch.cat(tok), torch.cat(prob)
 
 
-def call(model, info, x=None, z=None, out_idx=None):
-    """One denoiser evaluation (one NFE), timed so that the loop's own overhead can be reported."""
-    cuda = (x if x is not None else z).is_cuda  # synchronise so that the timing is the forward's
+def call(model, info, out_idx=None, **state):
+    """One denoiser evaluation (one NFE) on state x=ids (optionally commit=mask) or z=vectors, timed so that
+    the loop's own overhead can be reported."""
+    cuda = next(iter(state.values())).is_cuda  # synchronise so that the timing is the forward's
     if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    out = model(x=x, z=z, out_idx=out_idx)
+    out = model(out_idx=out_idx, **state)
     if cuda:
         torch.cuda.synchronize()
     info['model_s'] += time.perf_counter() - t0
     info['nfe'] += 1
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The commit state: the SNR at which a revealed token is shown to a DSL model
+
+def table_gamma(model, kn):
+    """gamma_commit of the commit table that a discrete sampler with knobs kn reads (None: it needs none)."""
+    gc = kn.get('gamma_commit')
+    if not model.dsl or gc is None or gc == model.config['gamma_max'] or kn.get('commit_noise'):
+        return None
+    return gc
+
+
+def present(model, x, commit, gamma_commit, eps=None):
+    """Model input of a discrete state: hidden tokens at z = 0, prompt tokens at gamma_max e_x, and the revealed
+    free tokens (commit (B, L) bool) at z = gamma_commit e_x, or with eps (B, L, d) the channel sample
+    z = gamma_commit e_x + sqrt(gamma_commit) eps (DESIGN.md §1). The deterministic state is a row of the
+    commit table (no converter); the noisy one goes through the z path: a V-wide softmax at every position."""
+    if eps is None and getattr(model, 'commit_gamma', None) == gamma_commit:
+        return dict(x=x, commit=commit)
+    z = model.endpoint_z(x, torch.where(commit, gamma_commit, model.config['gamma_max']))  # (B, L, d)
+    if eps is not None:
+        z = z + (commit * math.sqrt(gamma_commit))[..., None] * eps
+    return dict(z=z)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,18 +218,26 @@ def discrete_loop(model, x, fixed, alphas, name, knobs, top_p, g, info, traj, ps
     """x (B, L) ids, fixed (B, L) bool never remasked, alphas (T, 2, B or 1, 1): each step's (alpha_t, alpha_s),
     the revealed fraction of free tokens before and after it.
     Each step: one call, the head only at positions drawn now (plus every free one for `uncertainty`, plus
-    the ones the last step must fill). Positions still hidden after the last step get that step's argmax."""
+    the ones the last step must fill). Positions still hidden after the last step get that step's argmax.
+    DSL models see revealed free tokens at knobs' gamma_commit (default gamma_max: the endpoint table), with
+    channel noise if commit_noise (eps drawn when the token is revealed, kept while it stays). The final step
+    commits at gamma_max: the returned ids are the endpoint state; every call, the last included, sees the
+    state its step starts from."""
     V, mask, T = model.vocab_size, model.mask_id, alphas.shape[0]
     free = ~fixed
     n_free = free.sum(1, keepdim=True)  # (B, 1)
     psi = torch.zeros(x.shape, device=x.device) if psi is None else psi  # prob at reveal (0: unknown)
+    gc, noisy = knobs.get('gamma_commit') or model.config.get('gamma_max'), bool(knobs.get('commit_noise'))
+    soft = model.dsl and (noisy or gc != model.config['gamma_max'])  # else today's endpoints, bit for bit
+    eps = torch.randn(*x.shape, model.config['noise_dim'], generator=g, device=x.device) if soft and noisy else None
     for k in range(T):
         (a_t, a_s), last = alphas[k], k == T - 1
         hidden = x == mask  # (B, L)
         eligible = ~hidden & free
+        state = present(model, x, eligible, gc, eps) if soft else dict(x=x)
         u = None
         if name == 'uncertainty':  # needs p_theta(x_i | state) at every revealed token: head on all free
-            lg_free = call(model, info, x=x, out_idx=free)[:, :V]  # (N_free, V)
+            lg_free = call(model, info, out_idx=free, **state)[:, :V]  # (N_free, V)
             lp = torch.log_softmax(lg_free.float(), -1).gather(-1, x[free].clamp(max=V - 1)[:, None])[:, 0]
             u = torch.zeros(x.shape, device=x.device)
             u[free] = 1 - lp.exp()
@@ -213,11 +250,13 @@ def discrete_loop(model, x, fixed, alphas, name, knobs, top_p, g, info, traj, ps
         remask, reveal = draw_moves(sigma, reveal_p, hidden, eligible, g, count)
         left = (hidden & ~reveal | remask) if last else torch.zeros_like(hidden)  # filled by argmax below
         need = reveal | left
-        lg = lg_free[need[free]] if name == 'uncertainty' else call(model, info, x=x, out_idx=need)[:, :V]
+        lg = lg_free[need[free]] if name == 'uncertainty' else call(model, info, out_idx=need, **state)[:, :V]
         tok, p_tok = sample_tokens(lg[reveal[need]], top_p, g, nucleus=knobs['nucleus'])
         x = x.masked_fill(remask, mask)
         x[reveal] = tok
         psi[reveal] = p_tok.float()  # ReMDM's conf: the probability under the nucleus it was drawn from
+        if eps is not None:  # a newly revealed token is a fresh channel sample
+            eps[reveal] = torch.randn(int(reveal.sum()), eps.shape[-1], generator=g, device=x.device)
         if last:
             x[left] = lg[left[need]].argmax(-1)
         if traj is not None:
@@ -301,6 +340,17 @@ def _check(model, sampler, steps, top_p, kw):
     if not model.dsl and (sampler in DSL_ONLY):
         raise ValueError(f"sampler '{sampler}' needs a DSL checkpoint; this one is token-mode (MDLM): "
                          f"use mdlm, cap, rescale, conf, loop, budget or roar")
+    gc, noisy = kw.get('gamma_commit'), kw.get('commit_noise', 0)
+    if noisy not in (0, 1):  # also False / True
+        raise ValueError(f"commit_noise must be 0 (deterministic commit state) or 1 (channel noise), got {noisy}")
+    if gc is not None or noisy:
+        if not model.dsl:
+            raise ValueError("gamma_commit / commit_noise set the SNR of a DSL model's revealed tokens; "
+                             "this checkpoint is token-mode (MDLM)")
+        gmax = model.config['gamma_max']
+        # above gamma_max: a state no training row ever shows (endpoints sit at or below gamma_max)
+        if gc is not None and (isinstance(gc, bool) or not isinstance(gc, (int, float)) or not 0 < gc <= gmax):
+            raise ValueError(f"gamma_commit must be a number in (0, gamma_max = {gmax:g}], got {gc}")
     return sampler, {**KNOBS, **kw}
 
 
@@ -309,20 +359,22 @@ def _device(model):
 
 
 @torch.no_grad()
-def _run(model, fn):
-    """Eval mode and (DSL) the endpoint table for the duration of one generation; info with timings."""
-    built = model.dsl and hasattr(model, 'build_endpoint_table') and getattr(model, 'table', None) is None
+def _run(model, fn, gamma_commit=None):
+    """Eval mode and (DSL) the endpoint table, with the commit table at gamma_commit if given, for the duration
+    of one generation (a table the caller built is kept if it fits, and restored); info with timings."""
+    tabled = model.dsl and hasattr(model, 'build_endpoint_table')
+    saved = (model.table, model.commit_table, model.commit_gamma) if tabled else None
     was_training = model.training
     model.eval()
-    if built:
-        model.build_endpoint_table()  # discrete states are endpoints: a row lookup instead of the converter
+    if tabled and (model.table is None or gamma_commit is not None and model.commit_gamma != gamma_commit):
+        model.build_endpoint_table(gamma_commit)  # discrete states: a row lookup instead of the converter
     info = dict(nfe=0, model_s=0.0)
     t0 = time.perf_counter()
     try:
         x = fn(info)
     finally:
-        if built:
-            model.drop_endpoint_table()
+        if tabled:
+            model.table, model.commit_table, model.commit_gamma = saved
         model.train(was_training)
     info['total_s'] = time.perf_counter() - t0
     assert (x != model.mask_id).all(), "internal error: a [MASK] survived sampling"
@@ -381,7 +433,7 @@ def generate(model, num_samples, L, steps, sampler='mdlm', top_p=0.9, prompt=Non
         return discrete_loop(model, x, fixed, alphas, name, kn, top_p, generator, info, traj,
                              exact=sampler == 'roar')
 
-    out, info = _run(model, fn)
+    out, info = _run(model, fn, table_gamma(model, kn))
     info.update(sampler=sampler, steps=steps, top_p=top_p, knobs=dict(kw))
     if trajectory:
         info['trajectory'] = traj
@@ -406,7 +458,7 @@ def repair(model, draft, steps, sampler='uncertainty', alpha=None, top_p=1.0, ge
     traj = [] if trajectory else None
     fixed = torch.zeros_like(x, dtype=torch.bool)
     out, info = _run(model, lambda info: discrete_loop(model, x, fixed, alphas, sampler, kn, top_p, generator,
-                                                       info, traj))
+                                                       info, traj), table_gamma(model, kn))
     info.update(sampler=sampler, steps=steps, top_p=top_p, alpha=a[:, 0].tolist(), knobs=dict(kw))
     if trajectory:
         info['trajectory'] = traj
@@ -456,7 +508,8 @@ def parse_args(argv):
     ap.add_argument('--profile', action='store_true', help='report samples/s and the time outside the forward')
     ap.add_argument('--quiet', action='store_true', help='do not print the samples')
     for k, v in KNOBS.items():
-        ap.add_argument(f'--{k}', type=str if k in ('rule', 'nucleus') else int if k == 'T_c' else float, default=None,
+        ap.add_argument(f'--{k}', type=str if k in ('rule', 'nucleus') else int if k in ('T_c', 'commit_noise')
+                        else float, default=None,
                         help=f'rule knob (default {v})' if v is not None else 'rule knob')
     return ap.parse_args(argv)
 
@@ -503,7 +556,7 @@ def run(args):
               file=sys.stderr)
     g = torch.Generator(args.device).manual_seed(args.seed)
     if model.dsl:  # once for all batches (generate() would otherwise build and drop it per call)
-        model.eval().build_endpoint_table()
+        model.eval().build_endpoint_table(table_gamma(model, kw))
     amp = torch.autocast('cuda', dtype=torch.bfloat16, enabled=args.device.startswith('cuda') and
                          args.dtype == 'bfloat16')
     from tqdm import tqdm

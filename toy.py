@@ -1,15 +1,16 @@
 """
 The cyclic toy (DESIGN.md §9): vocabulary A..G, L = 7, the data are the 7 cyclic shifts of ABCDEFG.
 
-    python toy.py                 # ~30 s on a laptop CPU (one thread), no data, no GPU
+    python toy.py                 # about a minute on a laptop CPU (one thread), no data, no GPU
     python toy.py --no_plot --steps_train 600 --seeds 50 --seed 1   # quicker, another training seed
 
-It reproduces the self-correction experiment of Wu et al. 2026 (arXiv 2602.16169, Fig. 3): two tiny DiTs
-are trained with the same budget, one with the MDLM objective and one with the DSL mixed objective; each
-then repairs the draft `__CDBFF` (two hidden tokens, two visible-but-wrong ones: E -> B, G -> F) in at most
-10 denoiser calls. The DSL model's posterior at *visible* positions flags the wrong tokens, so the
-`uncertainty` rule remasks exactly them; an MDLM model copies visible tokens through (it was only ever
-trained on clean-or-masked inputs), so ReMDM's `conf`/`cap` remasking can only guess.
+The self-correction experiment of Wu et al. 2026 (arXiv 2602.16169, Fig. 3) with the rule separated from the
+model: two tiny DiTs are trained with the same budget, one with the MDLM objective and one with the DSL mixed
+objective; each of them and the exact oracle then repairs the draft `__CDBFF` (two hidden tokens, two
+visible-but-wrong ones: E -> B, G -> F) and random drafts of the same shape in at most 10 denoiser calls,
+with every remasking rule the model supports (`uncertainty` needs a posterior at visible positions, so DSL
+models only). A separate measurement asks whether the model itself can doubt a visible token: the AUROC of
+u = 1 - p(x_i | draft) for telling wrong visible tokens from right ones.
 
 With fixed unit embeddings E the exact Bayes denoiser is a sum over the 7 sequences:
     p(x | z) = exp(sum_i <z_i, e_{x_i}>) / sum_{x' in S} exp(sum_i <z_i, e_{x'_i}>)
@@ -69,9 +70,9 @@ class Oracle(nn.Module):
     def E(self):
         return self.codes
 
-    def endpoint_z(self, x):
-        visible = (x != self.mask_id)
-        return self.codes[x.clamp(max=V - 1)] * (self.config['gamma_max'] * visible)[..., None]
+    def endpoint_z(self, x, gamma=None):  # z = gamma e_x (default gamma_max), 0 at [MASK], as DiT.endpoint_z
+        gamma = self.config['gamma_max'] if gamma is None else gamma
+        return self.codes[x.clamp(max=V - 1)] * (torch.as_tensor(gamma) * (x != self.mask_id))[..., None]
 
     def forward(self, x=None, z=None, out_idx=None):
         if z is None:
@@ -123,15 +124,21 @@ def train_toy(objective, steps=1500, batch=64, lr=2e-3, seed=0):
 # ---------------------------------------------------------------------------------------------
 # Experiments. Every refinement goes through sample.py's one loop (`repair`, `generate`).
 
-# (row label, which model, sampler). ReMDM's rules at their defaults: conf (remask the tokens revealed with
-# low probability; a draft's given tokens count as unknown, psi = 0, so it picks among them uniformly) and
-# cap (eta = 0.008). At frozen alpha ReMDM's reveal probability (eq. 9) of a hidden token is
-# sigma * alpha / (1 - alpha): 0 under conf, ~0.02 under cap, so hidden tokens mostly wait for the final
-# call's argmax. `uncertainty` instead reveals, in expectation, as many tokens as it remasked (DESIGN.md §5).
-ARMS = [('oracle (uncertainty)', 'oracle', 'uncertainty'),
-        ('DSL (uncertainty)', 'dsl', 'uncertainty'),
-        ('MDLM (conf)', 'mdlm', 'conf'),
-        ('MDLM (cap)', 'mdlm', 'cap')]
+# Every rule on every model: rows oracle / DSL / MDLM, columns the rules, each at its default knobs and applied
+# through the same sample.repair / sample.generate call, so a column differs between rows only by the model.
+# `uncertainty` needs p(x_i | state) at visible tokens, which only DSL-capable models (the oracle, DSL) give.
+# At frozen alpha ReMDM's reveal probability (eq. 9) of a hidden token is sigma * alpha / (1 - alpha): 0 under
+# conf (hidden tokens have weight 0), ~0.02 under cap, 0.05 under loop, 0.25 under budget (eta = 1/T), so with
+# conf hidden tokens wait for the final call's argmax whatever the model. `uncertainty` instead reveals, in
+# expectation, as many tokens as it remasked (DESIGN.md §5).
+MODELS = dict(oracle='oracle', dsl='DSL', mdlm='MDLM')
+RULES = ('uncertainty', 'conf', 'cap', 'loop', 'budget')
+FIG_ARMS = [('oracle', 'conf'), ('dsl', 'uncertainty'), ('dsl', 'conf'), ('mdlm', 'conf'), ('dsl', 'budget'),
+            ('mdlm', 'budget')]  # the trajectories printed and plotted
+
+
+def arm_label(key, rule):
+    return f'{MODELS[key]} + {rule}'
 
 
 def corrupt(n, n_hidden=2, n_wrong=2, generator=None):
@@ -171,27 +178,61 @@ def validity(m, T, sampler, n=200, seed=0):
     return is_valid(x).float().mean().item()
 
 
+def auroc(score, positive):
+    """Area under the ROC curve of `score` for telling positive from negative entries: the Mann-Whitney
+    statistic from ranks, ties sharing their average rank, i.e. P(s_pos > s_neg) + P(s_pos = s_neg) / 2."""
+    score, positive = score.flatten().double(), positive.flatten().bool()
+    n_pos, n_neg = positive.sum().item(), (~positive).sum().item()
+    _, inv, counts = torch.unique(score, return_inverse=True, return_counts=True)  # sorted distinct values
+    end = counts.cumsum(0).double()  # 1-based rank of each tie group's last member
+    rank = (end - (counts - 1) / 2)[inv]  # average rank within the tie group
+    return ((rank[positive].sum().item() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@torch.no_grad()
+def doubt(m, drafts, targets):
+    """u_i = 1 - p(x_i | draft) at the visible tokens, from one call on the drafts as the samplers present them
+    (DSL: endpoint states z = gamma_max e_x). For a token-mode (MDLM) model this is the raw network output at a
+    visible position, which its training never scores (the MDLM loss counts masked positions only) and which
+    its sampling never reads (SUBS copies visible tokens). Returns (AUROC of u for wrong vs right visible
+    tokens, mean u on wrong, mean u on right)."""
+    m.eval()
+    p = torch.softmax(m(x=drafts)[..., :V].double(), -1)  # (B, L, V)
+    u = 1 - p.gather(-1, drafts.clamp(max=V - 1)[..., None])[..., 0]  # (B, L)
+    vis = drafts != V
+    wrong = (drafts != targets)[vis]
+    return auroc(u[vis], wrong), u[vis][wrong].mean().item(), u[vis][~wrong].mean().item()
+
+
 def run(steps_train=1500, seeds=100, seed=0, Ts=(3, 7), verbose=True):
-    """Train both models, then evaluate every arm. Returns (results {label: {column: rate}}, trajectories
-    of the __CDBFF repair {label: (11, seeds, L)}, the models)."""
+    """Train both models, then apply every rule to every model that supports it. Returns (results
+    {model: {rule: {column: rate}}}, detection {model: (AUROC, mean u wrong, mean u right)}, trajectories of
+    the __CDBFF repair {arm label: (11, seeds, L)}, the models)."""
     say = print if verbose else (lambda *a, **k: None)
     models = {'oracle': Oracle(16, TOY_SNR['gamma_max'])}
-    for obj in ('mdlm', 'dsl'):
+    for obj in ('dsl', 'mdlm'):
         t0 = time.time()
         models[obj] = train_toy(obj, steps_train, seed=seed)
         say(f"trained {obj.upper():4s} tiny DiT ({models[obj].num_params() / 1e3:.0f}k params), "
             f"{steps_train} steps, batch 64: {time.time() - t0:.1f}s")
     draft, target = encode(DRAFT)[None].repeat(seeds, 1), encode(TARGET)[None].repeat(seeds, 1)
     rand_drafts, rand_targets = corrupt(seeds, generator=torch.Generator().manual_seed(seed + 1))
-    results, trajs = {}, {}
-    for label, key, sampler in ARMS:
-        r = {}
-        r[DRAFT], trajs[label] = recovery(models[key], draft, target, sampler, seed=seed)
-        r['random'], _ = recovery(models[key], rand_drafts, rand_targets, sampler, seed=seed)
-        for T in Ts:
-            r[f'valid T={T}'] = validity(models[key], T, sampler, seed=seed)
-        results[label] = r
-    return results, trajs, models
+    # error detection on more drafts than the repair uses: 500 drafts = 1000 wrong and 1500 right visible tokens
+    det_drafts, det_targets = corrupt(500, generator=torch.Generator().manual_seed(seed + 2))
+    results, detect, trajs = {}, {}, {}
+    for key, m in models.items():
+        detect[key] = doubt(m, det_drafts, det_targets)
+        results[key] = {}
+        for rule in RULES:
+            if rule in sample.DSL_ONLY and not m.dsl:
+                continue
+            r = {}
+            r[DRAFT], trajs[arm_label(key, rule)] = recovery(m, draft, target, rule, seed=seed)
+            r['random'], _ = recovery(m, rand_drafts, rand_targets, rule, seed=seed)
+            for T in Ts:
+                r[f'valid T={T}'] = validity(m, T, rule, seed=seed)
+            results[key][rule] = r
+    return results, detect, trajs, models
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,26 +243,40 @@ def mark(ids, target):
     return ''.join(c if c == '_' or c == t else c.lower() for c, t in zip(decode(ids), target))
 
 
-def print_trajectories(trajs, row=0):
-    labels = list(trajs)
+def fig_labels(trajs):
+    return [arm_label(k, r) for k, r in FIG_ARMS if arm_label(k, r) in trajs]
+
+
+def print_trajectories(trajs, row=0, labels=None):
+    labels = labels or fig_labels(trajs)
     print(f"\n{DRAFT} -> {TARGET}, chain {row} (lower case: wrong token, _: hidden; one line per denoiser call)")
-    print('step  ' + ''.join(f'{lab:<22s}' for lab in labels))
+    print('step  ' + ''.join(f'{lab:<20s}' for lab in labels))
     for k in range(trajs[labels[0]].shape[0]):
-        print(f'{k:>4d}  ' + ''.join(f'{mark(trajs[lab][k, row], TARGET):<22s}' for lab in labels))
+        print(f'{k:>4d}  ' + ''.join(f'{mark(trajs[lab][k, row], TARGET):<20s}' for lab in labels))
 
 
-def print_table(results, seeds):
-    cols = list(next(iter(results.values())))
-    heads = [f'{DRAFT} (10 steps)', 'random 2+2 (10 steps)'] + cols[2:]
-    print(f"\nrecovery / validity over {seeds} seeds (random 2+2: two hidden, two wrong, random positions)")
-    print(f"{'':22s}" + ''.join(f'{h:>23s}' for h in heads))
-    for label, r in results.items():
-        print(f'{label:22s}' + ''.join(f'{100 * r[c]:>22.0f}%' for c in cols))
+def print_table(results, detect, seeds):
+    """One block per column of `run` (rows = models, columns = rules; '-': the model cannot run the rule),
+    then the error-detection AUROC of u per model."""
+    cols = list(results['oracle']['conf'])
+    names = {DRAFT: f'{DRAFT} repaired in 10 calls', 'random': 'random 2+2 drafts repaired in 10 calls'}
+    for c in cols:
+        what = names.get(c, f'{c}: unconditional samples that are one of the 7 shifts (% of 200 samples)')
+        print(f"\n{what}" + (f" (% of {seeds} chains)" if c in names else ''))
+        print(f"{'':8s}" + ''.join(f'{r:>13s}' for r in RULES))
+        for key, res in results.items():
+            print(f'{MODELS[key]:8s}' + ''.join(f'{100 * res[r][c]:>12.0f}%' if r in res else f'{"-":>13s}'
+                                                for r in RULES))
+    print("\nwrong vs right visible tokens of 500 random 2+2 drafts, u = 1 - p(x_i | draft)")
+    print(f"{'':8s}{'AUROC':>8s}{'mean u wrong':>15s}{'mean u right':>15s}")
+    for key, (a, uw, ur) in detect.items():
+        print(f'{MODELS[key]:8s}{a:>8.3f}{uw:>15.3f}{ur:>15.3f}')
 
 
-def plot(trajs, path, results=None, row=0):
-    """Tokens by step for each arm (Fig. 3 style): rows = denoiser calls, columns = positions;
-    black = correct, red = wrong, grey '_' = hidden. Titles carry the recovery rate when results are given."""
+def plot(trajs, path, results=None, row=0, labels=None):
+    """Tokens by step for each arm (Fig. 3 style, the arms of FIG_ARMS): rows = denoiser calls, columns =
+    positions; black = correct, red = wrong, grey '_' = hidden. Titles carry the recovery rate when results
+    are given."""
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -229,7 +284,8 @@ def plot(trajs, path, results=None, row=0):
     except ImportError:
         print("toy.py: matplotlib is not installed: no figure (pip install matplotlib, or pass --no_plot)")
         return None
-    labels = list(trajs)
+    labels = labels or fig_labels(trajs)
+    rates = {arm_label(k, r): v[DRAFT] for k, res in (results or {}).items() for r, v in res.items()}
     steps = trajs[labels[0]].shape[0]
     fig, axes = plt.subplots(1, len(labels), figsize=(2.3 * len(labels), 0.32 * steps + 1.1))
     for ax, lab in zip(axes, labels):
@@ -249,7 +305,7 @@ def plot(trajs, path, results=None, row=0):
         ax.set_xlabel('position', fontsize=7)
         ax.set_yticks(range(steps), [str(k) for k in range(steps)], fontsize=7)
         ax.tick_params(length=0)
-        rate = f"\n{100 * results[lab][DRAFT]:.0f}% recovered" if results else ''
+        rate = f"\n{100 * rates[lab]:.0f}% recovered" if results else ''
         ax.set_title(lab + rate, fontsize=9)
         for s in ax.spines.values():
             s.set_visible(False)
@@ -274,9 +330,9 @@ def main(argv=None):
     # (2 threads on a busy 2-core machine were 5-10x slower per step)
     torch.set_num_threads(1)
     t0 = time.time()
-    results, trajs, _ = run(args.steps_train, args.seeds, args.seed)
+    results, detect, trajs, _ = run(args.steps_train, args.seeds, args.seed)
     print_trajectories(trajs)
-    print_table(results, args.seeds)
+    print_table(results, detect, args.seeds)
     if not args.no_plot:
         path = plot(trajs, os.path.join(args.out_dir, 'toy_fig3.png'), results)
         if path:
