@@ -116,6 +116,42 @@ def bench_sample(args, sampler, batch, amp):
                 ms_step=1e3 * best['total_s'] / best['nfe'], outside=1 - best['model_s'] / best['total_s'])
 
 
+@torch.no_grad()
+def lookup_error(args):
+    """The top-k soft lookup against the dense one on one DSL checkpoint and held-out windows, at the states
+    training uses (noise.sample_gamma) with the same noise for every k: the mass outside the top k, the relative
+    error of h, and the change of the DSL training loss and of the diffusion bound. Prints a table."""
+    import numpy as np
+    import data
+    m = modellib.load_mdlm(args.lookup_error).to(args.device).eval()
+    meta = data.load_meta(args.data)
+    x = data.get_batch(args.data, 'val', args.batch, args.block_size, np.random.default_rng(0), meta['dtype'],
+                       args.device)  # (B, L)
+    snr = noise.snr_config(m.vocab_size, gamma_max=m.config['gamma_max'])
+    gamma = noise.sample_gamma(*x.shape, snr, x.device, torch.Generator(args.device).manual_seed(1))[0]
+    z = noise.localize(m.E()[x], gamma, torch.Generator(args.device).manual_seed(2))  # (B, L, d)
+    p = m.converter(z)  # (B, L, V+1) dense probabilities, for the dropped mass
+    trained_k, rows = m.config['lookup_topk'], []
+    for k in [0] + [int(k) for k in args.topk.split(',')]:
+        m.config['lookup_topk'] = k
+        h = m.embed(z=z)
+        logits = m(z=z)[..., :m.vocab_size]
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x.flatten()).item()
+        bound = noise.diffusion_bound(m, x, n=args.grid, generator=torch.Generator(args.device).manual_seed(3))
+        if k == 0:
+            h0, loss0, bound0 = h, loss, bound
+        r = 1 - p[..., :m.vocab_size].topk(k, -1).values.sum(-1) - p[..., -1] if k else torch.zeros(1)
+        rows.append((k, r.mean().item(), r.max().item(), ((h - h0).norm(dim=-1) / h0.norm(dim=-1)).mean().item(),
+                     loss, loss - loss0, bound, bound - bound0))
+    m.config['lookup_topk'] = trained_k
+    print(f"soft lookup vs dense on {args.lookup_error} (trained with lookup_topk={trained_k}), {x.numel()} held-out "
+          f"tokens of {args.data}, training's SNR mixture; bound on a {args.grid}-point grid")
+    print(f"{'k':>5} {'tail mass':>10} {'max':>7} {'|dh|/|h|':>9} {'DSL loss':>9} {'change':>8} {'bound':>8} {'change':>8}")
+    for k, rm, rx, dh, lo, dlo, b, db in rows:
+        print(f"{k if k else 'dense':>5} {rm:>10.4f} {rx:>7.3f} {dh:>9.4f} {lo:>9.4f} {dlo:>+8.4f} {b:>8.4f} {db:>+8.4f}")
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description='training and sampling throughput (tokens/s, MFU, samples/s)')
     ap.add_argument('--preset', default='mini', choices=sorted(modellib.PRESETS))
@@ -130,6 +166,11 @@ def main(argv=None):
     ap.add_argument('--compile', action='store_true', help='torch.compile the training forward and the sampler\'s model')
     ap.add_argument('--memory', action='store_true', help='also measure the activations kept for the backward')
     ap.add_argument('--json', default='', help='also write the results to this JSON file')
+    ap.add_argument('--lookup_error', default='', metavar='CKPT',
+                    help='instead of timing: the top-k soft lookup against the dense one on this DSL checkpoint')
+    ap.add_argument('--data', default='', help='--lookup_error: prepared data folder (its val.bin)')
+    ap.add_argument('--topk', default='16,64,256', help='--lookup_error: the k to compare with the dense lookup')
+    ap.add_argument('--grid', type=int, default=32, help='--lookup_error: SNR grid points of the diffusion bound')
     ap.add_argument('--modes', default='mdlm,dsl', help='training modes to time (mdlm, dsl, dsl-dense, ar)')
     ap.add_argument('--samplers', default='mdlm,uncertainty', help="samplers to time ('' skips sampling)")
     ap.add_argument('--sample_batches', default='1,32')
@@ -139,6 +180,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.lookup_error:
+        return lookup_error(args)
     cuda = args.device.startswith('cuda')
     amp = torch.autocast('cuda', dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     name = torch.cuda.get_device_name() if cuda else f'cpu, {torch.get_num_threads()} threads'

@@ -465,6 +465,20 @@ STATES = dict(endpoint=lambda m, x, g: m(z=m.endpoint_z(x)),
               tokens=lambda m, x, g: m(x=x))
 
 
+def commit_states(gammas):
+    """The commit states of sample.py's --gamma_commit g (DSL): every visible token at z = g e_x, deterministic
+    ('commit@g') or as a channel sample z = g e_x + sqrt(g) eps ('commit@g+noise', --commit_noise 1)."""
+    def state(gc, noisy):
+        def fn(m, x, g):
+            z = m.endpoint_z(x, gc)  # (B, L, d), 0 where hidden
+            if noisy:
+                vis = (x != m.mask_id)[..., None]
+                z = z + vis * gc ** 0.5 * torch.randn(z.shape, generator=g, device=z.device)
+            return m(z=z)
+        return fn
+    return [(f"commit@{gc:g}{'+noise' if noisy else ''}", state(gc, noisy)) for gc in gammas for noisy in (0, 1)]
+
+
 @torch.no_grad()
 def corrupt(x, hide, frac, how, V, mask_id, g, proposer=None):
     """Hide a fraction `hide` of positions, replace a fraction `frac` of the visible ones by a wrong token:
@@ -506,7 +520,9 @@ def detect_auroc(m, x, states, hows=('uniform', 'plausible'), hide=0.25, frac=0.
     return rows
 
 
-def detect(ckpt, data_dir, n=64, L=None, hide=0.25, frac=0.1, proposer='', seed=0):
+def detect(ckpt, data_dir, n=64, L=None, hide=0.25, frac=0.1, proposer='', seed=0, gamma_commit=None):
+    """Error-detection AUROC for every state a sampler can present visible tokens in: DSL models at the endpoint
+    and at the commit states of gamma_commit (default gamma_max / 3 and / 10), MDLM models as ids."""
     m, _, cfg = load(ckpt)
     if m.config.get('causal'):
         raise ValueError(f"{ckpt}: detect needs a DSL or MDLM checkpoint, not an autoregressive one")
@@ -515,7 +531,12 @@ def detect(ckpt, data_dir, n=64, L=None, hide=0.25, frac=0.1, proposer='', seed=
     prop = load(proposer)[0] if proposer else m
     if prop.config.get('causal') or prop.vocab_size != m.vocab_size:
         raise ValueError(f"--proposer {proposer} must be a DSL or MDLM checkpoint with the model's vocabulary")
-    return detect_auroc(m, x, ['endpoint'] if m.dsl else ['tokens'], hide=hide, frac=frac, proposer=prop, seed=seed)
+    gmax = m.config['gamma_max']
+    gammas = [gmax / 3, gmax / 10] if gamma_commit is None else gamma_commit
+    if m.dsl and not all(0 < gc <= gmax for gc in gammas):
+        raise ValueError(f"--gamma_commit values must lie in (0, gamma_max = {gmax:g}], got {gammas}")
+    states = ['endpoint'] + commit_states(gammas) if m.dsl else ['tokens']
+    return detect_auroc(m, x, states, hide=hide, frac=frac, proposer=prop, seed=seed)
 
 
 @torch.no_grad()
@@ -720,6 +741,8 @@ def parse_args(argv):
             p.add_argument('--hide', type=float, default=0.25, help='fraction of positions hidden')
             p.add_argument('--frac', type=float, default=0.1, help='fraction of visible tokens corrupted')
             p.add_argument('--proposer', default='', help='checkpoint proposing plausible corruptions (default: the model)')
+            p.add_argument('--gamma_commit', default='', help='DSL commit SNRs to test, comma-separated '
+                                                              '(default gamma_max/3, gamma_max/10)')
     p = sub.add_parser('sweep', help='sample and score every valid (checkpoint, sampler, steps) cell')
     p.add_argument('--ckpt', action='append', required=True)
     p.add_argument('--samplers', default='mdlm,remdm-cap,remdm-loop,uncertainty')
@@ -757,7 +780,8 @@ def run(a):
         print(table(rows, ['level', 'value', 'ece', 'accuracy', 'confidence', 'n']))
         print(f"wrote {a.out}", file=sys.stderr)
     elif a.cmd == 'detect':
-        rows = detect(a.ckpt, a.data, a.num_windows, a.seq_len, a.hide, a.frac, a.proposer, a.seed)
+        gc = [float(v) for v in a.gamma_commit.split(',') if v] or None
+        rows = detect(a.ckpt, a.data, a.num_windows, a.seq_len, a.hide, a.frac, a.proposer, a.seed, gc)
         print(table(rows, ['state', 'corruption', 'auroc', 'u_wrong', 'u_true', 'n_wrong', 'n_true']))
     elif a.cmd == 'bounds':
         for k, r in bounds(a.ckpt, a.data, a.num_windows, a.seq_len, a.seed).items():
