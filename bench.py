@@ -75,8 +75,9 @@ def bench_train(args, amp):
 
 
 def bench_sample(args, sampler, batch, amp):
-    dsl = sampler in sample.DSL_ONLY or args.sample_mode == 'dsl'
-    m = modellib.DiT(modellib.model_config(args.preset, args.vocab, dsl=dsl)).to(args.device)
+    ar = sample.sampler_name(sampler) == 'ar'  # needs a causal model; the others a diffusion one
+    dsl = not ar and (sample.sampler_name(sampler) in sample.DSL_ONLY or args.sample_mode == 'dsl')
+    m = modellib.DiT(modellib.model_config(args.preset, args.vocab, dsl=dsl, causal=ar)).to(args.device)
     g = torch.Generator(args.device).manual_seed(0)
     with amp:
         sample.generate(m, batch, args.block_size, 2, sampler, generator=g)  # warm-up
@@ -86,6 +87,30 @@ def bench_sample(args, sampler, batch, amp):
             best = info if best is None or info['total_s'] < best['total_s'] else best
     return dict(sampler=sampler, batch=batch, samples_s=batch / best['total_s'],
                 ms_step=1e3 * best['total_s'] / best['nfe'], outside=1 - best['model_s'] / best['total_s'])
+
+
+def check_args(ap, args):
+    """Every argument before any model is built: a mistake is one line (ap.error), not a traceback minutes in."""
+    for k in ('vocab', 'block_size', 'batch', 'iters', 'reps', 'steps'):
+        if getattr(args, k) < 1:
+            ap.error(f"--{k} must be >= 1, got {getattr(args, k)}")
+    for k in ('warmup', 'threads'):
+        if getattr(args, k) < 0:
+            ap.error(f"--{k} must be >= 0, got {getattr(args, k)}")
+    if not args.peak_flops > 0:
+        ap.error(f"--peak_flops must be > 0, got {args.peak_flops}")
+    if modellib.device_error(args.device):
+        ap.error(modellib.device_error(args.device))
+    bad = [m for m in args.modes.split(',') if m and m not in ('mdlm', 'dsl', 'ar')]
+    if bad:
+        ap.error(f"--modes: unknown objective '{bad[0]}': choose from mdlm, dsl, ar")
+    for s in args.samplers.split(','):
+        try:
+            s and sample.sampler_name(s)
+        except ValueError as e:
+            ap.error(f"--samplers: {e}")
+    if not all(b.isdigit() and int(b) >= 1 for b in args.sample_batches.split(',')):
+        ap.error(f"--sample_batches expects comma-separated batch sizes >= 1, got '{args.sample_batches}'")
 
 
 def main(argv=None):
@@ -106,7 +131,9 @@ def main(argv=None):
     ap.add_argument('--steps', type=int, default=32, help='sampling steps (NFE) per sample')
     ap.add_argument('--sample_mode', default='dsl', choices=['dsl', 'mdlm'], help='model for token-mode samplers')
     ap.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
+    ap.error = lambda msg: ap.exit(2, f"bench.py: error: {msg}\n")  # one line, no usage dump
     args = ap.parse_args(argv)
+    check_args(ap, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = args.device.startswith('cuda')

@@ -87,7 +87,7 @@ CASES = [
     # bench.py
     ('bench.py --device cuda', 2, 'CUDA is not available'),
     ('bench.py --block_size 0', 2, '--block_size'),
-    ('bench.py --vocab 1', 2, '--vocab'),
+    ('bench.py --vocab 0', 2, '--vocab'),
     ('bench.py --modes gan', 2, '--modes'),
     ('bench.py --samplers gibbs', 2, 'unknown sampler'),
     ('bench.py --sample_batches 1,x', 2, '--sample_batches'),
@@ -148,7 +148,7 @@ def child(script, argv, cwd, out_path, err_path):
 @pytest.fixture(scope='module')
 def forkserver():
     ctx = multiprocessing.get_context('forkserver')
-    ctx.set_forkserver_preload(['torch', 'numpy', 'tqdm'])
+    ctx.set_forkserver_preload(['torch', 'numpy', 'tqdm', 'pytest'])  # what the children would import
     return ctx
 
 
