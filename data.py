@@ -43,7 +43,7 @@ def gpt2_encoding():
         return tiktoken.get_encoding('gpt2')
     except Exception as e:  # offline: tiktoken tries to download vocab.bpe / encoder.json
         raise SystemExit(f"data: cannot load the gpt2 BPE files ({type(e).__name__}); offline, set "
-                         f"TIKTOKEN_CACHE_DIR to a writable copy of ../shared/tiktoken")
+                         f"TIKTOKEN_CACHE_DIR to a writable folder holding tiktoken's cached GPT-2 BPE files")
 
 
 def get_tokenizer(meta):
@@ -250,8 +250,8 @@ def prepare(dataset='shakespeare_char', data='', tokenizer='', out_dir=''):
         raw = os.path.join(out_dir, 'input.txt')
         if not os.path.exists(raw):
             os.makedirs(out_dir, exist_ok=True)
-            _fetch(SHAKESPEARE_URL, raw, f"copy ../shared/data/tinyshakespeare.txt (or any tiny-shakespeare "
-                                         f"input.txt) to {raw}, or pass --data path/to/file.txt")
+            _fetch(SHAKESPEARE_URL, raw, f"copy tinyshakespeare.txt (any tiny-shakespeare input.txt) "
+                                         f"to {raw}, or pass --data path/to/file.txt")
         return prepare_text(read_files([raw]), out_dir, tokenizer, source=SHAKESPEARE_URL)
     if dataset == 'text8':
         return prepare_text8(out_dir)
