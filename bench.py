@@ -99,8 +99,8 @@ def check_args(ap, args):
             ap.error(f"--{k} must be >= 0, got {getattr(args, k)}")
     if not args.peak_flops > 0:
         ap.error(f"--peak_flops must be > 0, got {args.peak_flops}")
-    if modellib.device_error(args.device):
-        ap.error(modellib.device_error(args.device))
+    if err := modellib.device_error(args.device):
+        ap.error(err)
     bad = [m for m in args.modes.split(',') if m and m not in ('mdlm', 'dsl', 'ar')]
     if bad:
         ap.error(f"--modes: unknown objective '{bad[0]}': choose from mdlm, dsl, ar")

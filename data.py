@@ -310,7 +310,6 @@ if __name__ == '__main__':
     ap.add_argument('--out_dir', default='', help="'' = data/<dataset>")
     ap.error = lambda msg: ap.exit(2, f"data.py: error: {msg}\n")  # one line, no usage dump
     a = ap.parse_args()
-    err = folder_error(a.out_dir) if a.out_dir else None
-    if err:
+    if a.out_dir and (err := folder_error(a.out_dir)):
         ap.error(err)
     prepare(a.dataset, a.data, a.tokenizer, resolve_dir(a.dataset, a.data, a.tokenizer, a.out_dir))

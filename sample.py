@@ -468,8 +468,8 @@ def run(args):
     check_options(args.top_p, kw)
     if args.seq_len < 0:
         raise ValueError(f"--seq_len must be >= 0 (0 = the checkpoint's block_size), got {args.seq_len}")
-    if modellib.device_error(args.device):
-        raise ValueError(modellib.device_error(args.device))
+    if err := modellib.device_error(args.device):
+        raise ValueError(err)
     if os.path.isdir(args.ckpt):
         raise ValueError(f"--ckpt {args.ckpt} is a folder: pass the checkpoint file in it "
                          f"(e.g. {os.path.join(args.ckpt, 'ckpt.pt')})")
@@ -480,8 +480,8 @@ def run(args):
     if os.path.isdir(out):
         raise ValueError(f"--out {out} is a folder: pass a file name, e.g. {os.path.join(out, 'samples.jsonl')}")
     import data
-    if data.folder_error(os.path.dirname(os.path.abspath(out)), '--out'):
-        raise ValueError(data.folder_error(os.path.dirname(os.path.abspath(out)), '--out'))
+    if err := data.folder_error(os.path.dirname(os.path.abspath(out)), '--out'):
+        raise ValueError(err)
     try:
         model = modellib.load_mdlm(args.ckpt, use_ema=not args.no_ema)
     except (FileNotFoundError, KeyError, ValueError):  # not found, or keys/shapes that do not fit: clear already

@@ -276,8 +276,8 @@ def main(argv=None):
     for k in ('steps_train', 'seeds'):
         if getattr(args, k) < 1:
             ap.error(f"--{k} must be >= 1, got {getattr(args, k)}")
-    if not args.no_plot and data.folder_error(args.out_dir):
-        ap.error(data.folder_error(args.out_dir))
+    if not args.no_plot and (err := data.folder_error(args.out_dir)):
+        ap.error(err)
     # one thread: at L = 7 and 64 wide, intra-op parallelism costs more in synchronisation than it gains
     # (2 threads on a busy 2-core machine were 5-10x slower per step)
     torch.set_num_threads(1)

@@ -141,8 +141,8 @@ def convert(key, val):
         lo, hi, br = RANGES[key]
         if not ((lo <= v if br[0] == '[' else lo < v) and (v <= hi if br[1] == ']' else v < hi)):
             die(f"--{key} expects {'an int' if typ is int else 'a number'} in {br[0]}{lo}, {hi}{br[1]}, got '{val}'", 2)
-    if key == 'device' and v != 'auto' and M.device_error(v):
-        die(M.device_error(v) + " (or auto)", 2)
+    if key == 'device' and v != 'auto' and (err := M.device_error(v)):
+        die(err + " (or auto)", 2)
     return v
 
 
@@ -150,8 +150,7 @@ def check_paths(cfg):
     """Folders the run writes and the checkpoint it starts from, checked before any work: a bad one fails at
     once (not after data preparation or training) and nothing is written."""
     for key in ('out_dir', 'data_dir'):
-        err = cfg[key] and data.folder_error(cfg[key], f'--{key}')
-        if err:
+        if cfg[key] and (err := data.folder_error(cfg[key], f'--{key}')):
             die(err, 2)
     src = cfg['init_from']
     if src not in ('scratch', 'resume') and not os.path.exists(src) and (src.count('/') != 1 or src.startswith(('.', '/'))):
