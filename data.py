@@ -165,7 +165,8 @@ def read_files(paths):
     texts = []
     for p in paths:
         if not os.path.isfile(p):
-            raise SystemExit(f"data: no such file '{p}' (--data takes comma-separated local text files)")
+            what = f"'{p}' is a folder" if os.path.isdir(p) else f"no such file '{p}'"
+            raise SystemExit(f"data: {what} (--data takes comma-separated local text files)")
         with open(p, encoding='utf-8', errors='replace') as f:
             texts.append(f.read())
         if not texts[-1]:  # checked before anything is written: an empty vocabulary fails much later, unclearly

@@ -76,6 +76,7 @@ CASES = [
     ('train.py --init_from {missing}', 2, '--init_from'),
     # data.py
     ('data.py --data {empty}', 1, 'is empty'),
+    ('data.py --data {dir}', 1, 'is a folder'),
     ('data.py --data {text} --out_dir {file}', 2, 'is a file'),
     ('data.py --tokenizer bpe', 2, "invalid choice: 'bpe'"),
     ('data.py no_such_set', 1, 'unknown dataset'),
