@@ -102,8 +102,9 @@ def bench_train(args, amp):
 
 
 def bench_sample(args, sampler, batch, amp):
-    dsl = sampler in sample.DSL_ONLY or args.sample_mode == 'dsl'
-    m = modellib.DiT(modellib.model_config(args.preset, args.vocab, dsl=dsl)).to(args.device)
+    ar = sample.sampler_name(sampler) == 'ar'  # needs a causal model; the others a diffusion one
+    dsl = not ar and (sample.sampler_name(sampler) in sample.DSL_ONLY or args.sample_mode == 'dsl')
+    m = modellib.DiT(modellib.model_config(args.preset, args.vocab, dsl=dsl, causal=ar)).to(args.device)
     m = torch.compile(m, dynamic=True) if args.compile else m  # the head's row count changes every step
     g = torch.Generator(args.device).manual_seed(0)
     with amp:
@@ -152,6 +153,32 @@ def lookup_error(args):
     return rows
 
 
+def check_args(ap, args):
+    """Every argument before any model is built: a mistake is one line (ap.error), not a traceback minutes in."""
+    for k in ('vocab', 'block_size', 'batch', 'iters', 'reps', 'steps'):
+        if getattr(args, k) < 1:
+            ap.error(f"--{k} must be >= 1, got {getattr(args, k)}")
+    for k in ('warmup', 'threads'):
+        if getattr(args, k) < 0:
+            ap.error(f"--{k} must be >= 0, got {getattr(args, k)}")
+    if not args.peak_flops > 0:
+        ap.error(f"--peak_flops must be > 0, got {args.peak_flops}")
+    if err := modellib.device_error(args.device):
+        ap.error(err)
+    bad = [m for m in args.modes.split(',') if m and m not in ('mdlm', 'dsl', 'dsl-dense', 'ar')]
+    if bad:
+        ap.error(f"--modes: unknown mode '{bad[0]}': choose from mdlm, dsl, dsl-dense, ar")
+    if args.lookup_error and not args.data:
+        ap.error("--lookup_error needs --data, the prepared folder whose val.bin it reads")
+    for s in args.samplers.split(','):
+        try:
+            s and sample.sampler_name(s)
+        except ValueError as e:
+            ap.error(f"--samplers: {e}")
+    if not all(b.isdigit() and int(b) >= 1 for b in args.sample_batches.split(',')):
+        ap.error(f"--sample_batches expects comma-separated batch sizes >= 1, got '{args.sample_batches}'")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description='training and sampling throughput (tokens/s, MFU, samples/s)')
     ap.add_argument('--preset', default='mini', choices=sorted(modellib.PRESETS))
@@ -177,7 +204,9 @@ def main(argv=None):
     ap.add_argument('--steps', type=int, default=32, help='sampling steps (NFE) per sample')
     ap.add_argument('--sample_mode', default='dsl', choices=['dsl', 'mdlm'], help='model for token-mode samplers')
     ap.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
+    ap.error = lambda msg: ap.exit(2, f"bench.py: error: {msg}\n")  # one line, no usage dump
     args = ap.parse_args(argv)
+    check_args(ap, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.lookup_error:

@@ -43,7 +43,7 @@ def gpt2_encoding():
         return tiktoken.get_encoding('gpt2')
     except Exception as e:  # offline: tiktoken tries to download vocab.bpe / encoder.json
         raise SystemExit(f"data: cannot load the gpt2 BPE files ({type(e).__name__}); offline, set "
-                         f"TIKTOKEN_CACHE_DIR to a writable folder holding tiktoken's cached gpt2 files (from a machine online)")
+                         f"TIKTOKEN_CACHE_DIR to a writable folder holding tiktoken's cached GPT-2 BPE files")
 
 
 def get_tokenizer(meta):
@@ -53,7 +53,28 @@ def get_tokenizer(meta):
         return enc.encode_ordinary, lambda ids: enc.decode([int(i) for i in ids])
     stoi = {ch: i for i, ch in enumerate(meta['chars'])}
     itos = meta['chars'] + ['_']  # the [MASK] id V decodes as '_'
-    return (lambda s: [stoi[ch] for ch in s]), (lambda ids: ''.join(itos[int(i)] for i in ids))
+
+    def encode(s):
+        bad = next((ch for ch in s if ch not in stoi), None)
+        if bad is not None:  # name the character: a bare KeyError would print just the character
+            vocab = ''.join(meta['chars'])
+            raise ValueError(f"character {bad!r} (U+{ord(bad):04X}) is not in this model's {len(vocab)}-character "
+                             f"vocabulary; use only these characters: {vocab!r}")
+        return [stoi[ch] for ch in s]
+    return encode, (lambda ids: ''.join(itos[int(i)] for i in ids))
+
+
+def folder_error(path, flag='--out_dir'):
+    """None if `path` is a folder or can be made one, else why not, naming the command-line flag. The CLIs check
+    their output folders before any work: a bad one fails at once, not after training, and writes nothing."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p):  # the nearest existing ancestor
+        p = os.path.dirname(p)
+    if not os.path.isdir(p):
+        return f"{flag} {path}: {p} is a file, not a folder; choose another {flag}"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return f"{flag} {path}: the folder {p} is not writable; choose another {flag}"
+    return None
 
 
 def load_meta(data_dir):
@@ -144,9 +165,12 @@ def read_files(paths):
     texts = []
     for p in paths:
         if not os.path.isfile(p):
-            raise SystemExit(f"data: no such file '{p}' (--data takes comma-separated local text files)")
+            what = f"'{p}' is a folder" if os.path.isdir(p) else f"no such file '{p}'"
+            raise SystemExit(f"data: {what} (--data takes comma-separated local text files)")
         with open(p, encoding='utf-8', errors='replace') as f:
             texts.append(f.read())
+        if not texts[-1]:  # checked before anything is written: an empty vocabulary fails much later, unclearly
+            raise SystemExit(f"data: {p} is empty; --data needs text files with something to train on")
     return texts
 
 
@@ -227,8 +251,8 @@ def prepare(dataset='shakespeare_char', data='', tokenizer='', out_dir=''):
         raw = os.path.join(out_dir, 'input.txt')
         if not os.path.exists(raw):
             os.makedirs(out_dir, exist_ok=True)
-            _fetch(SHAKESPEARE_URL, raw, f"copy a tiny-shakespeare text (nanoGPT's input.txt, "
-                                         f"tinyshakespeare.txt) to {raw}, or pass --data path/to/file.txt")
+            _fetch(SHAKESPEARE_URL, raw, f"copy tinyshakespeare.txt (any tiny-shakespeare input.txt) "
+                                         f"to {raw}, or pass --data path/to/file.txt")
         return prepare_text(read_files([raw]), out_dir, tokenizer, source=SHAKESPEARE_URL)
     if dataset == 'text8':
         return prepare_text8(out_dir)
@@ -285,5 +309,8 @@ if __name__ == '__main__':
     ap.add_argument('--data', default='', help='comma-separated local text files (override the download)')
     ap.add_argument('--tokenizer', default='', choices=['', 'char', 'gpt2'], help="'' = the dataset's default")
     ap.add_argument('--out_dir', default='', help="'' = data/<dataset>")
+    ap.error = lambda msg: ap.exit(2, f"data.py: error: {msg}\n")  # one line, no usage dump
     a = ap.parse_args()
+    if a.out_dir and (err := folder_error(a.out_dir)):
+        ap.error(err)
     prepare(a.dataset, a.data, a.tokenizer, resolve_dir(a.dataset, a.data, a.tokenizer, a.out_dir))

@@ -43,6 +43,11 @@ KNOBS = dict(eta=None, rho=1.0, kappa=1.0, t_on=0.55, t_off=0.05, alpha_on=0.9,
              gamma_commit=None,   # DSL discrete samplers: SNR of revealed non-prompt tokens (default gamma_max)
              commit_noise=0)      # 1: show them as channel samples gamma_commit e_x + sqrt(gamma_commit) eps
 HYBRID_RULES = tuple(r for r in DISCRETE if r != 'loop')  # hybrid's discrete phase has no frozen-alpha stretch
+INF = math.inf
+# valid knob values, in interval notation: '[' and ']' include the bound, '(' and ')' exclude it; t_off <= t_on
+KNOB_RANGES = dict(eta=(0, 1, '[]'), rho=(0, INF, '[)'), kappa=(0, INF, '[)'), t_on=(0, 1, '()'),
+                   t_off=(0, 1, '[)'), alpha_on=(0, 1, '[]'), gamma_end=(0, INF, '()'), gamma_first=(0, INF, '()'),
+                   gamma_switch=(0, INF, '()'), T_c=(0, INF, '[)'), commit_p=(0, 1, '[]'))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,15 +323,29 @@ def sampler_name(sampler):
     return name
 
 
-def _check(model, sampler, steps, top_p, kw):
-    sampler = sampler_name(sampler)
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps}")
+def check_options(top_p, kw):
+    """top_p and the knobs in their valid ranges (ValueError naming the range); needs no model, so the CLI
+    calls it before loading one. NaN fails every range."""
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     bad = sorted(set(kw) - set(KNOBS))
     if bad:
         raise ValueError(f"unknown sampler option(s) {bad}: valid ones are {sorted(KNOBS)}")
+    for k, v in kw.items():
+        if k in KNOB_RANGES and v is not None:
+            lo, hi, br = KNOB_RANGES[k]
+            if not ((lo <= v if br[0] == '[' else lo < v) and (v <= hi if br[1] == ']' else v < hi)):
+                raise ValueError(f"{k} must lie in {br[0]}{lo}, {hi}{br[1]}, got {v}")
+    kn = {**KNOBS, **{k: v for k, v in kw.items() if v is not None}}
+    if kn['t_off'] > kn['t_on']:  # the loop schedule's phases would overlap
+        raise ValueError(f"t_off must lie in [0, t_on] (t_on = {kn['t_on']}), got {kn['t_off']}")
+
+
+def _check(model, sampler, steps, top_p, kw):
+    sampler = sampler_name(sampler)
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps}")
+    check_options(top_p, kw)
     causal = model.config.get('causal', False)
     if causal != (sampler == 'ar'):
         raise ValueError("sampler 'ar' needs a causal checkpoint" if not causal else
@@ -523,8 +542,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # user errors: one line, no traceback
-        _die(e.args[0] if e.args else str(e))
+    except (ValueError, KeyError, OSError) as e:  # user errors: one line, no traceback
+        _die(e.args[0] if len(e.args) == 1 else str(e))  # str: OSError(errno, text, path) names the path
 
 
 def run(args):
@@ -532,7 +551,32 @@ def run(args):
     if args.steps < 1 or args.num_samples < 1 or args.batch_size < 1:
         raise ValueError(f"--steps, --num_samples and --batch_size must be >= 1")
     kw = {k: getattr(args, k) for k in KNOBS if getattr(args, k) is not None}
-    model = modellib.load_mdlm(args.ckpt, use_ema=not args.no_ema).to(args.device)
+    # everything that needs no model is checked first: a mistake fails at once and nothing is written
+    check_options(args.top_p, kw)
+    if args.seq_len < 0:
+        raise ValueError(f"--seq_len must be >= 0 (0 = the checkpoint's block_size), got {args.seq_len}")
+    if err := modellib.device_error(args.device):
+        raise ValueError(err)
+    if os.path.isdir(args.ckpt):
+        raise ValueError(f"--ckpt {args.ckpt} is a folder: pass the checkpoint file in it "
+                         f"(e.g. {os.path.join(args.ckpt, 'ckpt.pt')})")
+    if args.meta and not os.path.isfile(args.meta):
+        raise ValueError(f"--meta {args.meta}: no such file (pass the meta.json of the prepared data folder)")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)),
+                                   f'samples_{sampler}_T{args.steps}_s{args.seed}.jsonl')
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out} is a folder: pass a file name, e.g. {os.path.join(out, 'samples.jsonl')}")
+    import data
+    if err := data.folder_error(os.path.dirname(os.path.abspath(out)), '--out'):
+        raise ValueError(err)
+    try:
+        model = modellib.load_mdlm(args.ckpt, use_ema=not args.no_ema)
+    except (FileNotFoundError, KeyError, ValueError):  # not found, or keys/shapes that do not fit: clear already
+        raise
+    except Exception as e:  # torch.load of a truncated file, a text file, a pickle of something else
+        raise ValueError(f"cannot read --ckpt {args.ckpt}: truncated, corrupt or not a checkpoint ({type(e).__name__}); "
+                         f"pass a train.py checkpoint, an MDLM .ckpt/.safetensors file or a hub id")
+    model = model.to(args.device)
     _check(model, sampler, args.steps, args.top_p, kw)
     encode, decode, train_cfg = get_codec(args.ckpt, model, args.meta)
     L = args.seq_len or train_cfg.get('block_size') or (1024 if model.vocab_size == 50257 else 0)
@@ -542,7 +586,10 @@ def run(args):
     if args.prompt or args.suffix:
         if encode is None:
             raise ValueError("cannot encode --prompt/--suffix: no tokenizer found (pass --meta path/to/meta.json)")
-        pre, suf = encode(args.prompt), encode(args.suffix)
+        try:
+            pre, suf = encode(args.prompt), encode(args.suffix)
+        except ValueError as e:  # a character outside a char vocabulary
+            raise ValueError(f"--prompt/--suffix: {e}")
         if len(pre) + len(suf) > L:
             raise ValueError(f"the prompt ({len(pre) + len(suf)} tokens) is longer than the sequence (L = {L})")
         prompt = torch.full((L,), model.mask_id, dtype=torch.long)
@@ -574,8 +621,6 @@ def run(args):
                                 knobs=kw, ckpt=args.ckpt))
         bar.update(B)
     bar.close()
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)),
-                                   f'samples_{sampler}_T{args.steps}_s{args.seed}.jsonl')
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, 'w') as f:
         for r in records:

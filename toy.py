@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import data
 import model as modellib
 import noise
 import sample
@@ -325,7 +326,14 @@ def main(argv=None):
     ap.add_argument('--seed', type=int, default=0, help='training and sampling seed')
     ap.add_argument('--out_dir', default='out', help='where the figure goes')
     ap.add_argument('--no_plot', action='store_true', help='skip the figure (no matplotlib needed)')
+    ap.error = lambda msg: ap.exit(2, f"toy.py: error: {msg}\n")  # one line, no usage dump
     args = ap.parse_args(argv)
+    # checked before the training (~30 s): a mistake fails at once and writes nothing
+    for k in ('steps_train', 'seeds'):
+        if getattr(args, k) < 1:
+            ap.error(f"--{k} must be >= 1, got {getattr(args, k)}")
+    if not args.no_plot and (err := data.folder_error(args.out_dir)):
+        ap.error(err)
     # one thread: at L = 7 and 64 wide, intra-op parallelism costs more in synchronisation than it gains
     # (2 threads on a busy 2-core machine were 5-10x slower per step)
     torch.set_num_threads(1)

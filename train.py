@@ -92,6 +92,14 @@ CHOICES = dict(objective=('dsl', 'mdlm', 'ar'), lr_decay=('constant', 'cosine'),
                tokenizer=('', 'char', 'gpt2'))
 POSITIVE = ('block_size', 'batch_size', 'eval_interval', 'eval_windows', 'eval_grid', 'log_interval',
             'ckpt_interval')
+INF = math.inf
+# valid values, in interval notation: '[' and ']' include the bound, '(' and ')' exclude it (NaN is never valid)
+RANGES = dict(n_layer=(1, INF, '[)'), n_embd=(1, INF, '[)'), n_head=(1, INF, '[)'), noise_dim=(0, INF, '[)'),
+              dropout=(0, 1, '[)'), gamma_max=(0, INF, '()'), gamma_min=(0, INF, '[)'), p_end=(0, 1, '[]'),
+              c=(0, 1, '[]'), mu=(-INF, INF, '()'), sigma=(0, INF, '[)'), jitter=(0, INF, '[)'),
+              roar_weight=(0, INF, '[)'), max_iters=(0, INF, '[)'), lr=(0, INF, '()'), min_lr=(0, INF, '[)'),
+              warmup_iters=(0, INF, '[)'), weight_decay=(0, INF, '[)'), beta1=(0, 1, '[)'), beta2=(0, 1, '[)'),
+              grad_clip=(0, INF, '[)'), ema_decay=(0, 1, '[)'), seed=(0, INF, '[)'))  # numpy seeds are >= 0
 SNR_KEYS = ('gamma_max', 'gamma_min', 'p_end', 'c', 'mu', 'sigma', 'jitter', 'smooth_endpoints')
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, '4090': 165e12}  # dense bf16
 
@@ -132,7 +140,24 @@ def convert(key, val):
         die(f"--{key} expects a positive int, got '{val}'", 2)
     if key in CHOICES and v not in CHOICES[key]:
         die(f"--{key} expects one of {', '.join(repr(c) for c in CHOICES[key])}, got '{val}'", 2)
+    if key in RANGES and v is not None:
+        lo, hi, br = RANGES[key]
+        if not ((lo <= v if br[0] == '[' else lo < v) and (v <= hi if br[1] == ']' else v < hi)):
+            die(f"--{key} expects {'an int' if typ is int else 'a number'} in {br[0]}{lo}, {hi}{br[1]}, got '{val}'", 2)
+    if key == 'device' and v != 'auto' and (err := M.device_error(v)):
+        die(err + " (or auto)", 2)
     return v
+
+
+def check_paths(cfg):
+    """Folders the run writes and the checkpoint it starts from, checked before any work: a bad one fails at
+    once (not after data preparation or training) and nothing is written."""
+    for key in ('out_dir', 'data_dir'):
+        if cfg[key] and (err := data.folder_error(cfg[key], f'--{key}')):
+            die(err, 2)
+    src = cfg['init_from']
+    if src not in ('scratch', 'resume') and not os.path.exists(src) and (src.count('/') != 1 or src.startswith(('.', '/'))):
+        die(f"--init_from {src}: no such file; pass scratch, resume, a checkpoint file or a hub id", 2)
 
 
 def parse_args(argv):
@@ -216,6 +241,7 @@ def save_checkpoint(path, state):
 def main(argv):
     given = parse_args(argv)
     cfg = {**config, **given}
+    check_paths(cfg)
     # --- processes and devices: DDP when torchrun set RANK (DESIGN.md §8)
     ddp = 'RANK' in os.environ
     if ddp:
