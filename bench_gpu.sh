@@ -4,27 +4,28 @@
 # GPT-2 vocabulary, L = 1024, bf16, eager and torch.compile'd; sampling samples/s and NFE/s at batch 1 and 64
 # for `mdlm` and `uncertainty`, with the share of the step time spent outside the model forward.
 #   bash bench_gpu.sh               # on a CUDA machine
-#   bash bench_gpu.sh --cpu-smoke   # the same script end to end at a tiny size on the CPU (what the tests run)
+#   bash bench_gpu.sh --cpu-smoke   # the same script end to end on the CPU: tiny model, V = 2000 (still the
+#                                   # top-k lookup), eager only (what the tests run)
 set -euo pipefail
 cd "$(dirname "$0")"
 out="${BENCH_JSON:-bench_gpu.json}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 if [ "${1:-}" = "--cpu-smoke" ]; then
-    size="--device cpu --preset tiny --block_size 32 --batch 2 --iters 1 --warmup 1 --reps 1 --steps 2 --sample_batches 1,2"
+    size="--device cpu --preset tiny --vocab 2000 --block_size 32 --batch 2 --iters 1 --warmup 1 --reps 1 --steps 2 --sample_batches 1,2"
     runs=("eager")  # torch.compile on the CPU costs minutes of C++ builds; the GPU run covers it
 elif [ -n "${1:-}" ]; then
     echo "bench_gpu.sh: unknown option '$1' (use --cpu-smoke or nothing)" >&2; exit 2
 else
     python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {
         echo "bench_gpu.sh: no CUDA device here; run it on a GPU machine, or pass --cpu-smoke" >&2; exit 2; }
-    size="--device cuda --preset small --block_size 1024 --batch 16 --iters 10 --warmup 3 --reps 3 --steps 32 --sample_batches 1,64"
+    size="--device cuda --preset small --vocab 50257 --block_size 1024 --batch 16 --iters 10 --warmup 3 --reps 3 --steps 32 --sample_batches 1,64"
     runs=("eager" "compiled")
 fi
 for run in "${runs[@]}"; do
     flag=""; [ "$run" = "compiled" ] && flag="--compile"
     echo "== $run" >&2
-    python bench.py $size $flag --vocab 50257 --modes mdlm,dsl,dsl-dense --samplers mdlm,uncertainty --memory \
+    python bench.py $size $flag --modes mdlm,dsl,dsl-dense --samplers mdlm,uncertainty --memory \
         --json "$tmp/$run.json"
 done
 python - "$out" "$tmp" "${runs[@]}" <<'PY'

@@ -207,23 +207,29 @@ class TopKSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, E, beta, bias, k):  # z (n, d), E (V, d), beta (), bias (V+1,)
         V = E.shape[0]
-        s = torch.addmm(bias[:V], z * beta, E.t())  # (n, V) scores
+        # the bias rides in the matmul as an extra column: s = [beta z, 1] @ [E, b]^T, no (n, V) bias pass
+        Eb = torch.cat([E, bias[:V, None]], 1)  # (V, d+1)
+        zb = torch.cat([z * beta, torch.ones_like(z[:, :1])], 1)  # (n, d+1)
+        s = zb @ Eb.t()  # (n, V) scores
         lse = torch.logaddexp(torch.logsumexp(s, -1), bias[V])  # (n,) the exact normaliser over V+1 slots
         top, idx = s.topk(k, -1)  # (n, k)
         p_top, p_mask = (top - lse[:, None]).exp(), (bias[V] - lse).exp()
-        ctx.save_for_backward(z, E, beta, bias, lse, idx, p_top, p_mask)
+        ctx.save_for_backward(z, E, beta, bias, lse, idx, p_top, p_mask)  # Eb, zb are rebuilt: no (V, d) copy kept
         return p_top, p_mask, idx
 
     @staticmethod
     def backward(ctx, a_top, a_mask, _):
         z, E, beta, bias, lse, idx, p_top, p_mask = ctx.saved_tensors
-        V = E.shape[0]
+        Eb = torch.cat([E, bias[:E.shape[0], None]], 1)  # (V, d+1)
+        zb = torch.cat([z * beta, torch.ones_like(z[:, :1])], 1)  # (n, d+1)
         c = (a_top * p_top).sum(-1) + a_mask * p_mask  # (n,)
-        G = torch.addmm(bias[:V], z * beta, E.t()).sub_(lse[:, None]).exp_().mul_(-c[:, None])  # -c p (n, V)
-        G.scatter_add_(1, idx, a_top * p_top)  # + a_i p_i on the top-k
-        GE = G @ E  # (n, d)
-        g_bias = torch.cat([G.sum(0), (p_mask * (a_mask - c)).sum()[None]])
-        return beta * GE, beta * (G.t() @ z), (GE * z).sum(), g_bias, None
+        # p = exp(s - lse) with -lse as one more column of the same matmul; then G = -c p (n, V)
+        G = (torch.cat([zb, -lse[:, None]], 1) @ torch.cat([Eb, torch.ones_like(Eb[:, :1])], 1).t()).exp_()
+        G.mul_(-c[:, None]).scatter_add_(1, idx, a_top * p_top)  # + a_i p_i on the top-k
+        GE = G @ Eb[:, :-1]  # (n, d)
+        gEb = G.t() @ zb  # (V, d+1): [grad of E / 1, grad of b_{:V}]
+        g_bias = torch.cat([gEb[:, -1], (p_mask * (a_mask - c)).sum()[None]])
+        return beta * GE, gEb[:, :-1], (GE * z).sum(), g_bias, None
 
 
 class DiT(nn.Module):
@@ -369,7 +375,8 @@ class DiT(nn.Module):
         else:
             if x.dim() != 2 or x.dtype not in (torch.int64, torch.int32):
                 raise ValueError(f"x must be an int64 tensor of shape (B, L), got {tuple(x.shape)} {x.dtype}")
-            if x.numel() and not x.is_cuda and (int(x.min()) < 0 or int(x.max()) > self.vocab_size):
+            if x.numel() and not x.is_cuda and not torch.compiler.is_compiling() and \
+                    (int(x.min()) < 0 or int(x.max()) > self.vocab_size):
                 # (a host-device sync on CUDA, so checked on CPU only; CUDA's own index check still fires)
                 raise ValueError(f"token ids must lie in [0, {self.vocab_size}] ({self.vocab_size} = [MASK]), "
                                  f"got range [{int(x.min())}, {int(x.max())}]")

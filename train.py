@@ -99,7 +99,8 @@ RANGES = dict(n_layer=(1, INF, '[)'), n_embd=(1, INF, '[)'), n_head=(1, INF, '[)
               c=(0, 1, '[]'), mu=(-INF, INF, '()'), sigma=(0, INF, '[)'), jitter=(0, INF, '[)'),
               roar_weight=(0, INF, '[)'), max_iters=(0, INF, '[)'), lr=(0, INF, '()'), min_lr=(0, INF, '[)'),
               warmup_iters=(0, INF, '[)'), weight_decay=(0, INF, '[)'), beta1=(0, 1, '[)'), beta2=(0, 1, '[)'),
-              grad_clip=(0, INF, '[)'), ema_decay=(0, 1, '[)'), seed=(0, INF, '[)'))  # numpy seeds are >= 0
+              grad_clip=(0, INF, '[)'), ema_decay=(0, 1, '[)'), seed=(0, INF, '[)'),  # numpy seeds are >= 0
+              grad_accum=(0, INF, '[)'), lookup_topk=(-1, INF, '[)'))
 SNR_KEYS = ('gamma_max', 'gamma_min', 'p_end', 'c', 'mu', 'sigma', 'jitter', 'smooth_endpoints')
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, '4090': 165e12}  # dense bf16
 
@@ -134,8 +135,6 @@ def convert(key, val):
             v = typ(val)
     except ValueError:
         die(f"--{key} expects {typ.__name__}, got '{val}'", 2)
-    if key == 'grad_accum' and v < 0:
-        die(f"--grad_accum expects an int >= 0 (0: one micro-step per process), got '{val}'", 2)
     if key in POSITIVE and v < 1:
         die(f"--{key} expects a positive int, got '{val}'", 2)
     if key in CHOICES and v not in CHOICES[key]:
