@@ -711,10 +711,9 @@ def plot(rows, out, title):
 # CLI
 
 def table(rows, cols):
-    lines = ['  '.join(f'{c:>10}' for c in cols)]
-    for r in rows:
-        lines.append('  '.join(f'{r[c]:>10.4f}' if isinstance(r[c], float) else f'{str(r[c]):>10}' for c in cols))
-    return '\n'.join(lines)
+    cells = [[f'{r[c]:.4f}' if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
+    w = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]  # fit the widest cell
+    return '\n'.join('  '.join(f'{v:>{w[i]}}' for i, v in enumerate(row)) for row in [cols] + cells)
 
 
 def parse_args(argv):
