@@ -17,12 +17,10 @@ teacher-forced likelihood exactly as trained (noise.ar_loss: a [MASK] start toke
 features are its final hidden state after the last token. Numbers made that way compare only among themselves.
 """
 import argparse
-import csv
 import json
 import math
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -30,7 +28,6 @@ import torch
 import data
 import model as modellib
 import noise
-import sample
 
 MAUVE_SEED, MAUVE_SCALE, GPT2_CONTEXT, GPT2_EOS = 25, 5, 1024, 50256
 
@@ -562,152 +559,6 @@ def bounds(ckpt, data_dir, n=64, L=None, seed=0, batch_size=16, grid=64):
 
 
 # ---------------------------------------------------------------------------------------------
-# Sweep: every valid (checkpoint, sampler, steps) cell, resumable, table and plot
-
-COLUMNS = ['model', 'ckpt', 'sampler', 'steps', 'nfe', 'n', 'L', 'seed', 'top_p', 'judge', 'mauve', 'gen_nll',
-           'gen_ppl', 'entropy', 'distinct_1', 'distinct_2', 'distinct_3', 'distinct_4', 'seconds']
-KEY = ('ckpt', 'sampler', 'steps', 'n', 'L', 'seed', 'top_p', 'judge')
-
-
-@torch.no_grad()
-def draw(m, meta, n, L, steps, sampler, top_p, seed, batch_size):
-    """n samples of one cell through sample.generate, one generator seeded per cell (common random numbers)."""
-    g, xs, nfe = torch.Generator().manual_seed(seed), [], 0
-    if m.dsl:
-        m.build_endpoint_table()  # once per cell, not per batch
-    try:
-        for i in range(0, n, batch_size):
-            x, info = sample.generate(m, min(batch_size, n - i), L, steps, sampler, top_p, generator=g)
-            xs.append(x)
-            nfe = info['nfe']
-    finally:
-        if m.dsl:
-            m.drop_endpoint_table()
-    x = torch.cat(xs)
-    dec = data.get_tokenizer(meta)[1] if meta else None
-    return x, [dec(r) if dec else None for r in x.tolist()], nfe
-
-
-def label(path, m):
-    kind = 'ar' if m.config.get('causal') else 'dsl' if m.dsl else 'mdlm'
-    return f"{kind}:{os.path.basename(os.path.dirname(os.path.abspath(path)))}"
-
-
-def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, out_dir='sweep', L=None, seed=0,
-          top_p=0.9, batch_size=64, pool='mean', debug_kill_after=-1):
-    """Sample and score every valid cell; results.csv is rewritten atomically after each cell, and cells already
-    in it (same key) are read back instead of recomputed. Adds a 'reference' row (held-out chunks vs other
-    held-out chunks) and, with an AR judge, the AR model's own samples. Writes results.csv, .md, .png."""
-    from tqdm import tqdm
-    need('mauve', 'mauve-text', 'MAUVE', check=True)
-    need('matplotlib', 'matplotlib', 'the sweep plot', check=True)
-    names = [sample.sampler_name(s) for s in samplers]  # an unknown sampler fails before any work
-    models = {p: load(p) for p in ckpts}
-    J = get_judge(judge, pool)
-    F = J if featurizer in (None, judge) else get_judge(featurizer, pool)
-    cfg0 = models[ckpts[0]][2]
-    refs = refs or cfg0.get('data_dir') or ''
-    L = L or cfg0.get('block_size')
-    if not refs or not L:
-        raise ValueError("pass --refs (a prepared data folder or a text file) and --seq_len")
-    cells, notes = [], []
-    for p, (m, meta, _) in models.items():
-        for s, name in zip(samplers, names):
-            for T in steps:
-                try:
-                    sample._check(m, name, T, top_p, {})
-                    cells.append((p, s, T))
-                except ValueError as e:
-                    notes.append(f"skipped {label(p, m)} {s} T={T}: {e.args[0]}")
-    if J['kind'] == 'ar':
-        models[J['name']] = (J['model'], J['meta'], {})
-        cells.append((J['name'], 'ar', L))
-    rx, rt = references(refs, J, L, num_samples, seed)
-    q = features(F, judge_inputs(F, rx, rt, f'--refs {refs}'))
-    path = os.path.join(out_dir, 'results.csv')
-    done = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            for r in csv.DictReader(f):
-                done[tuple(r[k] for k in KEY)] = r
-    rows, computed = [], 0
-    key = lambda ck, s, T: tuple(str(v) for v in (ck, s, T, num_samples, L, seed, top_p, J['name']))
-    for ck, s, T in tqdm([('reference', 'data', 0)] + cells, desc='sweep', unit='cell'):
-        if key(ck, s, T) in done:
-            rows.append(done.pop(key(ck, s, T)))
-            continue
-        t0 = time.time()
-        if ck == 'reference':  # other held-out chunks than the reference set: the ceiling of every metric
-            x, texts = references(refs, J, L, num_samples, seed, skip=num_samples)
-            nfe, name = 0, 'reference'
-        else:
-            m, meta, _ = models[ck]
-            x, texts, nfe = draw(m, meta, num_samples, L, T, s, top_p, seed, batch_size)
-            name = label(ck, m)
-        r = dict(model=name, ckpt=ck, sampler=s, steps=T, nfe=nfe, n=num_samples, L=L, seed=seed, top_p=top_p,
-                 judge=J['name'])
-        r.update({k: v for k, v in score(x, texts, J, F, q, f'{ck} {s}').items() if k not in r})
-        r['seconds'] = round(time.time() - t0, 2)
-        rows.append({k: str(r[k]) for k in COLUMNS})
-        write_atomic(path, to_csv(rows + list(done.values())))  # rows of other settings are kept until the end
-        computed += 1
-        if computed == debug_kill_after:  # test hook: die like a killed process, right after a cell is saved
-            os.kill(os.getpid(), 9)
-    write_atomic(path, to_csv(rows))
-    head = (f"N = {num_samples} samples per cell, L = {L}, seed {seed}, top-p {top_p}, judge {J['name']}, "
-            f"featurizer {F['name']} ({F.get('pool', 'last')} state), references {refs} (seed {seed})")
-    show = [c for c in COLUMNS if c not in ('ckpt', 'judge', 'n', 'L', 'seed', 'top_p')]  # those are in the header
-    md = [head, '', '| ' + ' | '.join(show) + ' |', '|' + '---|' * len(show)]
-    md += ['| ' + ' | '.join(fmt(r[c]) for c in show) + ' |' for r in rows]
-    write_atomic(os.path.join(out_dir, 'results.md'), '\n'.join(md + [''] + notes) + '\n')
-    plot(rows, os.path.join(out_dir, 'results.png'), head)
-    return rows, notes
-
-
-def to_csv(rows):
-    import io
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, COLUMNS, lineterminator='\n')
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
-def fmt(v):
-    try:
-        return v if v.lstrip('-').isdigit() else f"{float(v):.4g}"
-    except ValueError:
-        return v
-
-
-def plot(rows, out, title):
-    """MAUVE and generative perplexity against NFE (log x), one line per model + sampler; the reference data and
-    the AR model as horizontal lines."""
-    plt = need('matplotlib.pyplot', 'matplotlib', 'the sweep plot')
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, col in zip(axes, ('mauve', 'gen_ppl')):
-        series = {}
-        for r in rows:
-            series.setdefault((r['model'], r['sampler']), []).append((int(r['nfe']), float(r[col])))
-        for (name, s), pts in series.items():
-            if name == 'reference' or s == 'ar':
-                ax.axhline(pts[0][1], ls='--', lw=1, color='k' if name == 'reference' else 'gray',
-                           label='reference data' if name == 'reference' else f'{name} (AR, {pts[0][0]} NFE)')
-            else:
-                pts.sort()
-                ax.plot(*zip(*pts), 'o-', ms=3, label=f'{name} {s}')
-        ax.set(xscale='log', xlabel='NFE (denoiser calls)', ylabel=col.replace('_', ' '))
-        if col == 'gen_ppl':
-            ax.set_yscale('log')
-    axes[1].legend(fontsize=7)
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out + '.tmp.png', dpi=90)
-    os.replace(out + '.tmp.png', out)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------
 # CLI
 
 def table(rows, cols):
@@ -787,7 +638,8 @@ def run(a):
             print(f"{k:>16}: {r['nats']:.4f} nats/token, {r['bits']:.4f} bits/token, perplexity {r['ppl']:.2f}")
     else:
         steps = [int(s) for s in a.steps.split(',') if s]
-        rows, notes = sweep(a.ckpt, [s for s in a.samplers.split(',') if s], steps, a.num_samples, a.judge, a.refs,
+        import sweep  # the step sweep is its own file; it scores cells with this file's functions
+        rows, notes = sweep.sweep(a.ckpt, [s for s in a.samplers.split(',') if s], steps, a.num_samples, a.judge, a.refs,
                             a.featurizer, a.out_dir, a.seq_len, a.seed, a.top_p, a.batch_size, a.pool,
                             a.debug_kill_after)
         print(open(os.path.join(a.out_dir, 'results.md')).read())

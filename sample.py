@@ -549,7 +549,7 @@ def main(argv=None):
 def run(args):
     sampler = sampler_name(args.sampler)  # checked before loading a large checkpoint
     if args.steps < 1 or args.num_samples < 1 or args.batch_size < 1:
-        raise ValueError(f"--steps, --num_samples and --batch_size must be >= 1")
+        raise ValueError("--steps, --num_samples and --batch_size must be >= 1")
     kw = {k: getattr(args, k) for k in KNOBS if getattr(args, k) is not None}
     # everything that needs no model is checked first: a mistake fails at once and nothing is written
     check_options(args.top_p, kw)

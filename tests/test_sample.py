@@ -270,7 +270,6 @@ def test_hybrid_rejects_the_loop_rule():
 def test_ar_sampling_conditions_as_training():
     """Each drawn token's probability equals the teacher-forced probability of noise.ar_loss's input
     ([MASK] start, then the sequence shifted right) on the finished sequence."""
-    import noise
     m, L = tiny(False, causal=True), 10
     x, info = gen(m, 4, L, L, 'ar')
     start = torch.full((4, 1), m.mask_id)
