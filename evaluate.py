@@ -607,6 +607,16 @@ def parse_args(argv):
     p.add_argument('--batch_size', type=int, default=64)
     p.add_argument('--out_dir', default='sweep')
     p.add_argument('--debug_kill_after', type=int, default=-1, help=argparse.SUPPRESS)
+    p = sub.add_parser('repro', help="the paper's protocol at small scale: train, bounds, sweep, verdict (repro.py)")
+    p.add_argument('--preset', default='cpu', help='cpu (~2 h on 2 cores) | gpu | toy')
+    p.add_argument('--corpora', default='', help="comma-separated: char, speech (needs --text), owt; '' = the preset's")
+    p.add_argument('--text', default='', help='the speech corpus: comma-separated local .txt files, GPT-2 BPE')
+    p.add_argument('--launcher', default='', help='how to start train.py, e.g. "torchrun --nproc_per_node=8"')
+    p.add_argument('--results', default='results', help='tables, figures, README per corpus')
+    p.add_argument('--runs', default='out/repro', help='checkpoints and sweep state')
+    for k in ('pre_iters', 'ft_iters', 'num_samples', 'block_size', 'batch_size'):
+        p.add_argument(f'--{k}', type=int, default=None, help="default: the preset's")
+    p.add_argument('--steps', default=None, help="comma-separated; default: the preset's")
     for p in sub.choices.values():
         p.error = ap.error
         p.add_argument('--seed', type=int, default=0, help='references, windows, corruptions and samples')
@@ -636,6 +646,11 @@ def run(a):
     elif a.cmd == 'bounds':
         for k, r in bounds(a.ckpt, a.data, a.num_windows, a.seq_len, a.seed).items():
             print(f"{k:>16}: {r['nats']:.4f} nats/token, {r['bits']:.4f} bits/token, perplexity {r['ppl']:.2f}")
+    elif a.cmd == 'repro':
+        import repro  # the protocol is its own file; it calls train.py, this file's functions and sweep.py
+        repro.repro(a.preset, a.corpora, a.text, a.launcher, a.results, a.runs, pre_iters=a.pre_iters,
+                    ft_iters=a.ft_iters, num_samples=a.num_samples, block_size=a.block_size,
+                    batch_size=a.batch_size, steps=a.steps)
     else:
         steps = [int(s) for s in a.steps.split(',') if s]
         import sweep  # the step sweep is its own file; it scores cells with this file's functions
@@ -649,7 +664,7 @@ def main(argv=None):
     a = parse_args(argv)
     try:
         run(a)
-    except (ValueError, FileNotFoundError, KeyError, ImportError) as e:  # user errors: one line, no traceback
+    except (ValueError, FileNotFoundError, KeyError, ImportError, RuntimeError) as e:  # user errors: one line
         die(str(e.args[0]) if e.args else type(e).__name__)
 
 

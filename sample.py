@@ -505,6 +505,45 @@ def get_codec(ckpt_path, model, meta_path=''):
     return None, None, ck.get('config') or {}
 
 
+def plot_trajectory(states, mask_id, piece, path, title=''):
+    """One sample's refinement (the toy's Fig. 3 on real text): rows = denoiser calls, columns = positions.
+    Grey '_' = hidden; bold = revealed at this call; red on pink = remasked at this call (visible before, hidden
+    now) or replaced by another token. states: (L,) ids per call; piece(id) -> its text."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    S = torch.stack([s.cpu() for s in states])  # (K, L)
+    K, L = S.shape
+    show = lambda v: piece(v).replace('\n', '⏎').replace(' ', '·')[:6] or '?'
+    w = max(1, max(len(show(int(v))) for v in S[-1]))  # widest final token sets the column width
+    fig, ax = plt.subplots(figsize=(0.11 * w * L + 1, 0.2 * K + 1))
+    for k in range(K):
+        for i in range(L):
+            v, prev = int(S[k, i]), int(S[k - 1, i]) if k else mask_id
+            if v == mask_id:
+                bad = prev != mask_id  # remasked now
+                if bad:
+                    ax.add_patch(plt.Rectangle((i - .5, k - .5), 1, 1, color='#fbd5d5', lw=0))
+                ax.text(i, k, '_', ha='center', va='center', fontsize=7, family='monospace',
+                        color='#d62728' if bad else '#bbbbbb')
+                continue
+            changed = prev != mask_id and prev != v
+            if changed:
+                ax.add_patch(plt.Rectangle((i - .5, k - .5), 1, 1, color='#fbd5d5', lw=0))
+            ax.text(i, k, show(v), ha='center', va='center', fontsize=7, family='monospace',
+                    color='#d62728' if changed else 'black', weight='bold' if prev != v else 'normal')
+    ax.set(xlim=(-.5, L - .5), ylim=(K - .5, -.5), xlabel='position', ylabel='denoiser call')
+    ax.set_yticks(range(0, K, max(1, K // 16)))
+    ax.tick_params(length=0, labelsize=7)
+    for sp in ax.spines.values():
+        sp.set_visible(False)
+    ax.set_title(title + '\nbold = revealed now, red = remasked or replaced now, grey _ = hidden', fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(description='sample from a DSL / MDLM / AR checkpoint (DESIGN.md §5)')
     ap.error = lambda msg: _die(msg)  # one line, no usage dump
@@ -526,6 +565,7 @@ def parse_args(argv):
     ap.add_argument('--no_ema', action='store_true', help='use the raw weights instead of the EMA')
     ap.add_argument('--profile', action='store_true', help='report samples/s and the time outside the forward')
     ap.add_argument('--quiet', action='store_true', help='do not print the samples')
+    ap.add_argument('--trajectory', default='', help='PNG: the refinement of the first sample, one row per call')
     for k, v in KNOBS.items():
         ap.add_argument(f'--{k}', type=str if k in ('rule', 'nucleus') else int if k in ('T_c', 'commit_noise')
                         else float, default=None,
@@ -564,6 +604,8 @@ def run(args):
         raise ValueError(f"--meta {args.meta}: no such file (pass the meta.json of the prepared data folder)")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)),
                                    f'samples_{sampler}_T{args.steps}_s{args.seed}.jsonl')
+    if args.trajectory and (not args.trajectory.endswith('.png') or os.path.isdir(args.trajectory)):
+        raise ValueError(f"--trajectory {args.trajectory}: pass a .png file name")
     if os.path.isdir(out):
         raise ValueError(f"--out {out} is a folder: pass a file name, e.g. {os.path.join(out, 'samples.jsonl')}")
     import data
@@ -612,7 +654,13 @@ def run(args):
     while len(records) < args.num_samples:
         B = min(args.batch_size, args.num_samples - len(records))
         with amp:
-            x, info = generate(model, B, L, args.steps, sampler, args.top_p, prompt, g, **kw)
+            x, info = generate(model, B, L, args.steps, sampler, args.top_p, prompt, g,
+                               trajectory=bool(args.trajectory) and not records, **kw)
+        if 'trajectory' in info:
+            piece = (lambda i: decode([i])) if decode else str
+            plot_trajectory([t[0] for t in info['trajectory']], model.mask_id, piece, args.trajectory,
+                            f"{sampler}, T = {args.steps}, seed {args.seed}: {os.path.relpath(args.ckpt)}")
+            print(f"wrote the refinement of sample 0 to {args.trajectory}", file=sys.stderr)
         nfe, model_s, total_s = info['nfe'], model_s + info['model_s'], total_s + info['total_s']
         for row in x.tolist():
             records.append(dict(index=len(records), text=decode(row) if decode else None, ids=row,

@@ -9,6 +9,7 @@ atomically after each cell. Run through the evaluate CLI:
 """
 import csv
 import io
+import json
 import os
 import time
 
@@ -23,15 +24,34 @@ COLUMNS = ['model', 'ckpt', 'sampler', 'steps', 'nfe', 'n', 'L', 'seed', 'top_p'
 KEY = ('ckpt', 'sampler', 'steps', 'n', 'L', 'seed', 'top_p', 'judge')
 
 
+def parse_spec(spec):
+    """'uncertainty:gamma_commit=10,kappa=2' -> ('uncertainty', {'gamma_commit': 10.0, 'kappa': 2.0}): a sampler
+    and its knobs (sample.KNOBS) in one sweep label. Numbers become floats (ints where integral), the rest strings."""
+    name, _, rest = spec.partition(':')
+    kw = {}
+    for item in filter(None, rest.split(',')):
+        k, eq, v = item.partition('=')
+        if not eq:
+            raise ValueError(f"sampler '{spec}': knobs are written name:key=value,key=value")
+        try:
+            v = float(v)
+            v = int(v) if v.is_integer() and k in ('T_c', 'commit_noise') else v
+        except ValueError:
+            pass
+        kw[k] = v
+    return name, kw
+
+
 @torch.no_grad()
 def draw(m, meta, n, L, steps, sampler, top_p, seed, batch_size):
     """n samples of one cell through sample.generate, one generator seeded per cell (common random numbers)."""
+    sampler, kw = parse_spec(sampler)
     g, xs, nfe = torch.Generator().manual_seed(seed), [], 0
     if m.dsl:
         m.build_endpoint_table()  # once per cell, not per batch
     try:
         for i in range(0, n, batch_size):
-            x, info = sample.generate(m, min(batch_size, n - i), L, steps, sampler, top_p, generator=g)
+            x, info = sample.generate(m, min(batch_size, n - i), L, steps, sampler, top_p, generator=g, **kw)
             xs.append(x)
             nfe = info['nfe']
     finally:
@@ -48,14 +68,20 @@ def label(path, m):
 
 
 def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, out_dir='sweep', L=None, seed=0,
-          top_p=0.9, batch_size=64, pool='mean', debug_kill_after=-1):
+          top_p=0.9, batch_size=64, pool='mean', debug_kill_after=-1, keep_texts=4):
     """Sample and score every valid cell; results.csv is rewritten atomically after each cell, and cells already
-    in it (same key) are read back instead of recomputed. Adds a 'reference' row (held-out chunks vs other
+    in it (same key) are read back instead of recomputed. samplers: one list for every checkpoint, or a dict
+    {ckpt: list}; a sampler may carry knobs ('uncertainty:gamma_commit=10'). The first keep_texts decoded samples
+    of each cell go to samples.jsonl. Adds a 'reference' row (held-out chunks vs other
     held-out chunks) and, with an AR judge, the AR model's own samples. Writes results.csv, .md, .png."""
     from tqdm import tqdm
     need('mauve', 'mauve-text', 'MAUVE', check=True)
     need('matplotlib', 'matplotlib', 'the sweep plot', check=True)
-    names = [sample.sampler_name(s) for s in samplers]  # an unknown sampler fails before any work
+    per = samplers if isinstance(samplers, dict) else {p: samplers for p in ckpts}
+    for ss in per.values():  # an unknown sampler or knob fails before any work
+        for s in ss:
+            name, kw = parse_spec(s)
+            sample.sampler_name(name), sample.check_options(top_p, kw)
     models = {p: load(p) for p in ckpts}
     J = get_judge(judge, pool)
     F = J if featurizer in (None, judge) else get_judge(featurizer, pool)
@@ -66,10 +92,11 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
         raise ValueError("pass --refs (a prepared data folder or a text file) and --seq_len")
     cells, notes = [], []
     for p, (m, meta, _) in models.items():
-        for s, name in zip(samplers, names):
+        for s in per.get(p, []):
             for T in steps:
                 try:
-                    sample._check(m, name, T, top_p, {})
+                    name, kw = parse_spec(s)
+                    sample._check(m, name, T, top_p, kw)
                     cells.append((p, s, T))
                 except ValueError as e:
                     notes.append(f"skipped {label(p, m)} {s} T={T}: {e.args[0]}")
@@ -78,6 +105,7 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
         cells.append((J['name'], 'ar', L))
     rx, rt = references(refs, J, L, num_samples, seed)
     q = features(F, judge_inputs(F, rx, rt, f'--refs {refs}'))
+    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, 'results.csv')
     done = {}
     if os.path.isfile(path):
@@ -103,6 +131,9 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
         r.update({k: v for k, v in score(x, texts, J, F, q, f'{ck} {s}').items() if k not in r})
         r['seconds'] = round(time.time() - t0, 2)
         rows.append({k: str(r[k]) for k in COLUMNS})
+        if keep_texts and texts and texts[0] is not None:  # a few decoded samples, so a reader sees the numbers
+            with open(os.path.join(out_dir, 'samples.jsonl'), 'a') as f:
+                f.write(json.dumps(dict(model=name, sampler=s, steps=T, nfe=nfe, texts=texts[:keep_texts])) + '\n')
         write_atomic(path, to_csv(rows + list(done.values())))  # rows of other settings are kept until the end
         computed += 1
         if computed == debug_kill_after:  # test hook: die like a killed process, right after a cell is saved
