@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import textwrap
 import time
 
 import torch
@@ -168,7 +169,11 @@ def plot(rows, out, title):
     """MAUVE and generative perplexity against NFE (log x), one line per model + sampler; the reference data and
     the AR model as horizontal lines."""
     plt = need('matplotlib.pyplot', 'matplotlib', 'the sweep plot')
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    names = list(dict.fromkeys(r['model'] for r in rows if r['model'] != 'reference' and r['sampler'] != 'ar'))
+    samplers = list(dict.fromkeys(r['sampler'] for r in rows))
+    colour = lambda s: plt.cm.tab20(samplers.index(s) % 20)
+    style = lambda name: ('-', '--', ':', '-.')[names.index(name) % 4]
     for ax, col in zip(axes, ('mauve', 'gen_ppl')):
         series = {}
         for r in rows:
@@ -178,13 +183,13 @@ def plot(rows, out, title):
                 ax.axhline(pts[0][1], ls='--', lw=1, color='k' if name == 'reference' else 'gray',
                            label='reference data' if name == 'reference' else f'{name} (AR, {pts[0][0]} NFE)')
             else:
-                pts.sort()
-                ax.plot(*zip(*pts), 'o-', ms=3, label=f'{name} {s}')
+                pts.sort()  # colour = sampler, line style = model: 15 lines stay tellable apart
+                ax.plot(*zip(*pts), marker='o', ms=3, color=colour(s), ls=style(name), label=f'{name} {s}')
         ax.set(xscale='log', xlabel='NFE (denoiser calls)', ylabel=col.replace('_', ' '))
         if col == 'gen_ppl':
             ax.set_yscale('log')
-    axes[1].legend(fontsize=7)
-    fig.suptitle(title, fontsize=8)
+    axes[1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))  # outside: many lines
+    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
     fig.tight_layout()
     fig.savefig(out + '.tmp.png', dpi=90)
     os.replace(out + '.tmp.png', out)
