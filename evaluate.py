@@ -608,7 +608,7 @@ def parse_args(argv):
     p.add_argument('--out_dir', default='sweep')
     p.add_argument('--debug_kill_after', type=int, default=-1, help=argparse.SUPPRESS)
     p = sub.add_parser('repro', help="the paper's protocol at small scale: train, bounds, sweep, verdict (repro.py)")
-    p.add_argument('--preset', default='cpu', help='cpu (~2 h on 2 cores) | gpu | toy')
+    p.add_argument('--preset', default='cpu', help='cpu (~80 min on 2 cores) | gpu | toy')
     p.add_argument('--corpora', default='', help="comma-separated: char, speech (needs --text), owt; '' = the preset's")
     p.add_argument('--text', default='', help='the speech corpus: comma-separated local .txt files, GPT-2 BPE')
     p.add_argument('--launcher', default='', help='how to start train.py, e.g. "torchrun --nproc_per_node=8"')

@@ -3,7 +3,7 @@ The paper's claim at small scale, end to end (Wu et al., arXiv 2602.16169, §5):
 MDLM trained on for the same steps, quality against denoiser calls, and calibration with atomic vs smoothed
 endpoints. One resumable protocol per corpus; run through the evaluate CLI:
 
-    python evaluate.py repro --preset cpu                          # shakespeare_char, ~2 h on 2 CPU cores
+    python evaluate.py repro --preset cpu                          # shakespeare_char, ~80 min on 2 CPU cores
     python evaluate.py repro --preset cpu --corpora speech --text a.txt,b.txt   # a GPT-2-tokenised corpus
     python evaluate.py repro --preset gpu --launcher "torchrun --standalone --nproc_per_node=8"
 
@@ -42,7 +42,7 @@ CORPORA = dict(char=dict(dataset='shakespeare_char', tokenizer='char'),
                speech=dict(dataset='', tokenizer='gpt2'),       # local text files (--text), GPT-2 BPE
                owt=dict(dataset='openwebtext', tokenizer='gpt2'))
 PRESETS = dict(
-    # ~2 h on 2 CPU cores for one character corpus (measured stage by stage in results/char/README.md)
+    # 80 min on 2 CPU cores for the character corpus (measured stage by stage in results/char/README.md)
     cpu=dict(corpora='char', preset='mini', block_size=64, batch_size=32, pre_iters=2000, ft_iters=1000,
              lr=1e-3, ft_lr=3e-4, warmup_iters=100, num_samples=256, steps='8,16,32,64,128', judge='ar',
              commit_fracs='0.33,0.1', init_from='', eval_windows=64, eval_grid=64),
