@@ -2,7 +2,6 @@
 numbers (never written by hand)."""
 import csv
 import json
-import os
 
 import pytest
 
