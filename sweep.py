@@ -26,14 +26,15 @@ KEY = ('ckpt', 'sampler', 'steps', 'n', 'L', 'seed', 'top_p', 'judge')
 
 
 def parse_spec(spec):
-    """'uncertainty:gamma_commit=10,kappa=2' -> ('uncertainty', {'gamma_commit': 10.0, 'kappa': 2.0}): a sampler
-    and its knobs (sample.KNOBS) in one sweep label. Numbers become floats (ints where integral), the rest strings."""
-    name, _, rest = spec.partition(':')
+    """'uncertainty:gamma_commit=10:kappa=2' -> ('uncertainty', {'gamma_commit': 10.0, 'kappa': 2.0}): a sampler and
+    its knobs (sample.KNOBS) in one sweep label (':' separates them, so a comma-separated list of labels stays one
+    CLI argument). Numbers become floats (ints for T_c and commit_noise), the rest stay strings."""
+    name, *items = spec.split(':')
     kw = {}
-    for item in filter(None, rest.split(',')):
+    for item in filter(None, items):
         k, eq, v = item.partition('=')
         if not eq:
-            raise ValueError(f"sampler '{spec}': knobs are written name:key=value,key=value")
+            raise ValueError(f"sampler '{spec}': knobs are written name:key=value:key=value")
         try:
             v = float(v)
             v = int(v) if v.is_integer() and k in ('T_c', 'commit_noise') else v

@@ -98,3 +98,13 @@ def test_bad_preset_and_corpus_are_clear_errors():
         repro.repro('toy', corpora='wiki')
     with pytest.raises(ValueError, match='needs --text'):
         repro.repro('toy', corpora='speech')
+
+
+def test_sweep_labels_carry_knobs_and_bad_ones_fail_before_any_work():
+    assert sweep.parse_spec('uncertainty:gamma_commit=10:kappa=2') == ('uncertainty', dict(gamma_commit=10.0, kappa=2.0))
+    assert sweep.parse_spec('hybrid:rule=conf:T_c=2') == ('hybrid', dict(rule='conf', T_c=2))
+    assert sweep.parse_spec('remdm-loop') == ('remdm-loop', {})
+    with pytest.raises(ValueError, match='key=value'):
+        sweep.parse_spec('uncertainty:gamma_commit')
+    with pytest.raises(ValueError, match='unknown sampler option'):  # no checkpoint is read: it does not exist
+        sweep.sweep(['no/such/ckpt.pt'], ['uncertainty:bogus=1'], [8], 8, 'no/judge.pt')
