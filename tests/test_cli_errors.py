@@ -37,6 +37,7 @@ CASES = [
     ('sample.py --ckpt {ckpt} --device gpu', 2, "unknown device 'gpu'"),
     ('sample.py --ckpt {ckpt} --kappa -1', 2, 'kappa must lie in [0, inf)'),
     ('sample.py --ckpt {ckpt} --sampler cap --eta 2', 2, 'eta must lie in [0, 1]'),
+    ('sample.py --ckpt {ckpt} --trajectory traj.txt', 2, 'pass a .png file name'),
     ('sample.py --ckpt {ckpt} --sampler budget --rho -1', 2, 'rho must lie in [0, inf)'),
     ('sample.py --ckpt {ckpt} --sampler loop --t_on 1.5', 2, 't_on must lie in (0, 1)'),
     ('sample.py --ckpt {ckpt} --sampler loop --t_off 0.6', 2, 't_off must lie in [0, t_on]'),

@@ -399,3 +399,23 @@ def test_cli_errors_are_one_line(ckpts, args, msg, capsys):
     code, err = run_cli(['--ckpt', ckpts[which], '--quiet'] + args, capsys)
     assert code == 2 and msg in err and len(err.splitlines()) == 1, err
     assert err.startswith('sample.py: error:')
+
+
+def test_trajectory_has_one_state_per_call_and_marks_remasks(tmp_path, monkeypatch):
+    """--trajectory's figure: one row per denoiser call, and remasked / replaced tokens are the ones drawn red."""
+    m = tiny(dsl=True)
+    x, info = sample.generate(m, 2, 9, 6, 'uncertainty', 1.0, generator=torch.Generator().manual_seed(0),
+                              trajectory=True, kappa=5.0)
+    traj = info['trajectory']
+    assert len(traj) == info['nfe'] == 6 and torch.equal(traj[-1], x)
+    red = []  # every text drawn in red, through a fake axis
+    import matplotlib.axes
+    orig = matplotlib.axes.Axes.text
+    monkeypatch.setattr(matplotlib.axes.Axes, 'text', lambda self, i, k, s, **kw:
+                        red.append((k, i)) if kw.get('color') == '#d62728' else None or orig(self, i, k, s, **kw))
+    path = tmp_path / 't.png'
+    sample.plot_trajectory([t[0] for t in traj], m.mask_id, str, str(path))
+    assert path.stat().st_size > 0
+    S = torch.stack([t[0] for t in traj])
+    want = {(k, i) for k in range(1, 6) for i in range(9) if S[k - 1, i] != m.mask_id and S[k, i] != S[k - 1, i]}
+    assert set(red) == want and want  # kappa 5: an untrained model doubts, so something is sent back
