@@ -617,6 +617,7 @@ def parse_args(argv):
     for k in ('pre_iters', 'ft_iters', 'num_samples', 'block_size', 'batch_size'):
         p.add_argument(f'--{k}', type=int, default=None, help="default: the preset's")
     p.add_argument('--steps', default=None, help="comma-separated; default: the preset's")
+    p.add_argument('--ft_lr', type=float, default=None, help="both continuations' learning rate; default: the preset's")
     for p in sub.choices.values():
         p.error = ap.error
         p.add_argument('--seed', type=int, default=0, help='references, windows, corruptions and samples')
@@ -650,7 +651,7 @@ def run(a):
         import repro  # the protocol is its own file; it calls train.py, this file's functions and sweep.py
         repro.repro(a.preset, a.corpora, a.text, a.launcher, a.results, a.runs, pre_iters=a.pre_iters,
                     ft_iters=a.ft_iters, num_samples=a.num_samples, block_size=a.block_size,
-                    batch_size=a.batch_size, steps=a.steps)
+                    batch_size=a.batch_size, steps=a.steps, ft_lr=a.ft_lr)
     else:
         steps = [int(s) for s in a.steps.split(',') if s]
         import sweep  # the step sweep is its own file; it scores cells with this file's functions
