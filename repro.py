@@ -19,6 +19,7 @@ its last finished cell):
   4. sweep     every sampler on every model that can run it, at every step count (sweep.py)
   5. report    results/<corpus>/README.md: tables, figures, the verdict on the ~4x claim, real samples
 """
+import csv
 import json
 import os
 import platform
@@ -161,7 +162,7 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
     stage(res, 'sweep', lambda: sweep.sweep(list(samplers), samplers, steps, P['num_samples'], judge, dd,
                                             out_dir=res, L=P['block_size']))
     trajectories(res, ck, min(steps, key=lambda T: abs(T - 32)), dd)
-    report(corpus, P, res, d, steps)
+    report(corpus, P, res, steps)
 
 
 def trajectories(res, ck, T, dd):
@@ -179,7 +180,6 @@ def trajectories(res, ck, T, dd):
 # Report: the verdict is computed from results.csv, never written by hand
 
 def rows_of(res):
-    import csv
     with open(os.path.join(res, 'results.csv')) as f:
         return list(csv.DictReader(f))
 
@@ -249,7 +249,7 @@ def same_rule(rows, steps):
     return lines
 
 
-def report(corpus, P, res, d, steps):
+def report(corpus, P, res, steps):
     rows = rows_of(res)
     ref = next(r for r in rows if r['model'] == 'reference')
     st = read_json(os.path.join(res, 'stages.json'), {})

@@ -83,7 +83,8 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
     for ss in per.values():  # an unknown sampler or knob fails before any work
         for s in ss:
             name, kw = parse_spec(s)
-            sample.sampler_name(name), sample.check_options(top_p, kw)
+            sample.sampler_name(name)
+            sample.check_options(top_p, kw)
     models = {p: load(p) for p in ckpts}
     J = get_judge(judge, pool)
     F = J if featurizer in (None, judge) else get_judge(featurizer, pool)
