@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 import model as M
@@ -218,7 +220,10 @@ def evaluate(m, cfg, val_x):
     return nats
 
 
-def load_checkpoint(path):
+def resume_config(cfg, given, log):
+    """--init_from resume: out_dir/ckpt.pt (on the CPU, whatever device wrote it) and its config, with this
+    command line's keys on top (e.g. a larger max_iters). Returns (cfg, ckpt)."""
+    path = os.path.join(cfg['out_dir'], 'ckpt.pt')
     if not os.path.isfile(path):
         die(f"no checkpoint at {path} to resume from (train with --init_from scratch first, or set --out_dir)")
     try:
@@ -228,61 +233,41 @@ def load_checkpoint(path):
         die(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}); delete it, or resume from a copy")
     if missing:
         die(f"checkpoint {path} is not a train.py checkpoint (missing {', '.join(missing)})")
-    return ckpt
+    cfg = {**config, **ckpt['config'], **given}
+    log(f"resuming {path} at step {ckpt['step']}" + (f", overriding {sorted(given)}" if given else ''))
+    # a run started with --device cuda stored that device; moved to a machine without it (a CPU-only one),
+    # the weights load to the CPU anyway (map_location), so run where auto points unless told otherwise
+    if 'device' not in given and cfg['device'] != 'auto' and M.device_error(cfg['device']):
+        log(f"the checkpoint's device {cfg['device']} is not available on this machine; using device auto")
+        cfg['device'] = 'auto'
+    return cfg, ckpt
 
 
-def save_checkpoint(path, state):
-    """Temp file then os.replace: a kill during the write never leaves a torn ckpt.pt."""
-    torch.save(state, path + '.tmp')
-    os.replace(path + '.tmp', path)
-
-
-def main(argv):
-    given = parse_args(argv)
-    cfg = {**config, **given}
-    check_paths(cfg)
-    # --- processes and devices: DDP when torchrun set RANK (DESIGN.md §8)
+def setup_processes(cfg):
+    """DDP when torchrun set RANK (DESIGN.md §8), else one process. Returns (ddp, rank, world, device,
+    device_type, autocast): under DDP on CUDA, process LOCAL_RANK takes the GPU cuda:LOCAL_RANK."""
     ddp = 'RANK' in os.environ
     if ddp:
-        import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel as DDP
         rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
         dist.init_process_group('nccl' if torch.cuda.is_available() and cfg['device'] != 'cpu' else 'gloo')
     else:
         rank, world = 0, 1
-    master = rank == 0
-    log = print if master else (lambda *a, **k: None)
-    # --- resume: the checkpoint's config, with this command line's keys on top (e.g. a larger max_iters)
-    ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
-    ckpt = None
-    if cfg['init_from'] == 'resume':
-        ckpt = load_checkpoint(ckpt_path)
-        cfg = {**config, **ckpt['config'], **given}
-        log(f"resuming {ckpt_path} at step {ckpt['step']}" + (f", overriding {sorted(given)}" if given else ''))
-    if cfg['grad_accum'] == 0:  # auto: one micro-step per process, so any number of processes runs
-        cfg['grad_accum'] = world  # stored resolved, so that a resume replays the same global batches
-    if cfg['grad_accum'] % world:
-        die(f"grad_accum={cfg['grad_accum']} must be divisible by the number of processes ({world})", 2)
-    micro_steps = cfg['grad_accum'] // world  # the global batch stays batch_size * grad_accum
     device = cfg['device'] if cfg['device'] != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu'
     if ddp and device.startswith('cuda'):
         device = f"cuda:{os.environ['LOCAL_RANK']}"
         torch.cuda.set_device(device)
-    dtype = 'cuda' if device.startswith('cuda') else 'cpu'
-    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if dtype == 'cuda' else contextlib.nullcontext()
-    if dtype == 'cuda':
+    device_type = 'cuda' if device.startswith('cuda') else 'cpu'
+    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if device_type == 'cuda' else contextlib.nullcontext()
+    if device_type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    # --- data (rank 0 prepares, the others wait)
-    if master:
-        cfg['data_dir'], meta = data.ensure(cfg['dataset'], cfg['data'], cfg['tokenizer'], cfg['data_dir'])
-    if ddp:
-        dist.barrier()
-        if not master:
-            cfg['data_dir'], meta = data.ensure(cfg['dataset'], cfg['data'], cfg['tokenizer'], cfg['data_dir'])
-    V, L, ar = meta['vocab_size'], cfg['block_size'], cfg['objective'] == 'ar'
-    # --- model: one gamma_max for the model and the SNR sampler
+    return ddp, rank, world, device, device_type, autocast
+
+
+def build_model(cfg, ckpt, V, log):
+    """The raw model, on the CPU: the checkpoint's when resuming, else a new one of --preset (scratch), else
+    --init_from's (an MDLM or train.py checkpoint, or a hub id). It must fit the data and --objective."""
     torch.manual_seed(cfg['seed'])  # the same init on every rank
-    dsl = cfg['objective'] == 'dsl'
+    dsl, ar = cfg['objective'] == 'dsl', cfg['objective'] == 'ar'
     if ckpt is not None:
         raw = M.DiT(ckpt['model_config'])
         raw.load_state_dict(ckpt['model'])
@@ -309,33 +294,95 @@ def main(argv):
         die(f"the model's vocabulary ({raw.vocab_size}) does not match the data's ({V}, {cfg['data_dir']})")
     if raw.dsl != dsl or raw.config['causal'] != ar:
         die(f"the checkpoint's model (dsl={raw.dsl}, causal={raw.config['causal']}) does not fit --objective {cfg['objective']}")
-    cfg['gamma_max'] = raw.config['gamma_max']
+    return raw
+
+
+def build_optimizer(raw, cfg, device_type):
+    """AdamW, weight decay on matrices only (nanoGPT); the fused kernel on CUDA. Returns (params, opt)."""
+    params = [p for p in raw.parameters() if p.requires_grad]  # frozen DSL noise embeddings stay out
+    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg['weight_decay']),
+              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    opt = torch.optim.AdamW(groups, lr=cfg['lr'], betas=(cfg['beta1'], cfg['beta2']), fused=device_type == 'cuda')
+    return params, opt
+
+
+def restore(ckpt, opt, ema, device_type):
+    """Resume the optimizer moments, the EMA weights and the global RNG streams. Returns (step, best_val)."""
+    # fused is a choice of this machine, not state: a CUDA run's fused=True would otherwise come back with the
+    # groups. Set before loading, because load_state_dict places the step counters by it (fused: on the device)
+    state = dict(ckpt['optimizer'], param_groups=[dict(g, fused=opt.defaults['fused']) if 'fused' in g else g
+                                                  for g in ckpt['optimizer']['param_groups']])
+    opt.load_state_dict(state)
+    if ema is not None:
+        ema.load_state_dict(ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model'])
+    rng = ckpt.get('rng', {})  # batches and noise are reseeded per micro-step; these cover everything else
+    if rng:
+        torch.set_rng_state(rng['torch'])
+        np.random.set_state(rng['numpy'])
+        random.setstate(rng['python'])
+        if device_type == 'cuda' and rng['cuda'] is not None:  # a CPU run leaves a CUDA run's state alone
+            torch.cuda.set_rng_state_all(rng['cuda'])
+    return ckpt['step'], ckpt.get('best_val', float('inf'))
+
+
+def make_save(path, raw, ema, opt, cfg, snr, meta, device_type):
+    """save(step, best_val) writes everything an exact resume needs (and sample.py reads) to path."""
+    def save(step, best_val):
+        rng = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
+                   cuda=torch.cuda.get_rng_state_all() if device_type == 'cuda' else None)
+        state = dict(model=raw.state_dict(), ema=ema.state_dict() if ema is not None else None,
+                     model_config=raw.config, optimizer=opt.state_dict(), config=cfg, snr_config=snr, meta=meta,
+                     step=step, best_val=best_val, rng=rng, data=dict(seed=cfg['seed'], step=step))
+        torch.save(state, path + '.tmp')  # then os.replace: a kill during the write never leaves a torn ckpt.pt
+        os.replace(path + '.tmp', path)
+    return save
+
+
+def check_finite(first_bad, ckpt_path, last_saved, ddp, master):
+    """Stop (exit 1) if any step so far was non-finite; reading first_bad synchronises with the device."""
+    bad = int(first_bad)
+    if bad >= 0:
+        msg = (f"non-finite loss or gradient at step {bad}; stopped, "
+               + (f"last good checkpoint {ckpt_path} (step {last_saved}) left untouched"
+                  if os.path.exists(ckpt_path) else "no checkpoint was written yet"))
+        if ddp:
+            dist.destroy_process_group()
+        die(msg) if master else sys.exit(1)
+
+
+def main(argv):
+    given = parse_args(argv)
+    cfg = {**config, **given}
+    check_paths(cfg)
+    master = int(os.environ.get('RANK', 0)) == 0  # torchrun's rank 0 (RANK is set before any process group)
+    log = print if master else (lambda *a, **k: None)
+    ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
+    cfg, ckpt = resume_config(cfg, given, log) if cfg['init_from'] == 'resume' else (cfg, None)
+    ddp, rank, world, device, device_type, autocast = setup_processes(cfg)  # after the resume: its device counts
+    if cfg['grad_accum'] == 0:  # auto: one micro-step per process, so any number of processes runs
+        cfg['grad_accum'] = world  # stored resolved, so that a resume replays the same global batches
+    if cfg['grad_accum'] % world:
+        die(f"grad_accum={cfg['grad_accum']} must be divisible by the number of processes ({world})", 2)
+    micro_steps = cfg['grad_accum'] // world  # the global batch stays batch_size * grad_accum
+    if master:  # rank 0 prepares the data (download, tokenize) while the others wait
+        cfg['data_dir'], meta = data.ensure(cfg['dataset'], cfg['data'], cfg['tokenizer'], cfg['data_dir'])
+    if ddp:
+        dist.barrier()
+        if not master:
+            cfg['data_dir'], meta = data.ensure(cfg['dataset'], cfg['data'], cfg['tokenizer'], cfg['data_dir'])
+    V, L = meta['vocab_size'], cfg['block_size']
+    raw = build_model(cfg, ckpt, V, log)
+    cfg['gamma_max'] = raw.config['gamma_max']  # one gamma_max for the model and the SNR sampler
     snr = noise.snr_config(V, **{k: cfg[k] for k in SNR_KEYS if cfg[k] is not None}, roar_weight=cfg['roar_weight'])
     raw.to(device)
     ema = copy.deepcopy(raw).requires_grad_(False).eval() if master and cfg['ema_decay'] > 0 else None
-    # --- optimizer: AdamW, weight decay on matrices only (nanoGPT)
-    params = [p for p in raw.parameters() if p.requires_grad]
-    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg['weight_decay']),
-              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
-    opt = torch.optim.AdamW(groups, lr=cfg['lr'], betas=(cfg['beta1'], cfg['beta2']), fused=dtype == 'cuda')
-    step, best_val = 0, float('inf')
-    if ckpt is not None:
-        opt.load_state_dict(ckpt['optimizer'])
-        if ema is not None:
-            ema.load_state_dict(ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model'])
-        step, best_val = ckpt['step'], ckpt.get('best_val', float('inf'))
-        rng = ckpt.get('rng', {})  # batches and noise are reseeded per micro-step; these cover everything else
-        if rng:
-            torch.set_rng_state(rng['torch'])
-            np.random.set_state(rng['numpy'])
-            random.setstate(rng['python'])
-            if dtype == 'cuda' and rng['cuda'] is not None:
-                torch.cuda.set_rng_state_all(rng['cuda'])
-        del ckpt
-    model = torch.compile(raw) if cfg['compile'] else raw
+    params, opt = build_optimizer(raw, cfg, device_type)
+    step, best_val = restore(ckpt, opt, ema, device_type) if ckpt is not None else (0, float('inf'))
+    del ckpt  # the CPU copy of the weights and moments, no longer needed
+    model = torch.compile(raw) if cfg['compile'] else raw  # what the loop calls; checkpoints keep raw's weights
     if ddp:
         # broadcast_buffers off: the only buffer (rotary inv_freq) is constant
-        model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if dtype == 'cuda' else None,
+        model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if device_type == 'cuda' else None,
                     broadcast_buffers=False)
         for name in ('E', 'vocab_size', 'mask_id', 'dsl', 'config'):  # what noise.loss_fn reads from the model
             setattr(model, name, getattr(raw, name))
@@ -347,20 +394,13 @@ def main(argv):
     n_params = raw.num_params()
     flops_per_token = 6 * n_params + 12 * raw.config['n_layer'] * raw.config['n_embd'] * L  # PaLM appendix B
     peak = next((f for k, f in PEAK_FLOPS.items() if k in torch.cuda.get_device_name(device)), None) \
-        if dtype == 'cuda' else None
+        if device_type == 'cuda' else None
     log(f"config: {cfg}")
     log(f"data: {cfg['data_dir']} ({meta['tokenizer']}, V={V}, {meta['train_tokens']:,} train tokens) | "
         f"model: {n_params / 1e6:.2f}M params, {cfg['objective']} | {world} process(es) on {device} | "
         f"global batch {cfg['batch_size'] * cfg['grad_accum']} x {L} tokens")
     os.makedirs(cfg['out_dir'], exist_ok=True)
-    def save(step, best_val):
-        rng_states = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
-                          cuda=torch.cuda.get_rng_state_all() if dtype == 'cuda' else None)
-        save_checkpoint(ckpt_path, dict(
-            model=raw.state_dict(), ema=ema.state_dict() if ema is not None else None,
-            model_config=raw.config, optimizer=opt.state_dict(), config=cfg, snr_config=snr, meta=meta,
-            step=step, best_val=best_val, rng=rng_states, data=dict(seed=cfg['seed'], step=step)))
-
+    save = make_save(ckpt_path, raw, ema, opt, cfg, snr, meta, device_type)
     # Ctrl-C finishes the current step, saves and exits, so an interruption loses nothing (a second one aborts)
     stop = []
 
@@ -378,19 +418,10 @@ def main(argv):
     # eval and checkpoint steps, before anything is saved, so a bad step never reaches a checkpoint.
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
 
-    def check_finite():
-        bad = int(first_bad)
-        if bad >= 0:
-            msg = (f"non-finite loss or gradient at step {bad}; stopped, "
-                   + (f"last good checkpoint {ckpt_path} (step {last_saved}) left untouched"
-                      if os.path.exists(ckpt_path) else "no checkpoint was written yet"))
-            if ddp:
-                dist.destroy_process_group()
-            die(msg) if master else sys.exit(1)
-
     while True:
         if step % cfg['eval_interval'] == 0 or step % cfg['ckpt_interval'] == 0 or step == cfg['max_iters']:
-            check_finite()  # every rank: they see the same all-reduced loss and gradients
+            # every rank: they see the same all-reduced loss and gradients
+            check_finite(first_bad, ckpt_path, last_saved, ddp, master)
         if master and (step % cfg['eval_interval'] == 0 or step == cfg['max_iters']):
             t = time.time()
             nats = evaluate(eval_model, cfg, val_x)
@@ -444,7 +475,7 @@ def main(argv):
         step, n_log = step + 1, n_log + 1
         stop_all = bool(stop) and not ddp  # a host-side flag: free to read every step
         if step % cfg['log_interval'] == 0 or step == cfg['max_iters']:
-            check_finite()  # synchronises
+            check_finite(first_bad, ckpt_path, last_saved, ddp, master)  # synchronises
             lossf, gnorm = loss_sum.item(), gnorm.item()
             if ddp:  # every rank agrees to stop (Ctrl-C reaches them at different moments): at log steps only
                 flag = torch.tensor(float(bool(stop)), device=device)

@@ -189,3 +189,25 @@ def test_objectives_learn(data_dir, tmp_path, capsys, one_thread, objective):
     evals = [float(re.search(r'([\d.]+) nats', line)[1]) for line in capsys.readouterr().out.splitlines()
              if line.startswith('eval')]
     assert len(evals) == 2 and evals[1] < evals[0] - 0.5, evals  # from ln V = 4.0 nats
+
+
+def test_resume_of_a_cuda_checkpoint_on_a_cpu_machine(data_dir, tmp_path):
+    """A checkpoint written by a --device cuda run (its stored device, fused AdamW groups, a CUDA RNG state),
+    simulated here, resumes on a machine without CUDA: on the CPU, with one line saying so."""
+    if torch.cuda.is_available():
+        pytest.skip('needs a machine without CUDA')
+    out = tmp_path / 'gpu'
+    r = run(SMALL + ['--data_dir', data_dir, '--max_iters', 2, '--eval_interval', 2, '--out_dir', out])
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = ckpt(out)
+    c['config']['device'] = 'cuda'
+    for group in c['optimizer']['param_groups']:
+        group['fused'] = True
+    c['rng']['cuda'] = [torch.zeros(16, dtype=torch.uint8)]
+    torch.save(c, out / 'ckpt.pt')
+    r = run(['--init_from', 'resume', '--out_dir', out, '--max_iters', 4])
+    assert r.returncode == 0 and 'step 4 | loss' in r.stdout, r.stderr[-3000:]
+    assert 'device cuda is not available' in r.stdout and 'on cpu' in r.stdout
+    c = ckpt(out)
+    assert c['step'] == 4 and c['config']['device'] == 'auto'
+    assert not any(g['fused'] for g in c['optimizer']['param_groups'])
