@@ -113,8 +113,8 @@ def bench_sample(args, sampler, batch, amp):
         for _ in range(args.reps):  # best of reps: the least disturbed by other processes
             _, info = sample.generate(m, batch, args.block_size, args.steps, sampler, generator=g)
             best = info if best is None or info['total_s'] < best['total_s'] else best
-    return dict(sampler=sampler, batch=batch, samples_s=batch / best['total_s'], nfe_s=best['nfe'] / best['total_s'],
-                ms_step=1e3 * best['total_s'] / best['nfe'], outside=1 - best['model_s'] / best['total_s'])
+    return dict(sampler=sampler, batch=batch, samples_s=batch / best['total_s'], nfe_s=best['calls'] / best['total_s'],
+                ms_step=1e3 * best['total_s'] / best['calls'], outside=1 - best['model_s'] / best['total_s'])
 
 
 @torch.no_grad()

@@ -64,6 +64,42 @@ def get_tokenizer(meta):
     return encode, (lambda ids: ''.join(itos[int(i)] for i in ids))
 
 
+def checkpoint_codec(ckpt_path, vocab_size, meta_path=''):
+    """(encode, decode, train config) of a checkpoint: the tokenizer of its data (the meta dict train.py stores in
+    it, or the meta.json at meta_path), GPT-2 BPE for 50257-token models, else (None, None, config): ids only."""
+    try:  # mmap: reading the dicts does not load the weights a second time
+        ck = torch.load(ckpt_path, map_location='cpu', weights_only=False, mmap=True)
+    except Exception:  # MDLM .safetensors / hub ids carry no meta
+        ck = {}
+    ck = ck if isinstance(ck, dict) else {}
+    meta = load_meta(os.path.dirname(meta_path) or '.') if meta_path else ck.get('meta')
+    if meta and meta['vocab_size'] == vocab_size:
+        return (*get_tokenizer(meta), ck.get('config') or {})
+    if vocab_size == 50257:
+        return (*get_tokenizer(dict(tokenizer='gpt2')), ck.get('config') or {})
+    return None, None, ck.get('config') or {}
+
+
+def prompt_ids(encode, prompt, suffix, L, mask_id):
+    """(L,) ids of a sampling template: the prompt at the start, the suffix at the end, mask_id between (None
+    without either)."""
+    if not (prompt or suffix):
+        return None
+    if encode is None:
+        raise ValueError("cannot encode --prompt/--suffix: no tokenizer found (pass --meta path/to/meta.json)")
+    try:
+        pre, suf = encode(prompt), encode(suffix)
+    except ValueError as e:  # a character outside a char vocabulary
+        raise ValueError(f"--prompt/--suffix: {e}")
+    if len(pre) + len(suf) > L:
+        raise ValueError(f"the prompt ({len(pre) + len(suf)} tokens) is longer than the sequence (L = {L})")
+    x = torch.full((L,), mask_id, dtype=torch.long)
+    x[:len(pre)] = torch.tensor(pre, dtype=torch.long)
+    if suf:
+        x[L - len(suf):] = torch.tensor(suf, dtype=torch.long)
+    return x
+
+
 def folder_error(path, flag='--out_dir'):
     """None if `path` is a folder or can be made one, else why not, naming the command-line flag. The CLIs check
     their output folders before any work: a bad one fails at once, not after training, and writes nothing."""

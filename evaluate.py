@@ -1,20 +1,17 @@
 """
-Evaluation: is a sample set any good, is a model calibrated, can it find its own wrong tokens (DESIGN.md §6).
+Scoring generated text (DESIGN.md §6): is a sample set any good? MAUVE, generative perplexity under a judge, unigram
+entropy, distinct-n. Probing a model on held-out data (bounds, calibration, error detection) is probe.py; the
+step sweep is sweep.py.
 
-    python evaluate.py metrics --samples out/samples_loop_T128_s0.jsonl --refs data/shakespeare_char --judge out/ar/ckpt.pt
-    python evaluate.py metrics --samples s.jsonl --refs data/openwebtext                     # gpt2-large: the published protocol
-    python evaluate.py calibration --ckpt out/ckpt.pt --data data/shakespeare_char
-    python evaluate.py detect --ckpt out/ckpt.pt --data data/shakespeare_char
-    python evaluate.py bounds --ckpt out/ckpt.pt --data data/shakespeare_char
-    python evaluate.py sweep --ckpt out/ckpt.pt --ckpt out/mdlm/ckpt.pt --samplers mdlm,remdm-loop,uncertainty \
-        --steps 16,32,64,128 --num_samples 256 --judge out/ar/ckpt.pt
+    python evaluate.py --samples out/samples_loop_T128_s0.jsonl --refs data/shakespeare_char --judge out/ar/ckpt.pt
+    python evaluate.py --samples s.jsonl --refs data/openwebtext                     # gpt2-large: the published protocol
 
 Judges: 'gpt2-large' (Hugging Face) follows the ReMDM/DSL protocol exactly: MAUVE on last-token final hidden
 states, 500 buckets at n = 5000 (n/10), scaling 5, seed 25; generative perplexity of the decoded text retokenized
 with the judge's tokenizer, truncated to 1024, fp32, first token not scored, EOS after the first excluded,
 token-weighted mean then exp. A path to this project's AR checkpoint is the offline judge: perplexity is its
 teacher-forced likelihood exactly as trained (noise.ar_loss: a [MASK] start token, all L tokens scored) and MAUVE
-features are its final hidden state after the last token. Numbers made that way compare only among themselves.
+features are its final hidden states (mean-pooled by default). Numbers made that way compare only among themselves.
 """
 import argparse
 import json
@@ -361,204 +358,6 @@ def metrics(sample_paths, refs, judge='gpt2-large', featurizer=None, seed=0, out
 
 
 # ---------------------------------------------------------------------------------------------
-# Calibration, error detection, bounds: teacher-forced on fixed held-out windows
-
-def windows(data_dir, n, L, seed=0):
-    """The same n validation windows for every model (data.get_batch with a fixed seed)."""
-    meta = data.load_meta(data_dir) if os.path.isfile(os.path.join(data_dir, 'meta.json')) else None
-    if meta is None:
-        raise FileNotFoundError(f"--data {data_dir} is not a prepared data folder (no meta.json; run data.py)")
-    return data.get_batch(data_dir, 'val', n, L, np.random.default_rng(seed), meta.get('dtype', 'uint16')), meta
-
-
-def check_data(m, meta, where):
-    if meta['vocab_size'] != m.vocab_size:
-        raise ValueError(f"{where}: the model's vocabulary ({m.vocab_size}) does not match the data's ({meta['vocab_size']})")
-
-
-def ece(conf, correct, n_bins=15):
-    """Expected calibration error (Guo et al. 2017): sum_b n_b/N |acc_b - conf_b| over equal-width confidence bins.
-    Returns (ece, bins: list of (lo, hi, count, mean confidence, accuracy))."""
-    conf, correct = torch.as_tensor(conf, dtype=torch.float64), torch.as_tensor(correct, dtype=torch.float64)
-    b = (conf * n_bins).ceil().long().clamp(1, n_bins) - 1  # bin (k/n, (k+1)/n]; 0 goes to the first
-    bins, total = [], 0.0
-    for k in range(n_bins):
-        sel = b == k
-        if sel.any():
-            c, a = conf[sel].mean().item(), correct[sel].mean().item()
-            total += sel.sum().item() / len(conf) * abs(a - c)
-            bins.append((k / n_bins, (k + 1) / n_bins, int(sel.sum()), c, a))
-    return total, bins
-
-
-@torch.no_grad()
-def corrupted_predictions(m, x, level, g):
-    """Teacher-forced (confidence, correct) on corrupted windows. DSL: one shared SNR gamma = level per sequence
-    (noise.localize), every position is corrupted and scored. MDLM: mask fraction t = level; only masked
-    positions are scored (visible ones are copied through, trivially correct)."""
-    if m.dsl:
-        logits = m(z=noise.localize(m.E()[x], torch.tensor(float(level)), g))
-        where = torch.ones_like(x, dtype=torch.bool)
-    else:
-        xt, where = noise.mdlm_corrupt(x, torch.full((len(x),), float(level)), m.mask_id, g)
-        logits = m(x=xt)
-    p = torch.softmax(logits[..., :m.vocab_size].double(), -1)[where]  # (N, V)
-    conf, pred = p.max(-1)
-    return conf, (pred == x[where]).double()
-
-
-def calibration(ckpt, data_dir, levels=None, n=64, L=None, seed=0, out=''):
-    """ECE at each level (DSL: SNRs, default gamma_max x {0.03, 0.1, 0.3, 1}; MDLM: mask rates {0.15, 0.5, 0.85})
-    and a reliability diagram PNG (out). Returns rows."""
-    m, _, cfg = load(ckpt)
-    if m.config.get('causal'):
-        raise ValueError(f"{ckpt}: calibration needs a DSL or MDLM checkpoint, not an autoregressive one")
-    x, meta = windows(data_dir, n, L or cfg.get('block_size') or 64, seed)
-    check_data(m, meta, ckpt)
-    gmax = m.config['gamma_max']
-    levels = levels or ([gmax * f for f in (0.03, 0.1, 0.3, 1.0)] if m.dsl else [0.15, 0.5, 0.85])
-    g, rows = torch.Generator().manual_seed(seed), []
-    for lv in levels:
-        conf, correct = corrupted_predictions(m, x, lv, g)
-        e, bins = ece(conf, correct)
-        rows.append(dict(level=('gamma' if m.dsl else 't'), value=lv, ece=e, accuracy=correct.mean().item(),
-                         confidence=conf.mean().item(), n=len(conf), bins=bins))
-    if out:
-        plt = need('matplotlib.pyplot', 'matplotlib', 'the reliability diagram')
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.plot([0, 1], [0, 1], 'k:', lw=1)
-        for r in rows:
-            ax.plot([b[3] for b in r['bins']], [b[4] for b in r['bins']], 'o-', ms=3,
-                    label=f"{r['level']} = {r['value']:g}: ECE {r['ece']:.3f}")
-        ax.set(xlabel='confidence (max probability)', ylabel='accuracy', title=os.path.basename(ckpt))
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        fig.savefig(out + '.tmp.png', dpi=100)
-        os.replace(out + '.tmp.png', out)
-        plt.close(fig)
-    return rows
-
-
-def auroc(scores, labels):
-    """Area under the ROC curve = P(score of a positive > score of a negative), ties counting 1/2
-    (Mann-Whitney U from average ranks)."""
-    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
-    n1, n0 = y.sum(), (~y).sum()
-    if n1 == 0 or n0 == 0:
-        return float('nan')
-    order = np.argsort(s, kind='mergesort')
-    ranks = np.empty(len(s))
-    ranks[order] = np.arange(1, len(s) + 1)
-    vals, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
-    ranks = (np.bincount(inv, ranks) / counts)[inv]  # tied scores share their average rank
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-# How a sampler presents a visible token to the model: name -> fn(model, ids with mask_id where hidden, generator)
-# -> logits (B, L, V+1). Discrete samplers today: a DSL model sees z = gamma_max e_x (z = 0 hidden), an MDLM
-# model sees the ids. A commit state at a lower SNR is one more entry here.
-STATES = dict(endpoint=lambda m, x, g: m(z=m.endpoint_z(x)),
-              tokens=lambda m, x, g: m(x=x))
-
-
-def commit_states(gammas):
-    """The commit states of sample.py's --gamma_commit g (DSL): every visible token at z = g e_x, deterministic
-    ('commit@g') or as a channel sample z = g e_x + sqrt(g) eps ('commit@g+noise', --commit_noise 1)."""
-    def state(gc, noisy):
-        def fn(m, x, g):
-            z = m.endpoint_z(x, gc)  # (B, L, d), 0 where hidden
-            if noisy:
-                vis = (x != m.mask_id)[..., None]
-                z = z + vis * gc ** 0.5 * torch.randn(z.shape, generator=g, device=z.device)
-            return m(z=z)
-        return fn
-    return [(f"commit@{gc:g}{'+noise' if noisy else ''}", state(gc, noisy)) for gc in gammas for noisy in (0, 1)]
-
-
-@torch.no_grad()
-def corrupt(x, hide, frac, how, V, mask_id, g, proposer=None):
-    """Hide a fraction `hide` of positions, replace a fraction `frac` of the visible ones by a wrong token:
-    'uniform' over the V-1 others, or 'plausible': drawn from the proposer's prediction at that position with
-    it (and every other corrupted or hidden position) hidden, the true token excluded.
-    Returns (state ids with mask_id where hidden, hidden (B, L), corrupted (B, L))."""
-    hidden = torch.rand(x.shape, generator=g) < hide
-    wrong = ~hidden & (torch.rand(x.shape, generator=g) < frac)
-    if how == 'uniform':
-        y = (x + torch.randint(1, V, x.shape, generator=g)) % V  # never x itself
-    elif how == 'plausible':
-        logits = proposer(x=x.masked_fill(hidden | wrong, mask_id))  # (B, L, V+1)
-        p = torch.softmax(logits[..., :V].double(), -1).scatter(-1, x[..., None], 0.0) + 1e-30
-        p = p.scatter(-1, x[..., None], 0.0)  # the true token excluded, other probabilities renormalised
-        y = x.clone()
-        if wrong.any():
-            y[wrong] = torch.multinomial(p[wrong], 1, generator=g)[:, 0]
-    else:
-        raise ValueError(f"unknown corruption '{how}': choose uniform or plausible")
-    return torch.where(wrong, y, x).masked_fill(hidden, mask_id), hidden, wrong
-
-
-@torch.no_grad()
-def detect_auroc(m, x, states, hows=('uniform', 'plausible'), hide=0.25, frac=0.1, proposer=None, seed=0):
-    """AUROC of u_i = 1 - p(x_i | state) for corrupted vs true visible tokens, per (state, corruption).
-    The same corruptions (fixed seed) for every state; proposer defaults to the model itself."""
-    rows = []
-    for how in hows:
-        g = torch.Generator().manual_seed(seed)
-        xs, hidden, wrong = corrupt(x, hide, frac, how, m.vocab_size, m.mask_id, g, proposer or m)
-        for name in states:
-            logits = STATES[name](m, xs, g) if isinstance(name, str) else name[1](m, xs, g)
-            p = torch.softmax(logits[..., :m.vocab_size].double(), -1)
-            u = 1 - p.gather(-1, xs.clamp(max=m.vocab_size - 1)[..., None])[..., 0]  # (B, L)
-            vis = ~hidden
-            rows.append(dict(state=name if isinstance(name, str) else name[0], corruption=how,
-                             auroc=auroc(u[vis], wrong[vis]), u_wrong=u[wrong].mean().item(),
-                             u_true=u[vis & ~wrong].mean().item(), n_wrong=int(wrong.sum()), n_true=int((vis & ~wrong).sum())))
-    return rows
-
-
-def detect(ckpt, data_dir, n=64, L=None, hide=0.25, frac=0.1, proposer='', seed=0, gamma_commit=None):
-    """Error-detection AUROC for every state a sampler can present visible tokens in: DSL models at the endpoint
-    and at the commit states of gamma_commit (default gamma_max / 3 and / 10), MDLM models as ids."""
-    m, _, cfg = load(ckpt)
-    if m.config.get('causal'):
-        raise ValueError(f"{ckpt}: detect needs a DSL or MDLM checkpoint, not an autoregressive one")
-    x, meta = windows(data_dir, n, L or cfg.get('block_size') or 64, seed)
-    check_data(m, meta, ckpt)
-    prop = load(proposer)[0] if proposer else m
-    if prop.config.get('causal') or prop.vocab_size != m.vocab_size:
-        raise ValueError(f"--proposer {proposer} must be a DSL or MDLM checkpoint with the model's vocabulary")
-    gmax = m.config['gamma_max']
-    gammas = [gmax / 3, gmax / 10] if gamma_commit is None else gamma_commit
-    if m.dsl and not all(0 < gc <= gmax for gc in gammas):
-        raise ValueError(f"--gamma_commit values must lie in (0, gamma_max = {gmax:g}], got {gammas}")
-    states = ['endpoint'] + commit_states(gammas) if m.dsl else ['tokens']
-    return detect_auroc(m, x, states, hide=hide, frac=frac, proposer=prop, seed=seed)
-
-
-@torch.no_grad()
-def bounds(ckpt, data_dir, n=64, L=None, seed=0, batch_size=16, grid=64):
-    """NLL bounds on fixed windows, nats/token: MDLM NELBO and any-order AR for every diffusion model, the
-    diffusion (I-MMSE) bound for DSL models; an AR model's exact NLL. Each with bits and perplexity."""
-    m, _, cfg = load(ckpt)
-    x, meta = windows(data_dir, n, L or cfg.get('block_size') or 64, seed)
-    check_data(m, meta, ckpt)
-    xs, out = x.split(batch_size), {}
-    mean = lambda f: sum(f(xb, torch.Generator().manual_seed(seed + i)) * len(xb) for i, xb in enumerate(xs)) / n
-    if m.config.get('causal'):
-        out['ar_nll'] = mean(lambda xb, g: noise.ar_loss(m, xb).item())
-    else:
-        out['mdlm_bound'] = mean(lambda xb, g: noise.mdlm_bound(m, xb, generator=g))
-        out['roar_bound'] = mean(lambda xb, g: noise.roar_bound(m, xb, generator=g))
-    if m.dsl:  # as train.py's eval: the min over the cut-off g* after averaging over all windows
-        gr = noise.snr_grid(4 * m.config['gamma_max'], grid)
-        per = torch.cat([sum(noise.path_integral(m, xb, gr, torch.Generator().manual_seed(seed + i)))
-                         for i, xb in enumerate(xs)], dim=1)  # (S, N)
-        out['diffusion_bound'] = per.mean(1).min().item() / x.shape[1]
-    return {k: noise.bound_report(v) for k, v in out.items()}
-
-
-# ---------------------------------------------------------------------------------------------
 # CLI
 
 def table(rows, cols):
@@ -568,59 +367,16 @@ def table(rows, cols):
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description='metrics, calibration, error detection, bounds and step sweeps (DESIGN.md §6)')
+    ap = argparse.ArgumentParser(description='score sample files: MAUVE, generative perplexity, entropy, distinct-n '
+                                             '(DESIGN.md §6)')
     ap.error = lambda msg: die(msg)  # one line, no usage dump
-    sub = ap.add_subparsers(dest='cmd', required=True)
-    p = sub.add_parser('metrics', help='MAUVE, generative perplexity, entropy, distinct-n per sample file')
-    p.add_argument('--samples', nargs='+', required=True)
-    p.add_argument('--refs', required=True, help='prepared data folder (its val split) or a text file')
-    p.add_argument('--judge', default='gpt2-large', help="'gpt2-large' (Hugging Face) or an AR checkpoint")
-    p.add_argument('--featurizer', default=None, help='MAUVE features (default: the judge)')
-    p.add_argument('--pool', default='mean', choices=['mean', 'last'], help='AR featurizer: mean or last hidden state')
-    p.add_argument('--out', default='metrics.json')
-    for name in ('calibration', 'detect', 'bounds'):
-        p = sub.add_parser(name)
-        p.add_argument('--ckpt', required=True)
-        p.add_argument('--data', required=True, help='prepared data folder; its val split')
-        p.add_argument('--num_windows', type=int, default=64)
-        p.add_argument('--seq_len', type=int, default=0, help="0 = the checkpoint's block_size")
-        if name == 'calibration':
-            p.add_argument('--levels', default='', help='comma-separated SNRs (DSL) or mask rates (MDLM)')
-            p.add_argument('--out', default='reliability.png')
-        if name == 'detect':
-            p.add_argument('--hide', type=float, default=0.25, help='fraction of positions hidden')
-            p.add_argument('--frac', type=float, default=0.1, help='fraction of visible tokens corrupted')
-            p.add_argument('--proposer', default='', help='checkpoint proposing plausible corruptions (default: the model)')
-            p.add_argument('--gamma_commit', default='', help='DSL commit SNRs to test, comma-separated '
-                                                              '(default gamma_max/3, gamma_max/10)')
-    p = sub.add_parser('sweep', help='sample and score every valid (checkpoint, sampler, steps) cell')
-    p.add_argument('--ckpt', action='append', required=True)
-    p.add_argument('--samplers', default='mdlm,remdm-cap,remdm-loop,uncertainty')
-    p.add_argument('--steps', default='16,32,64,128')
-    p.add_argument('--num_samples', type=int, default=64)
-    p.add_argument('--judge', required=True, help="an AR checkpoint or 'gpt2-large'")
-    p.add_argument('--featurizer', default=None)
-    p.add_argument('--pool', default='mean', choices=['mean', 'last'], help='AR featurizer: mean or last hidden state')
-    p.add_argument('--refs', default='', help="default: the first checkpoint's data folder")
-    p.add_argument('--seq_len', type=int, default=0)
-    p.add_argument('--top_p', type=float, default=0.9)
-    p.add_argument('--batch_size', type=int, default=64)
-    p.add_argument('--out_dir', default='sweep')
-    p.add_argument('--debug_kill_after', type=int, default=-1, help=argparse.SUPPRESS)
-    p = sub.add_parser('repro', help="the paper's protocol at small scale: train, bounds, sweep, verdict (repro.py)")
-    p.add_argument('--preset', default='cpu', help='cpu (~80 min on 2 cores) | gpu | toy')
-    p.add_argument('--corpora', default='', help="comma-separated: char, speech (needs --text), owt; '' = the preset's")
-    p.add_argument('--text', default='', help='the speech corpus: comma-separated local .txt files, GPT-2 BPE')
-    p.add_argument('--launcher', default='', help='how to start train.py, e.g. "torchrun --nproc_per_node=8"')
-    p.add_argument('--results', default='results', help='tables, figures, README per corpus')
-    p.add_argument('--runs', default='out/repro', help='checkpoints and sweep state')
-    for k in ('pre_iters', 'ft_iters', 'num_samples', 'block_size', 'batch_size'):
-        p.add_argument(f'--{k}', type=int, default=None, help="default: the preset's")
-    p.add_argument('--steps', default=None, help="comma-separated; default: the preset's")
-    p.add_argument('--ft_lr', type=float, default=None, help="both continuations' learning rate; default: the preset's")
-    for p in sub.choices.values():
-        p.error = ap.error
-        p.add_argument('--seed', type=int, default=0, help='references, windows, corruptions and samples')
+    ap.add_argument('--samples', nargs='+', required=True, help='sample.py JSONL files')
+    ap.add_argument('--refs', required=True, help='prepared data folder (its val split) or a text file')
+    ap.add_argument('--judge', default='gpt2-large', help="'gpt2-large' (Hugging Face) or an AR checkpoint")
+    ap.add_argument('--featurizer', default=None, help='MAUVE features (default: the judge)')
+    ap.add_argument('--pool', default='mean', choices=['mean', 'last'], help='AR featurizer: mean or last hidden state')
+    ap.add_argument('--out', default='metrics.json')
+    ap.add_argument('--seed', type=int, default=0, help='which reference chunks')
     return ap.parse_args(argv)
 
 
@@ -629,44 +385,15 @@ def die(msg):
     sys.exit(2)
 
 
-def run(a):
-    if a.cmd == 'metrics':
-        rep = metrics(a.samples, a.refs, a.judge, a.featurizer, a.seed, a.out, a.pool)
-        print(f"judge {rep['judge']}, featurizer {rep['featurizer']}, refs {a.refs} (seed {a.seed}), MAUVE seed {MAUVE_SEED}")
-        print(table(rep['rows'], ['n', 'L', 'nfe', 'mauve', 'gen_ppl', 'entropy', 'distinct_2']))
-        print(f"wrote {a.out}", file=sys.stderr)
-    elif a.cmd == 'calibration':
-        levels = [float(v) for v in a.levels.split(',') if v]
-        rows = calibration(a.ckpt, a.data, levels, a.num_windows, a.seq_len, a.seed, a.out)
-        print(table(rows, ['level', 'value', 'ece', 'accuracy', 'confidence', 'n']))
-        print(f"wrote {a.out}", file=sys.stderr)
-    elif a.cmd == 'detect':
-        gc = [float(v) for v in a.gamma_commit.split(',') if v] or None
-        rows = detect(a.ckpt, a.data, a.num_windows, a.seq_len, a.hide, a.frac, a.proposer, a.seed, gc)
-        print(table(rows, ['state', 'corruption', 'auroc', 'u_wrong', 'u_true', 'n_wrong', 'n_true']))
-    elif a.cmd == 'bounds':
-        for k, r in bounds(a.ckpt, a.data, a.num_windows, a.seq_len, a.seed).items():
-            print(f"{k:>16}: {r['nats']:.4f} nats/token, {r['bits']:.4f} bits/token, perplexity {r['ppl']:.2f}")
-    elif a.cmd == 'repro':
-        import repro  # the protocol is its own file; it calls train.py, this file's functions and sweep.py
-        repro.repro(a.preset, a.corpora, a.text, a.launcher, a.results, a.runs, pre_iters=a.pre_iters,
-                    ft_iters=a.ft_iters, num_samples=a.num_samples, block_size=a.block_size,
-                    batch_size=a.batch_size, steps=a.steps, ft_lr=a.ft_lr)
-    else:
-        steps = [int(s) for s in a.steps.split(',') if s]
-        import sweep  # the step sweep is its own file; it scores cells with this file's functions
-        rows, notes = sweep.sweep(a.ckpt, [s for s in a.samplers.split(',') if s], steps, a.num_samples, a.judge, a.refs,
-                            a.featurizer, a.out_dir, a.seq_len, a.seed, a.top_p, a.batch_size, a.pool,
-                            a.debug_kill_after)
-        print(open(os.path.join(a.out_dir, 'results.md')).read())
-
-
 def main(argv=None):
     a = parse_args(argv)
     try:
-        run(a)
-    except (ValueError, FileNotFoundError, KeyError, ImportError, RuntimeError) as e:  # user errors: one line
+        rep = metrics(a.samples, a.refs, a.judge, a.featurizer, a.seed, a.out, a.pool)
+    except (ValueError, FileNotFoundError, KeyError, ImportError) as e:  # user errors: one line; bugs keep tracebacks
         die(str(e.args[0]) if e.args else type(e).__name__)
+    print(f"judge {rep['judge']}, featurizer {rep['featurizer']}, refs {a.refs} (seed {a.seed}), MAUVE seed {MAUVE_SEED}")
+    print(table(rep['rows'], ['n', 'L', 'nfe', 'mauve', 'gen_ppl', 'entropy', 'distinct_2']))
+    print(f"wrote {a.out}", file=sys.stderr)
 
 
 if __name__ == '__main__':

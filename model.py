@@ -338,19 +338,31 @@ class DiT(nn.Module):
                 out.append(h + p_mask[:, None] * Wf[V] + r[:, None] * Wbar)
         return torch.cat(out).reshape(*z.shape[:-1], -1).to(W.dtype)
 
-    def forward(self, x=None, z=None, out_idx=None, commit=None):
+    def forward(self, x=None, z=None, out_idx=None, commit=None, keep=None):
         """x: (B, L) token ids in [0, V] (V = [MASK]), or z: (B, L, d) noisy DSL input.
         out_idx: optional (B, L) bool; the head then runs only there and returns (N, V+1).
         commit: optional (B, L) bool with x (DSL): those tokens are read at z = gamma_commit e_x (the commit
-        table of build_endpoint_table(gamma_commit)), the others at gamma_max. Returns logits (B, L, V+1)."""
+        table of build_endpoint_table(gamma_commit)), the others at gamma_max. Returns logits (B, L, V+1).
+        keep: a dict that receives keep['hc'] = (h, c), the trunk's output, for head() at other positions."""
         self._check_input(x, z, out_idx, commit)
+        hc = self.trunk(x, z, commit)
+        if keep is not None:
+            keep['hc'] = hc
+        return self.head(*hc, out_idx)
+
+    def trunk(self, x=None, z=None, commit=None):
+        """Input converter and blocks: the final hidden states h (B, L, D) and the conditioning c (1, C). A sampler
+        whose next input is the same sends them through head() again instead of calling the model (sample.call)."""
         h = self.embed(x, z, commit)
-        B, L = h.shape[:2]
         # time conditioning is off: one constant vector per forward (sigma = 0)
         c = F.silu(self.sigma_map(torch.zeros(1, device=h.device)))  # (1, C)
-        cos, sin = self.rotary_emb(L, h.device)
+        cos, sin = self.rotary_emb(h.shape[1], h.device)
         for block in self.blocks:
             h = block(h, cos, sin, c)
+        return h, c
+
+    def head(self, h, c, out_idx=None):
+        """Logits (B, L, V+1) of the final hidden states, or (N, V+1) at the out_idx (B, L) positions only."""
         if out_idx is not None:
             h = h[out_idx][None]  # (1, N, D)
         logits = self.output_layer(h, c)

@@ -1,11 +1,11 @@
 """
 The paper's claim at small scale, end to end (Wu et al., arXiv 2602.16169, §5): DSL *fine-tuned from MDLM* against
 MDLM trained on for the same steps, quality against denoiser calls, and calibration with atomic vs smoothed
-endpoints. One resumable protocol per corpus; run through the evaluate CLI:
+endpoints. One resumable protocol per corpus:
 
-    python evaluate.py repro --preset cpu                          # shakespeare_char, ~80 min on 2 CPU cores
-    python evaluate.py repro --preset cpu --corpora speech --text a.txt,b.txt   # a GPT-2-tokenised corpus
-    python evaluate.py repro --preset gpu --launcher "torchrun --standalone --nproc_per_node=8"
+    python repro.py --preset cpu                          # shakespeare_char, ~80 min on 2 CPU cores
+    python repro.py --preset cpu --corpora speech --text a.txt,b.txt   # a GPT-2-tokenised corpus
+    python repro.py --preset gpu --launcher "torchrun --standalone --nproc_per_node=8"
 
 Stages (each skipped when finished; an interrupted training stage restarts from its checkpoint, the sweep from
 its last finished cell):
@@ -19,6 +19,7 @@ its last finished cell):
   4. sweep     every sampler on every model that can run it, at every step count (sweep.py)
   5. report    results/<corpus>/README.md: tables, figures, the verdict on the ~4x claim, real samples
 """
+import argparse
 import csv
 import json
 import os
@@ -32,6 +33,8 @@ import torch
 
 import data
 import evaluate
+import figures
+import probe
 import sample
 import sweep
 
@@ -100,8 +103,9 @@ def train(out_dir, args, max_iters, launcher, log_path):
             f.write(line)
             f.flush()
         if p.wait():
-            raise RuntimeError(f"training stage {out_dir} failed (exit {p.returncode}); see {log_path}. "
-                               f"Rerun the same command to resume")
+            # the child printed its own error or traceback above: this process only says where and how to resume
+            raise SystemExit(f"repro.py: training stage {out_dir} failed (exit {p.returncode}); see {log_path}. "
+                             f"Rerun the same command to resume")
 
 
 def run_corpus(corpus, P, res, runs, text='', launcher=''):
@@ -141,12 +145,12 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
         out = {}
         for k in models:
             log(f"bounds of {k}")
-            out[k] = evaluate.bounds(ck[k], dd, P['eval_windows'], P['block_size'], grid=P['eval_grid'])
+            out[k] = probe.bounds(ck[k], dd, P['eval_windows'], P['block_size'], grid=P['eval_grid'])
         evaluate.write_atomic(os.path.join(res, 'bounds.json'), json.dumps(out, indent=1))
         cal = {}
         for k in ('dsl_ft', 'dsl_atomic'):
             log(f"calibration of {k}")
-            rows = evaluate.calibration(ck[k], dd, None, P['eval_windows'], P['block_size'],
+            rows = probe.calibration(ck[k], dd, None, P['eval_windows'], P['block_size'],
                                         out=os.path.join(res, f'reliability_{k}.png'))
             cal[k] = [{kk: v for kk, v in r.items() if kk != 'bins'} for r in rows]
         evaluate.write_atomic(os.path.join(res, 'calibration.json'), json.dumps(cal, indent=1))
@@ -172,8 +176,8 @@ def trajectories(res, ck, T, dd):
         m, _, cfg = evaluate.load(ck[k])
         _, info = sample.generate(m, 1, cfg['block_size'], T, s, 0.9, generator=torch.Generator().manual_seed(0),
                                   trajectory=True)
-        sample.plot_trajectory([t[0] for t in info['trajectory']], m.mask_id, lambda i: dec([i]),
-                               os.path.join(res, f'trajectory_{name}.png'), f"{k}, {s}, T = {T}, seed 0")
+        figures.trajectory([t[0] for t in info['trajectory']], m.mask_id, lambda i: dec([i]),
+                           os.path.join(res, f'trajectory_{name}.png'), f"{k}, {s}, T = {T}, seed 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +215,8 @@ def verdict(rows, steps, ref_entropy):
     dsl_rules = sorted({r['sampler'] for r in rows if r['model'] == dsl})
     mdlm_rules = sorted({r['sampler'] for r in rows if r['model'] == mdlm} & set(BASELINE))
     floor = ENTROPY_FLOOR * ref_entropy
-    cell = lambda r, col: f"{float(r[col]):.3f} ({r['sampler']}, H {float(r['entropy']):.2f})" if r else 'none'
+    cell = lambda r, col: (f"{float(r[col]):.3f} ({r['sampler']}, H {float(r['entropy']):.2f}, "
+                           f"NFE {float(r['nfe']):.3g})" if r else 'none')
     lines = ['| DSL T | MDLM+ReMDM T | MAUVE, DSL | MAUVE, MDLM+ReMDM | DSL >=? | gen NLL, DSL | '
              'gen NLL, MDLM+ReMDM | DSL <=? |', '|' + '---|' * 8]
     out = []
@@ -302,3 +307,38 @@ def repro(preset='cpu', corpora=None, text='', launcher='', results='results', r
         if corpus not in CORPORA:
             raise ValueError(f"unknown corpus '{corpus}': choose {', '.join(CORPORA)}")
         run_corpus(corpus, P, os.path.join(results, corpus), os.path.join(runs, corpus), text, launcher)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description="the paper's protocol at small scale: train, bounds, sweep, verdict")
+    ap.error = lambda msg: die(msg)  # one line, no usage dump
+    ap.add_argument('--preset', default='cpu', help=f"{' | '.join(PRESETS)} (cpu: ~80 min on 2 cores)")
+    ap.add_argument('--corpora', default='', help="comma-separated: char, speech (needs --text), owt; '' = the preset's")
+    ap.add_argument('--text', default='', help='the speech corpus: comma-separated local .txt files, GPT-2 BPE')
+    ap.add_argument('--launcher', default='', help='how to start train.py, e.g. "torchrun --nproc_per_node=8"')
+    ap.add_argument('--results', default='results', help='tables, figures, README per corpus')
+    ap.add_argument('--runs', default='out/repro', help='checkpoints and sweep state')
+    for k in ('pre_iters', 'ft_iters', 'num_samples', 'block_size', 'batch_size'):
+        ap.add_argument(f'--{k}', type=int, default=None, help="default: the preset's")
+    ap.add_argument('--steps', default=None, help="comma-separated; default: the preset's")
+    ap.add_argument('--ft_lr', type=float, default=None, help="both continuations' learning rate; default: the preset's")
+    return ap.parse_args(argv)
+
+
+def die(msg):
+    print(f"repro.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    try:
+        repro(a.preset, a.corpora, a.text, a.launcher, a.results, a.runs, pre_iters=a.pre_iters, ft_iters=a.ft_iters,
+              num_samples=a.num_samples, block_size=a.block_size, batch_size=a.batch_size, steps=a.steps,
+              ft_lr=a.ft_lr)
+    except (ValueError, FileNotFoundError, KeyError, ImportError) as e:  # user errors: one line; bugs keep tracebacks
+        die(str(e.args[0]) if e.args else type(e).__name__)
+
+
+if __name__ == '__main__':
+    main()

@@ -2,21 +2,24 @@
 Step sweeps (DESIGN.md §6): sample every valid (checkpoint, sampler, steps) cell with sample.generate, score it
 with evaluate.py's metrics (MAUVE, generative perplexity, entropy, distinct-n), and write results.csv, results.md
 and a plot of quality against NFE. Resumable: finished cells are read back from results.csv, which is rewritten
-atomically after each cell. Run through the evaluate CLI:
+atomically after each cell.
 
-    python evaluate.py sweep --ckpt out/dsl/ckpt.pt --ckpt out/mdlm/ckpt.pt --samplers mdlm,remdm-loop,uncertainty \
+    python sweep.py --ckpt out/dsl/ckpt.pt --ckpt out/mdlm/ckpt.pt --samplers mdlm,remdm-loop,uncertainty \
         --steps 16,32,64,128 --num_samples 256 --judge out/ar/ckpt.pt
 """
+import argparse
 import csv
 import io
 import json
 import os
-import textwrap
+import sys
 import time
 
 import torch
 
 import data
+import figures
+import rules
 import sample
 from evaluate import features, get_judge, judge_inputs, load, need, references, score, write_atomic
 
@@ -44,24 +47,13 @@ def parse_spec(spec):
     return name, kw
 
 
-@torch.no_grad()
 def draw(m, meta, n, L, steps, sampler, top_p, seed, batch_size):
-    """n samples of one cell through sample.generate, one generator seeded per cell (common random numbers)."""
+    """n samples of one cell (sample.draw), one generator seeded per cell (common random numbers)."""
     sampler, kw = parse_spec(sampler)
-    g, xs, nfe = torch.Generator().manual_seed(seed), [], 0
-    if m.dsl:
-        m.build_endpoint_table()  # once per cell, not per batch
-    try:
-        for i in range(0, n, batch_size):
-            x, info = sample.generate(m, min(batch_size, n - i), L, steps, sampler, top_p, generator=g, **kw)
-            xs.append(x)
-            nfe = info['nfe']
-    finally:
-        if m.dsl:
-            m.drop_endpoint_table()
-    x = torch.cat(xs)
+    x, info = sample.draw(m, n, L, steps, sampler, top_p, generator=torch.Generator().manual_seed(seed),
+                          batch_size=batch_size, **kw)
     dec = data.get_tokenizer(meta)[1] if meta else None
-    return x, [dec(r) if dec else None for r in x.tolist()], nfe
+    return x, [dec(r) if dec else None for r in x.tolist()], info['nfe']
 
 
 def label(path, m):
@@ -78,13 +70,13 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
     held-out chunks) and, with an AR judge, the AR model's own samples. Writes results.csv, .md, .png."""
     from tqdm import tqdm
     need('mauve', 'mauve-text', 'MAUVE', check=True)
-    need('matplotlib', 'matplotlib', 'the sweep plot', check=True)
+    figures.check()
     per = samplers if isinstance(samplers, dict) else {p: samplers for p in ckpts}
     for ss in per.values():  # an unknown sampler or knob fails before any work
         for s in ss:
             name, kw = parse_spec(s)
             sample.sampler_name(name)
-            sample.check_options(top_p, kw)
+            rules.check_options(top_p, kw)
     models = {p: load(p) for p in ckpts}
     J = get_judge(judge, pool)
     F = J if featurizer in (None, judge) else get_judge(featurizer, pool)
@@ -148,7 +140,7 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
     md = [head, '', '| ' + ' | '.join(show) + ' |', '|' + '---|' * len(show)]
     md += ['| ' + ' | '.join(fmt(r[c]) for c in show) + ' |' for r in rows]
     write_atomic(os.path.join(out_dir, 'results.md'), '\n'.join(md + [''] + notes) + '\n')
-    plot(rows, os.path.join(out_dir, 'results.png'), head)
+    figures.sweep(rows, os.path.join(out_dir, 'results.png'), head)
     return rows, notes
 
 
@@ -167,32 +159,42 @@ def fmt(v):
         return v
 
 
-def plot(rows, out, title):
-    """MAUVE and generative perplexity against NFE (log x), one line per model + sampler; the reference data and
-    the AR model as horizontal lines."""
-    plt = need('matplotlib.pyplot', 'matplotlib', 'the sweep plot')
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    names = list(dict.fromkeys(r['model'] for r in rows if r['model'] != 'reference' and r['sampler'] != 'ar'))
-    samplers = list(dict.fromkeys(r['sampler'] for r in rows))
-    colour = lambda s: plt.cm.tab20(samplers.index(s) % 20)
-    style = lambda name: ('-', '--', ':', '-.')[names.index(name) % 4]
-    for ax, col in zip(axes, ('mauve', 'gen_ppl')):
-        series = {}
-        for r in rows:
-            series.setdefault((r['model'], r['sampler']), []).append((int(r['nfe']), float(r[col])))
-        for (name, s), pts in series.items():
-            if name == 'reference' or s == 'ar':
-                ax.axhline(pts[0][1], ls='--', lw=1, color='k' if name == 'reference' else 'gray',
-                           label='reference data' if name == 'reference' else f'{name} (AR, {pts[0][0]} NFE)')
-            else:
-                pts.sort()  # colour = sampler, line style = model: 15 lines stay tellable apart
-                ax.plot(*zip(*pts), marker='o', ms=3, color=colour(s), ls=style(name), label=f'{name} {s}')
-        ax.set(xscale='log', xlabel='NFE (denoiser calls)', ylabel=col.replace('_', ' '))
-        if col == 'gen_ppl':
-            ax.set_yscale('log')
-    axes[1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))  # outside: many lines
-    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out + '.tmp.png', dpi=90)
-    os.replace(out + '.tmp.png', out)
-    plt.close(fig)
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description='sample and score every valid (checkpoint, sampler, steps) cell')
+    ap.error = lambda msg: die(msg)  # one line, no usage dump
+    ap.add_argument('--ckpt', action='append', required=True, help='repeat for several models')
+    ap.add_argument('--samplers', default='mdlm,remdm-cap,remdm-loop,uncertainty',
+                    help="comma-separated; knobs after ':' (uncertainty:gamma_commit=10)")
+    ap.add_argument('--steps', default='16,32,64,128')
+    ap.add_argument('--num_samples', type=int, default=64)
+    ap.add_argument('--judge', required=True, help="an AR checkpoint or 'gpt2-large'")
+    ap.add_argument('--featurizer', default=None)
+    ap.add_argument('--pool', default='mean', choices=['mean', 'last'], help='AR featurizer: mean or last hidden state')
+    ap.add_argument('--refs', default='', help="default: the first checkpoint's data folder")
+    ap.add_argument('--seq_len', type=int, default=0)
+    ap.add_argument('--top_p', type=float, default=0.9)
+    ap.add_argument('--batch_size', type=int, default=64)
+    ap.add_argument('--out_dir', default='sweep')
+    ap.add_argument('--seed', type=int, default=0, help='references and samples')
+    ap.add_argument('--debug_kill_after', type=int, default=-1, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def die(msg):
+    print(f"sweep.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    try:
+        steps = [int(s) for s in a.steps.split(',') if s]
+        sweep(a.ckpt, [s for s in a.samplers.split(',') if s], steps, a.num_samples, a.judge, a.refs, a.featurizer,
+              a.out_dir, a.seq_len, a.seed, a.top_p, a.batch_size, a.pool, a.debug_kill_after)
+    except (ValueError, FileNotFoundError, KeyError, ImportError) as e:  # user errors: one line; bugs keep tracebacks
+        die(str(e.args[0]) if e.args else type(e).__name__)
+    print(open(os.path.join(a.out_dir, 'results.md')).read())
+
+
+if __name__ == '__main__':
+    main()

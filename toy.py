@@ -18,7 +18,6 @@ With fixed unit embeddings E the exact Bayes denoiser is a sum over the 7 sequen
 """
 import argparse
 import math
-import os
 import time
 
 import torch
@@ -26,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import figures
 import model as modellib
 import noise
 import sample
@@ -276,47 +276,23 @@ def print_table(results, detect, seeds):
 
 def plot(trajs, path, results=None, row=0, labels=None):
     """Tokens by step for each arm (Fig. 3 style, the arms of FIG_ARMS): rows = denoiser calls, columns =
-    positions; black = correct, red = wrong, grey '_' = hidden. Titles carry the recovery rate when results
-    are given."""
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("toy.py: matplotlib is not installed: no figure (pip install matplotlib, or pass --no_plot)")
-        return None
+    positions; black = correct, red on pink = wrong, grey '_' = hidden. Titles carry the recovery rate when results
+    are given. Returns the path, or None (with one line) when matplotlib is missing."""
     labels = labels or fig_labels(trajs)
     rates = {arm_label(k, r): v[DRAFT] for k, res in (results or {}).items() for r, v in res.items()}
-    steps = trajs[labels[0]].shape[0]
-    fig, axes = plt.subplots(1, len(labels), figsize=(2.3 * len(labels), 0.32 * steps + 1.1))
-    for ax, lab in zip(axes, labels):
-        t = trajs[lab][:, row]
-        for k in range(steps):
-            for i in range(L):
-                v = int(t[k, i])
-                hidden, ok = v == V, v == ALPHABET.index(TARGET[i])
-                color = '#bbbbbb' if hidden else ('black' if ok else '#d62728')
-                if not hidden and not ok:
-                    ax.add_patch(plt.Rectangle((i - 0.5, k - 0.5), 1, 1, color='#fbd5d5', lw=0))
-                ax.text(i, k, '_' if hidden else ALPHABET[v], ha='center', va='center', color=color,
-                        fontsize=11, family='monospace', weight='bold')
-        ax.set_xlim(-0.5, L - 0.5)
-        ax.set_ylim(steps - 0.5, -0.5)
-        ax.set_xticks(range(L), [f'{i}' for i in range(L)], fontsize=7)
-        ax.set_xlabel('position', fontsize=7)
-        ax.set_yticks(range(steps), [str(k) for k in range(steps)], fontsize=7)
-        ax.tick_params(length=0)
-        rate = f"\n{100 * rates[lab]:.0f}% recovered" if results else ''
-        ax.set_title(lab + rate, fontsize=9)
-        for s in ax.spines.values():
-            s.set_visible(False)
-    axes[0].set_ylabel('denoiser call (0 = draft)', fontsize=8)
-    fig.suptitle(f'repairing {DRAFT} (target {TARGET}), chain {row}: red = wrong, grey _ = hidden', fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    panels = []
+    for lab in labels:
+        t = trajs[lab][:, row]  # (steps, L)
+        cells = [[('_', figures.GREY, False, True) if int(v) == V else
+                  (ALPHABET[int(v)], 'black' if int(v) == ALPHABET.index(TARGET[i]) else figures.RED,
+                   int(v) != ALPHABET.index(TARGET[i]), True) for i, v in enumerate(tk)] for tk in t]
+        panels.append((lab + (f"\n{100 * rates[lab]:.0f}% recovered" if results else ''), cells))
+    try:
+        return figures.toy_repair(panels, path, f'repairing {DRAFT} (target {TARGET}), chain {row}: '
+                                                f'red = wrong, grey _ = hidden')
+    except ImportError as e:
+        print(f"toy.py: {e.args[0]} (or pass --no_plot)")
+        return None
 
 
 def main(argv=None):

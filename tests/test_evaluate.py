@@ -17,6 +17,7 @@ import torch
 import data
 import evaluate as ev
 import noise
+import probe
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,22 +151,22 @@ def test_entropy_and_distinct_n():
 
 
 def test_ece():
-    e, bins = ev.ece([0.1, 0.9, 0.95], [0, 1, 0])  # three bins: |0 - .1|, |1 - .9|, |0 - .95|, one third each
+    e, bins = probe.ece([0.1, 0.9, 0.95], [0, 1, 0])  # three bins: |0 - .1|, |1 - .9|, |0 - .95|, one third each
     assert e == pytest.approx((0.1 + 0.1 + 0.95) / 3) and len(bins) == 3
     g = torch.Generator().manual_seed(0)
     conf = 0.05 + 0.95 * torch.rand(100_000, generator=g, dtype=torch.float64)
     hit = torch.rand(100_000, generator=g, dtype=torch.float64)
-    assert ev.ece(conf, hit < conf)[0] < 0.01  # calibrated: accuracy = confidence
-    assert ev.ece(conf, hit < conf ** 3)[0] > 0.15  # overconfident
+    assert probe.ece(conf, hit < conf)[0] < 0.01  # calibrated: accuracy = confidence
+    assert probe.ece(conf, hit < conf ** 3)[0] > 0.15  # overconfident
 
 
 def test_auroc():
-    assert ev.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
-    assert ev.auroc([0.5, 0.5, 0.5], [0, 1, 1]) == 0.5  # ties count one half
+    assert probe.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    assert probe.auroc([0.5, 0.5, 0.5], [0, 1, 1]) == 0.5  # ties count one half
     metrics = pytest.importorskip('sklearn.metrics')
     r = np.random.default_rng(0)
     s, y = r.integers(0, 5, 500).astype(float), r.random(500) < 0.3  # many ties
-    assert ev.auroc(s, y) == pytest.approx(metrics.roc_auc_score(y, s), abs=1e-12)
+    assert probe.auroc(s, y) == pytest.approx(metrics.roc_auc_score(y, s), abs=1e-12)
 
 
 def fake(V, clean=None):
@@ -183,34 +184,34 @@ def test_detect_auroc_oracle_and_blind():
     V = 20
     x = torch.randint(0, V, (32, 24), generator=torch.Generator().manual_seed(0))
     for m, want in ((fake(V, x), 1.0), (fake(V), 0.5)):
-        rows = ev.detect_auroc(m, x, ['tokens'], hide=0.2, frac=0.2, proposer=fake(V, x))
+        rows = probe.detect_auroc(m, x, ['tokens'], hide=0.2, frac=0.2, proposer=fake(V, x))
         assert [r['corruption'] for r in rows] == ['uniform', 'plausible']
         assert all(r['auroc'] == want and r['n_wrong'] > 20 for r in rows), rows
 
 
 def test_detect_calibration_bounds_on_checkpoints(world, tmp_path):
     for obj in ('dsl', 'mdlm'):
-        rows = ev.detect(world['ckpt'][obj], world['data'], n=8)
+        rows = probe.detect(world['ckpt'][obj], world['data'], n=8)
         states = ['endpoint', 'commit@10', 'commit@10+noise', 'commit@3', 'commit@3+noise'] if obj == 'dsl' else ['tokens']
         assert [r['state'] for r in rows] == states * 2  # gamma_max 30: commit states at 30/3 and 30/10
         if obj == 'dsl':  # the commit state at gamma_max is the endpoint state itself
-            rows = ev.detect(world['ckpt'][obj], world['data'], n=8, gamma_commit=[30.0])
+            rows = probe.detect(world['ckpt'][obj], world['data'], n=8, gamma_commit=[30.0])
             assert rows[0]['auroc'] == rows[1]['auroc'] and rows[0]['u_wrong'] == rows[1]['u_wrong']
         assert all(0 <= r['auroc'] <= 1 for r in rows)
         png = tmp_path / f'{obj}.png'
-        rows = ev.calibration(world['ckpt'][obj], world['data'], n=8, out=str(png))
+        rows = probe.calibration(world['ckpt'][obj], world['data'], n=8, out=str(png))
         assert png.stat().st_size > 0 and all(0 <= r['ece'] <= 1 and r['n'] > 0 for r in rows)
-        b = ev.bounds(world['ckpt'][obj], world['data'], n=8, grid=8)
+        b = probe.bounds(world['ckpt'][obj], world['data'], n=8, grid=8)
         assert set(b) == {'mdlm_bound', 'roar_bound'} | ({'diffusion_bound'} if obj == 'dsl' else set())
         assert all(0 < r['nats'] < 10 and r['bits'] == pytest.approx(r['nats'] / math.log(2)) for r in b.values())
-    assert set(ev.bounds(world['ckpt']['ar'], world['data'], n=8)) == {'ar_nll'}
+    assert set(probe.bounds(world['ckpt']['ar'], world['data'], n=8)) == {'ar_nll'}
 
 
 # ----------------------------------------------------------------------------- 4. resumable sweep
 
 def run(args, **kw):
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    return subprocess.run([sys.executable, 'evaluate.py'] + [str(a) for a in args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, 'sweep.py'] + [str(a) for a in args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=180, **kw)
 
 
@@ -220,7 +221,7 @@ def read_csv(path, drop=('seconds',)):
 
 
 def test_sweep_killed_after_a_cell_resumes_to_the_same_results(world, tmp_path):
-    args = ['sweep', '--ckpt', world['ckpt']['dsl'], '--ckpt', world['ckpt']['mdlm'], '--samplers', 'mdlm,uncertainty',
+    args = ['--ckpt', world['ckpt']['dsl'], '--ckpt', world['ckpt']['mdlm'], '--samplers', 'mdlm,uncertainty',
             '--steps', '4,8', '--num_samples', 16, '--judge', world['ckpt']['ar'], '--refs', world['data'], '--seed', 3]
     r = run(args + ['--out_dir', tmp_path / 'a', '--debug_kill_after', 2])
     assert r.returncode == -9, r.stderr[-2000:]
@@ -255,16 +256,16 @@ def test_bad_input_is_one_line_and_exit_2(world, tmp_path):
     (tmp_path / 'short.txt').write_text(sentences(5, 3))
     (tmp_path / 'junk.pt').write_bytes(b'PK\x03\x04 not a checkpoint')
     out = tmp_path / 'm.json'
-    metrics = ['metrics', '--judge', world['ckpt']['ar'], '--refs', world['data'], '--out', out, '--samples']
+    metrics = ['evaluate.py', '--judge', world['ckpt']['ar'], '--refs', world['data'], '--out', out, '--samples']
     no_mauve = "import sys; sys.modules['mauve'] = None; sys.argv[0] = 'evaluate.py'; import evaluate; evaluate.main()"
     cases = [(metrics + [tmp_path / 'empty.jsonl'], 'empty'),
              (metrics + [tmp_path / 'bad.jsonl'], 'bad.jsonl:2'),
              (metrics + [other], 'tokenizer'),
              (metrics[:4] + [tmp_path / 'short.txt'] + metrics[5:] + [good], 'fewer'),
-             (['detect', '--ckpt', tmp_path / 'junk.pt', '--data', world['data']], 'not a checkpoint'),
-             (['-c', no_mauve] + metrics + [good], 'pip install mauve-text')]
+             (['probe.py', 'detect', '--ckpt', tmp_path / 'junk.pt', '--data', world['data']], 'not a checkpoint'),
+             (['-c', no_mauve] + metrics[1:] + [good], 'pip install mauve-text')]
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    procs = [subprocess.Popen([sys.executable] + ([] if args[0] == '-c' else ['evaluate.py']) + [str(a) for a in args],
+    procs = [subprocess.Popen([sys.executable] + [str(a) for a in args],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for args, _ in cases]  # all at once: most of each run is Python and torch start-up
     for p, (args, words) in zip(procs, cases):

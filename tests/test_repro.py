@@ -10,7 +10,8 @@ import sweep
 
 
 def cell(model, sampler, T, mauve, nll, entropy):
-    return dict(model=model, sampler=sampler, steps=str(T), mauve=str(mauve), gen_nll=str(nll), entropy=str(entropy))
+    return dict(model=model, sampler=sampler, steps=str(T), nfe=str(T), mauve=str(mauve), gen_nll=str(nll),
+                entropy=str(entropy))
 
 
 def test_verdict_compares_dsl_at_T_with_mdlm_at_4T_and_ignores_repetition():

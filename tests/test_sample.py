@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
+import figures
 import model
+import rules
 import sample
 import toy
 
@@ -90,7 +92,7 @@ def test_uncertainty_repairs_the_draft_and_copying_cannot():
     for seed in range(100):
         x, info = sample.repair(oracle, draft, 10, generator=torch.Generator().manual_seed(seed), trajectory=True)
         hits += bool((x[0] == target).all())
-        assert info['nfe'] == 10 and len(info['trajectory']) == 10
+        assert info['calls'] == 10 >= info['nfe'] and len(info['trajectory']) == 10  # the oracle has no cache
     assert hits >= 95
     # step 1 sends back exactly the two wrong tokens (B at 4, F at 6) and reveals A, B from the posterior
     assert toy.decode(info['trajectory'][0][0]) == 'ABCD_F_'
@@ -98,10 +100,31 @@ def test_uncertainty_repairs_the_draft_and_copying_cannot():
     assert toy.decode(x[0])[2:] == 'CDBFF'  # without remasking the visible mistakes stay
 
 
+@pytest.mark.parametrize('dsl', [True, False])
+def test_a_step_that_changes_nothing_makes_no_call(dsl):
+    """ReMDM's cache: at T = 2L most mdlm steps reveal nothing; the same samples come out bit for bit with fewer
+    forwards, and each sample counts only the calls whose input changed (at batch 1: exactly the calls made)."""
+    m, L, T = tiny(dsl), 8, 16
+    blind = lambda **kw: m(**kw)  # no head(): every step runs the whole model, as before the cache
+    blind.__dict__.update(vocab_size=m.vocab_size, mask_id=m.mask_id, dsl=m.dsl, config=m.config, table=None,
+                          commit_table=None, commit_gamma=None, parameters=m.parameters, buffers=m.buffers,
+                          training=False, eval=m.eval, train=lambda mode=True: None,
+                          build_endpoint_table=m.build_endpoint_table, endpoint_z=m.endpoint_z)
+    for s in ('mdlm', 'uncertainty') if dsl else ('mdlm', 'remdm-cap'):
+        x, info = gen(m, 6, L, T, s)
+        y, ref = gen(blind, 6, L, T, s)
+        assert torch.equal(x, y) and ref['calls'] == T, s
+        assert max(info['nfe_rows']) <= info['calls'] <= T and info['nfe'] < T, (s, info['nfe'])
+        for i in range(3):  # one sample at a time: the counted calls are the calls made, and the same samples
+            xi, one = gen(m, 1, L, T, s, seed=i)
+            assert torch.equal(xi, gen(blind, 1, L, T, s, seed=i)[0])
+            assert one['nfe'] == one['calls'] == one['nfe_rows'][0] < T, (s, one['nfe'])
+
+
 def test_sde_and_hybrid_sample_valid_sequences_with_the_oracle():
     for sampler in ('sde', 'hybrid'):
         x, info = gen(toy.Oracle(), 700, 7, 16, sampler)
-        assert info['nfe'] == 16 and valid(x).float().mean() > 0.97, sampler
+        assert info['calls'] == 16 >= info['nfe'] and valid(x).float().mean() > 0.97, sampler
         counts = (x[:, None, :] == toy.shifts()[None]).all(-1).sum(0)
         assert counts.min() > 60, counts  # all seven shifts, roughly uniformly
 
@@ -156,10 +179,10 @@ def test_rule_frequencies_match_the_formulas(rule, a_t, a_s, kw):
     eligible = ~hidden & ~fixed
     at, as_ = torch.full((N, 1), a_t), torch.full((N, 1), a_s)
     n_free = torch.full((N, 1), 8)
-    knobs = {**sample.KNOBS, **kw}
-    sigma, reveal_p = sample.step_probs(rule, knobs, at, as_, hidden, eligible, n_free, T,
+    knobs = {**rules.KNOBS, **kw}
+    sigma, reveal_p = rules.step_probs(rule, knobs, at, as_, hidden, eligible, n_free, T,
                                         PSI.expand(N, L).clone(), U.expand(N, L).clone())
-    remask, reveal = sample.draw_moves(sigma, reveal_p, hidden, eligible, torch.Generator().manual_seed(0))
+    remask, reveal = rules.draw_moves(sigma, reveal_p, hidden, eligible, torch.Generator().manual_seed(0))
     sig, rev = expected(rule, a_t, a_s, T, kw)
     assert not (remask & ~eligible).any() and not (reveal & ~hidden).any()
     for i in range(L):
@@ -212,7 +235,7 @@ def test_top_p_draws_only_from_the_nucleus_with_renormalised_frequencies(nucleus
     n = 20000
     logits = p.log().expand(n, -1)
     for top_p, keep in cases:
-        tok, prob = sample.sample_tokens(logits, top_p, torch.Generator().manual_seed(0), chunk=4096,
+        tok, prob = rules.sample_tokens(logits, top_p, torch.Generator().manual_seed(0), chunk=4096,
                                          nucleus=nucleus)
         q = p[:keep] / p[:keep].sum()
         assert torch.allclose(prob, q[tok].double(), atol=1e-6)  # the probability it was drawn with
@@ -225,19 +248,19 @@ def test_top_p_draws_only_from_the_nucleus_with_renormalised_frequencies(nucleus
 def test_nucleus_default_is_remdms():
     """ReMDM's example: p = [.85, .10, .05] at top_p 0.9 keeps only the top token (HF would keep two)."""
     logits = torch.tensor([0.85, 0.10, 0.05]).log().expand(4000, -1)
-    tok, prob = sample.sample_tokens(logits, 0.9, torch.Generator().manual_seed(0))
+    tok, prob = rules.sample_tokens(logits, 0.9, torch.Generator().manual_seed(0))
     assert (tok == 0).all() and (prob == 1).all()
-    tok, _ = sample.sample_tokens(logits, 0.9, torch.Generator().manual_seed(0), nucleus='hf')
+    tok, _ = rules.sample_tokens(logits, 0.9, torch.Generator().manual_seed(0), nucleus='hf')
     assert (tok == 1).any()
-    assert sample.KNOBS['nucleus'] == 'remdm'
+    assert rules.KNOBS['nucleus'] == 'remdm'
 
 
 def test_conf_stores_the_probability_under_the_nucleus(monkeypatch):
     """ReMDM's conf remasks by psi = the probability of the token under the renormalised nucleus it was drawn
     from: with a nucleus of one token (top_p tiny) that is 1 for every revealed token, whatever the softmax."""
     seen = []
-    rule = sample.RULES['conf']
-    monkeypatch.setitem(sample.RULES, 'conf', lambda a_t, a_s, psi, eligible, **k:
+    rule = rules.RULES['conf']
+    monkeypatch.setitem(rules.RULES, 'conf', lambda a_t, a_s, psi, eligible, **k:
                         seen.append(psi[eligible].clone()) or rule(a_t, a_s, psi=psi, eligible=eligible, **k))
     m = tiny(True)
     gen(m, 6, 12, 6, 'conf', top_p=0.01)
@@ -251,7 +274,7 @@ def test_conf_stores_the_probability_under_the_nucleus(monkeypatch):
 @pytest.mark.parametrize('T,counts', [(128, (58, 64, 6)), (1024, (461, 512, 51)), (20, (10, 10, 0))])  # T = 20: t_9 = 0.55 + 4.5e-6 > t_on on ReMDM's grid
 def test_loop_phases_follow_remdm(T, counts):
     """ReMDM picks the phase of step t -> t - 1/T from t alone (t > t_on: rise; t <= t_off: final)."""
-    a = sample.loop_alphas(T)
+    a = rules.loop_alphas(T)
     frozen = [k for k, (a_t, a_s) in enumerate(a) if a_t == a_s == 0.9]
     rise = [k for k, (a_t, a_s) in enumerate(a) if a_t < a_s and a_t < 0.9]
     final = [k for k, (a_t, a_s) in enumerate(a) if a_t < a_s and a_t >= 0.9 - 1e-12]
@@ -297,7 +320,8 @@ def test_every_sampler_invariants(dsl, T):
         x, info = gen(m, 5, L, T, s, prompt=prompt, top_p=0.9)
         assert x.shape == (5, L) and x.dtype == torch.long and (x < m.vocab_size).all(), s
         assert (x[:, :2] == torch.tensor([1, 2])).all() and (x[:, -1] == 3).all(), s
-        assert len(calls) == info['nfe'] == T, (s, len(calls))
+        # T > L: some steps change nothing and make no call (ReMDM's cache); every counted call is a real one
+        assert len(calls) == info['calls'] <= T and max(info['nfe_rows']) <= info['calls'], (s, len(calls))
         assert torch.equal(x, gen(m, 5, L, T, s, prompt=prompt, top_p=0.9)[0]), s  # same seed, same samples
         y, _ = gen(m, 5, L, T, s, seed=1, top_p=0.9)
         assert (y != m.mask_id).all()
@@ -380,7 +404,8 @@ def test_cli_writes_jsonl(ckpts, tmp_path, capsys):
     sample.main(['--ckpt', ckpts['dsl'], '--steps', '6', '--sampler', 'remdm-loop', '--num_samples', '5',
                  '--batch_size', '2', '--prompt', '12', '--seed', '3', '--out', str(out), '--quiet', '--profile'])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 5 and all(r['nfe'] == 6 and r['seed'] == 3 and r['sampler'] == 'loop' for r in rows)
+    assert len(rows) == 5 and all(1 <= r['nfe'] <= 6 and r['steps'] == 6 and r['seed'] == 3 and r['sampler'] == 'loop'
+                                  for r in rows)
     assert all(r['text'].startswith('12') and len(r['ids']) == 12 for r in rows)
     assert 'outside the model forward' in capsys.readouterr().err
 
@@ -414,7 +439,7 @@ def test_trajectory_has_one_state_per_call_and_marks_remasks(tmp_path, monkeypat
     monkeypatch.setattr(matplotlib.axes.Axes, 'text', lambda self, i, k, s, **kw:
                         red.append((k, i)) if kw.get('color') == '#d62728' else None or orig(self, i, k, s, **kw))
     path = tmp_path / 't.png'
-    sample.plot_trajectory([t[0] for t in traj], m.mask_id, str, str(path))
+    figures.trajectory([t[0] for t in traj], m.mask_id, str, str(path))
     assert path.stat().st_size > 0
     S = torch.stack([t[0] for t in traj])
     want = {(k, i) for k in range(1, 6) for i in range(9) if S[k - 1, i] != m.mask_id and S[k, i] != S[k - 1, i]}

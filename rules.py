@@ -1,0 +1,185 @@
+"""
+What one discrete sampling step does, as pure functions of the step and the state (no model): the remasking rules,
+the loop schedule, the moves they imply, and the token draws (DESIGN.md §5). sample.py's loops call these.
+
+Discrete step t -> s on alpha_t, the revealed fraction of free tokens (alpha_t = 1 - t for MDLM; ReMDM, Wang et al.
+2025, eqs. 8-9):
+  revealed (non-prompt) token -> hidden with prob sigma_i,   sigma_max = min(1, (1 - alpha_s) / alpha_t)
+  hidden token -> revealed with prob (alpha_s - (1 - sigma_i) alpha_t) / (1 - alpha_t), value ~ top-p(p_theta)
+A rule chooses sigma from (alpha_t, alpha_s (B, 1)) and the state; it returns sigma (B, L) or (B, 1).
+"""
+import math
+
+import torch
+
+
+# rule knobs (None: the rule's own default). eta: cap 0.008, rescale 0.015, loop 0.02 (ReMDM's defaults)
+KNOBS = dict(eta=None, rho=1.0, kappa=1.0, t_on=0.55, t_off=0.05, alpha_on=0.9,
+             gamma_end=None,      # sde: final SNR (default gamma_max)
+             gamma_first=None,    # sde/hybrid: first nonzero SNR of the log grid (default gamma_end / 100)
+             gamma_switch=None,   # hybrid: SNR at which the continuous phase stops (default gamma_max / 4)
+             T_c=None,            # hybrid: continuous steps (default T // 4)
+             commit_p=0.9,        # hybrid: commit positions whose posterior max >= commit_p, hide the rest
+             rule='uncertainty',  # hybrid: the rule of the discrete phase (it can undo a bad commit)
+             nucleus='remdm',     # top-p convention: remdm (ReMDM's code, the default) | hf (Hugging Face)
+             gamma_commit=None,   # DSL discrete samplers: SNR of revealed non-prompt tokens (default gamma_max)
+             commit_noise=0)      # 1: show them as channel samples gamma_commit e_x + sqrt(gamma_commit) eps
+INF = math.inf
+HYBRID_RULES = ('mdlm', 'cap', 'rescale', 'conf', 'budget', 'uncertainty')  # no frozen-alpha stretch: no loop
+# valid knob values, in interval notation: '[' and ']' include the bound, '(' and ')' exclude it; t_off <= t_on
+KNOB_RANGES = dict(eta=(0, 1, '[]'), rho=(0, INF, '[)'), kappa=(0, INF, '[)'), t_on=(0, 1, '()'),
+                   t_off=(0, 1, '[)'), alpha_on=(0, 1, '[]'), gamma_end=(0, INF, '()'), gamma_first=(0, INF, '()'),
+                   gamma_switch=(0, INF, '()'), T_c=(0, INF, '[)'), commit_p=(0, 1, '[]'))
+
+
+def check_options(top_p, kw):
+    """top_p and the knobs in their valid ranges (ValueError naming the range); needs no model, so the CLI
+    calls it before loading one. NaN fails every range."""
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+    bad = sorted(set(kw) - set(KNOBS))
+    if bad:
+        raise ValueError(f"unknown sampler option(s) {bad}: valid ones are {sorted(KNOBS)}")
+    for k, v in kw.items():
+        if k in KNOB_RANGES and v is not None:
+            lo, hi, br = KNOB_RANGES[k]
+            if not ((lo <= v if br[0] == '[' else lo < v) and (v <= hi if br[1] == ']' else v < hi)):
+                raise ValueError(f"{k} must lie in {br[0]}{lo}, {hi}{br[1]}, got {v}")
+    kn = {**KNOBS, **{k: v for k, v in kw.items() if v is not None}}
+    if kn['t_off'] > kn['t_on']:  # the loop schedule's phases would overlap
+        raise ValueError(f"t_off must lie in [0, t_on] (t_on = {kn['t_on']}), got {kn['t_off']}")
+    if kn['rule'] not in HYBRID_RULES:  # loop would never remask on hybrid's rising schedule
+        raise ValueError(f"hybrid rule '{kn['rule']}' must be one of {', '.join(HYBRID_RULES)} (its discrete phase "
+                         f"follows a rising schedule, so 'loop' would never remask)")
+    if kn['nucleus'] not in ('remdm', 'hf'):
+        raise ValueError(f"nucleus must be 'remdm' (ReMDM's top-p) or 'hf' (Hugging Face's), got '{kn['nucleus']}'")
+    if kn['commit_noise'] not in (0, 1):  # also False / True
+        raise ValueError(f"commit_noise must be 0 (deterministic commit state) or 1 (channel noise), "
+                         f"got {kn['commit_noise']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Remasking rules
+
+def sigma_max(a_t, a_s):
+    """Largest remasking probability that keeps the reveal probability <= 1 (ReMDM eq. 8)."""
+    return torch.where(a_t > 0, (1 - a_s) / a_t.clamp(min=1e-12), torch.ones_like(a_t)).clamp(0, 1)
+
+
+def mdlm(a_t, a_s, **_):
+    return torch.zeros_like(a_t)
+
+
+def cap(a_t, a_s, eta=0.008, **_):
+    return sigma_max(a_t, a_s).clamp(max=eta)
+
+
+def rescale(a_t, a_s, eta=0.015, **_):
+    return eta * sigma_max(a_t, a_s)
+
+
+def conf(a_t, a_s, psi, eligible, **_):
+    """sigma_i = sigma_max * softmax_i(-psi_i) over revealed positions, psi = prob at reveal time."""
+    w = torch.softmax((-psi).masked_fill(~eligible, -math.inf), dim=1).nan_to_num(0.0)  # rows w/o eligible: 0
+    return sigma_max(a_t, a_s) * w
+
+
+def loop(a_t, a_s, eta=0.02, **_):
+    """Remask at constant eta only while alpha is frozen (phase 2 of ReMDM-loop, or draft repair)."""
+    return torch.where(a_t == a_s, eta * torch.ones_like(a_t), torch.zeros_like(a_t)).clamp(max=sigma_max(a_t, a_s))
+
+
+def budget(a_t, a_s, T, rho=1.0, **_):
+    """Step-budget-aware cap: eta = rho / T, so E[#remask events per token] does not depend on T."""
+    return cap(a_t, a_s, eta=rho / T)
+
+
+def uncertainty(a_t, a_s, u, kappa=1.0, **_):
+    """DSL: remask each revealed token with prob min(1, kappa * u_i), u_i = 1 - p_theta(x_i | state)."""
+    return (kappa * u).clamp(0, 1)
+
+
+RULES = dict(mdlm=mdlm, cap=cap, rescale=rescale, conf=conf, loop=loop, budget=budget, uncertainty=uncertainty)
+
+
+def loop_alphas(T, t_on=0.55, t_off=0.05, alpha_on=0.9, eps=1e-5):
+    """ReMDM-loop's (alpha_t, alpha_s) for each of the T steps t -> s = t - dt on ReMDM's grid
+    t_k = 1 - k dt, dt = (1 - eps) / T. As in ReMDM's code the phase is chosen from t alone: t > t_on, alpha
+    rises linearly to alpha_on (MDLM); t_off < t <= t_on, alpha is frozen at alpha_on (remasking); t <= t_off,
+    alpha rises from alpha_on towards 1 (MDLM). At T = 128 that is 58 / 64 / 6 steps, at T = 1024
+    461 / 512 / 51. A step that straddles a phase boundary uses its own phase's formula at both ends (so
+    alpha_s may pass alpha_on slightly), as ReMDM does; what the last step leaves hidden (a fraction ~eps)
+    takes the argmax, as ReMDM's final noise removal does."""
+    def rise(t):
+        return alpha_on * (1 - t) / (1 - t_on)
+
+    def final(t):
+        return 1 - t * (1 - alpha_on) / t_off
+    dt, out = (1 - eps) / T, []
+    for k in range(T):
+        t = 1 - k * dt
+        out.append((rise(t), rise(t - dt)) if t > t_on else (final(t), final(t - dt)) if t <= t_off
+                   else (alpha_on, alpha_on))
+    return out
+
+
+def grid_pairs(alphas):
+    """A grid of revealed fractions (T+1, ...) -> the steps' (alpha_t, alpha_s) pairs (T, 2, ...)."""
+    return torch.stack([alphas[:-1], alphas[1:]], 1)
+
+
+def step_probs(name, knobs, a_t, a_s, hidden, eligible, n_free, T, psi=None, u=None):
+    """Per-position probabilities of one step: (sigma (B, L) remask where eligible, reveal (B, L) where hidden)."""
+    kn = {k: v for k, v in knobs.items() if v is not None}
+    raw = RULES[name](a_t, a_s, T=T, psi=psi, eligible=eligible, u=u, **kn).expand(hidden.shape)  # (B, L)
+    sigma = (raw * eligible).float()  # prompt and hidden positions are never remasked
+    if name == 'uncertainty':  # reveal so that E[#revealed free tokens after the step] = alpha_s * n_free
+        kept = ((1 - sigma) * eligible).sum(1, keepdim=True)
+        r = (a_s * n_free - kept) / hidden.sum(1, keepdim=True).clamp(min=1)
+    else:  # ReMDM eq. 9 per token; under conf a hidden token's sigma is 0 (weight 0), else the row's sigma
+        r = (a_s - (1 - raw) * a_t) / (1 - a_t).clamp(min=1e-12)
+    return sigma, (r.clamp(0, 1) * hidden).float()
+
+
+def draw_moves(sigma, reveal_p, hidden, eligible, g, exact_count=None):
+    """Bernoulli draws of one step: (remask (B, L), reveal (B, L)); a single uniform per position (the sets are
+    disjoint). exact_count (B, 1): reveal exactly that many hidden positions, uniformly (roar)."""
+    r = torch.rand(hidden.shape, generator=g, device=hidden.device)
+    if exact_count is not None:  # rank of each hidden position in a random order
+        rank = r.masked_fill(~hidden, 2.0).argsort(1).argsort(1)
+        return torch.zeros_like(hidden), hidden & (rank < exact_count)
+    return eligible & (r < sigma), hidden & (r < reveal_p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token draws: nucleus in float64 on the rows being sampled only, in row chunks
+
+def sample_tokens(logits, top_p, g, chunk=1 << 22, nucleus='remdm'):
+    """logits (N, V) over real tokens -> (tokens (N,), their probability under the distribution they were drawn
+    from (N,), i.e. the renormalised nucleus). float64: float32 sampling over large vocabularies truncates the
+    tail (Zheng et al. 2024). nucleus='remdm' (default, ReMDM's and MDLM's code): sort, keep tokens while the
+    cumulative probability is <= top_p, the top token always. 'hf' (Hugging Face): the smallest prefix with
+    mass >= top_p, i.e. also the token that crosses top_p; less greedy, and not what published numbers used."""
+    N, V = logits.shape
+    u = torch.rand(N, 1, generator=g, device=logits.device, dtype=torch.float64)
+    tok, prob, rows = [], [], max(1, chunk // V)
+    for i in range(0, N, rows):
+        p = torch.softmax(logits[i:i + rows].double(), dim=-1)  # (n, V)
+        ui = u[i:i + len(p)]
+        if top_p < 1:
+            ps, idx = p.sort(dim=-1, descending=True)
+            c = ps.cumsum(-1)
+            before = c if nucleus == 'remdm' else c - ps  # remdm: c_j <= p; hf: c_{j-1} < p
+            keep = (before <= top_p if nucleus == 'remdm' else before < top_p).sum(-1, keepdim=True).clamp(min=1)
+            mass = c.gather(-1, keep - 1)  # (n, 1) nucleus mass
+            j = torch.searchsorted(c, ui * mass).clamp(max=keep - 1)
+            t, q = idx.gather(-1, j), ps.gather(-1, j) / mass
+        else:
+            c = p.cumsum(-1)
+            t = torch.searchsorted(c, ui * c[:, -1:]).clamp(max=V - 1)
+            q = p.gather(-1, t)
+        tok.append(t[:, 0])
+        prob.append(q[:, 0])
+    if not tok:
+        return logits.new_zeros(0, dtype=torch.long), logits.new_zeros(0, dtype=torch.float64)
+    return torch.cat(tok), torch.cat(prob)
