@@ -30,7 +30,7 @@ KEY = ('ckpt', 'sampler', 'steps', 'n', 'L', 'seed', 'top_p', 'judge')
 
 def parse_spec(spec):
     """'uncertainty:gamma_commit=10:kappa=2' -> ('uncertainty', {'gamma_commit': 10.0, 'kappa': 2.0}): a sampler and
-    its knobs (sample.KNOBS) in one sweep label (':' separates them, so a comma-separated list of labels stays one
+    its knobs (rules.KNOBS) in one sweep label (':' separates them, so a comma-separated list of labels stays one
     CLI argument). Numbers become floats (ints for T_c and commit_noise), the rest stay strings."""
     name, *items = spec.split(':')
     kw = {}
