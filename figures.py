@@ -7,7 +7,6 @@ need it; each figure is written to a temporary file and renamed, so a kill never
     toy_repair   the toy's draft repair per arm (toy.py, paper Fig. 3)
     sweep        MAUVE and generative perplexity against NFE (sweep.py)
     reliability  a reliability diagram per SNR or mask rate (probe.py calibration)
-    frontier     generative NLL against entropy, one curve per (model, sampler), one panel per T (repro.py)
 """
 import importlib.util
 import os
@@ -144,24 +143,3 @@ def reliability(rows, path, title=''):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path, 100)
-
-
-def frontier(curves, path, title='', ref_entropy=None):
-    """Generative NLL against entropy: curves = {T: {label: [(entropy, gen_nll, top_p), ...]}}, one panel per T,
-    one line per (model, sampler) through its top-p values; the data's entropy as a vertical line."""
-    plt = _plt()
-    Ts = sorted(curves)
-    fig, axes = plt.subplots(1, len(Ts), figsize=(4.2 * len(Ts) + 2, 4), squeeze=False)
-    labels = list(dict.fromkeys(lab for T in Ts for lab in curves[T]))
-    for ax, T in zip(axes[0], Ts):
-        for lab, pts in curves[T].items():
-            pts = sorted(pts)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o-', ms=3, label=lab,
-                    color=plt.cm.tab10(labels.index(lab) % 10), ls='-' if lab.startswith('dsl') else '--')
-        if ref_entropy is not None:
-            ax.axvline(ref_entropy, color='k', ls=':', lw=1, label='data entropy')
-        ax.set(xlabel='unigram entropy (nats)', ylabel='generative NLL (nats/token)', title=f'T = {T}')
-    axes[0][-1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))
-    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path, 90)
