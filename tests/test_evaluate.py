@@ -263,7 +263,12 @@ def test_bad_input_is_one_line_and_exit_2(world, tmp_path):
              (metrics + [other], 'tokenizer'),
              (metrics[:4] + [tmp_path / 'short.txt'] + metrics[5:] + [good], 'fewer'),
              (['probe.py', 'detect', '--ckpt', tmp_path / 'junk.pt', '--data', world['data']], 'not a checkpoint'),
-             (['-c', no_mauve] + metrics[1:] + [good], 'pip install mauve-text')]
+             (['-c', no_mauve] + metrics[1:] + [good], 'pip install mauve-text'),
+             (['probe.py', 'calibration', '--ckpt', world['ckpt']['dsl'], '--data', world['data'], '--levels', 'x'],
+              'comma-separated numbers'),
+             (['sweep.py', '--ckpt', world['ckpt']['dsl'], '--judge', world['ckpt']['ar'], '--samplers', 'bogus'],
+              'unknown sampler'),
+             (['repro.py', '--preset', 'huge'], 'unknown preset')]
     env = dict(os.environ, OMP_NUM_THREADS='1')
     procs = [subprocess.Popen([sys.executable] + [str(a) for a in args],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
