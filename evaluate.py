@@ -263,9 +263,14 @@ def hf_features(m, seqs, batch_size=8):
     return torch.cat(feats).numpy()
 
 
+def judge_nll(judge, inp):
+    """Per-sample (nll (N,), scored tokens (N,)) under the judge, float64."""
+    return ar_nll(judge['model'], inp) if judge['kind'] == 'ar' else hf_nll(judge['model'], inp, judge['eos'])
+
+
 def gen_nll(judge, inp):
     """Token-weighted mean NLL (nats/token) over all samples: sum of NLLs / number of scored tokens."""
-    nll, cnt = ar_nll(judge['model'], inp) if judge['kind'] == 'ar' else hf_nll(judge['model'], inp, judge['eos'])
+    nll, cnt = judge_nll(judge, inp)
     return (nll.sum() / cnt.sum()).item()
 
 
@@ -283,14 +288,19 @@ def mauve(p_feats, q_feats, seed=MAUVE_SEED):
     return float(out.mauve)
 
 
-def entropy(x):
-    """Mean over samples of the unigram entropy of each sample's token ids, nats (float64). Low entropy with a
-    low generative perplexity is repetitive text."""
+def entropies(x):
+    """The unigram entropy of each sample's token ids, nats (float64, (N,)). Low entropy with a low generative
+    perplexity is repetitive text."""
     H = []
     for row in x.tolist():
         c = np.unique(row, return_counts=True)[1] / len(row)
         H.append(-(c * np.log(c)).sum())
-    return float(np.mean(H))
+    return np.array(H)
+
+
+def entropy(x):
+    """Mean over samples of entropies(x), nats."""
+    return float(np.mean(entropies(x)))
 
 
 def distinct(x, n):
@@ -302,14 +312,20 @@ def distinct(x, n):
     return float(np.mean(out))
 
 
-def score(x, texts, judge, featurizer, q_feats, where='samples'):
-    """One row of metrics for samples x (N, L) with their decoded texts, against reference features q_feats."""
+def score(x, texts, judge, featurizer, q_feats, where='samples', per_sample=False):
+    """One row of metrics for samples x (N, L) with their decoded texts, against reference features q_feats.
+    per_sample: also row['per_sample'] = dict(nll, cnt, H) per sample, what a bootstrap resamples."""
     jin = judge_inputs(judge, x, texts, where)
     fin = jin if featurizer is judge else judge_inputs(featurizer, x, texts, where)
-    nats = gen_nll(judge, jin)
+    nll, cnt = judge_nll(judge, jin)
+    H = entropies(x)
+    nats = (nll.sum() / cnt.sum()).item()
     row = dict(n=len(x), L=x.shape[1], mauve=mauve(features(featurizer, fin), q_feats), gen_nll=nats,
-               gen_ppl=math.exp(min(nats, 700)), entropy=entropy(x))
+               gen_ppl=math.exp(min(nats, 700)), entropy=float(H.mean()))
     row.update({f'distinct_{k}': distinct(x, k) for k in (1, 2, 3, 4)})
+    if per_sample:
+        row['per_sample'] = dict(nll=[round(v, 4) for v in nll.tolist()], cnt=cnt.tolist(),
+                                 H=[round(v, 5) for v in H.tolist()])
     return row
 
 

@@ -6,6 +6,8 @@ need it; each figure is written to a temporary file and renamed, so a kill never
     trajectory   one sample's refinement, rows = denoiser calls (sample.py --trajectory)
     toy_repair   the toy's draft repair per arm (toy.py, paper Fig. 3)
     sweep        MAUVE and generative perplexity against NFE (sweep.py)
+    frontier     generative NLL against entropy over top-p, one panel per T (repro.py: matched diversity)
+    curves       validation bounds during training, one line per run (repro.py: convergence)
     reliability  a reliability diagram per SNR or mask rate (probe.py calibration)
 """
 import importlib.util
@@ -108,6 +110,10 @@ def sweep(rows, path, title):
     rows: dicts with model, sampler, nfe, mauve, gen_ppl (strings or numbers)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    tps = [r.get('top_p') for r in rows]
+    main_tp = max(set(tps), key=tps.count)  # cells at other top-p values belong to the frontier figure
+    rows = [r for r in rows if r.get('top_p') == main_tp or r['model'] == 'reference' or r['sampler'] == 'ar']
+    title = f"{title}, top-p {main_tp}" if main_tp is not None else title
     names = list(dict.fromkeys(r['model'] for r in rows if r['model'] != 'reference' and r['sampler'] != 'ar'))
     samplers = list(dict.fromkeys(r['sampler'] for r in rows))
     colour = lambda s: plt.cm.tab20(samplers.index(s) % 20)
@@ -127,6 +133,46 @@ def sweep(rows, path, title):
             ax.set_yscale('log')
     axes[1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))  # outside: many lines
     fig.suptitle(textwrap.fill(title, 160), fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, 90)
+
+
+def frontier(curves, path, title, ref_entropy=None, marks=()):
+    """Generative NLL against entropy, one panel per T and one line per (model, sampler), each point a top-p value
+    (labelled). curves: {T: {label: [(entropy, gen_nll, top_p), ...]}}; ref_entropy: a vertical line (the data's);
+    marks: [(T, entropy, gen_nll, label)] for the matched-entropy estimates."""
+    plt = _plt()
+    Ts = sorted(curves)
+    fig, axes = plt.subplots(1, len(Ts), figsize=(4.2 * len(Ts), 4), squeeze=False)
+    labels = list(dict.fromkeys(k for c in curves.values() for k in c))
+    for ax, T in zip(axes[0], Ts):
+        for k, pts in curves[T].items():
+            pts = sorted(pts)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker='o', ms=3, label=k,
+                    color=plt.cm.tab10(labels.index(k) % 10))
+            for h, nll, tp in pts:
+                ax.annotate(f'{tp:g}', (h, nll), fontsize=6, xytext=(2, 2), textcoords='offset points')
+        if ref_entropy is not None:
+            ax.axvline(ref_entropy, ls='--', lw=1, color='k', label='data entropy')
+        for t, h, nll, k in marks:
+            if t == T:
+                ax.plot([h], [nll], marker='x', ms=8, color='k')
+        ax.set(title=f'T = {T}', xlabel='unigram entropy (nats)', ylabel='generative NLL (nats/token)')
+    axes[0][-1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))
+    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, 90)
+
+
+def curves(series, path, title, ylabel='validation bound (nats/token)'):
+    """One line per run: series {label: [(step, value), ...]}."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, pts in series.items():
+        ax.plot(*zip(*sorted(pts)), marker='.', ms=4, label=k)
+    ax.set(xlabel='optimizer step', ylabel=ylabel)
+    ax.legend(fontsize=7)
+    fig.suptitle(textwrap.fill(title, 110), fontsize=8)
     fig.tight_layout()
     return _save(fig, path, 90)
 

@@ -68,8 +68,8 @@ def model_config(preset='tiny', vocab_size=65, **overrides):
         cfg[k] = v
     if cfg['noise_dim'] == 0:
         cfg['noise_dim'] = 64 if vocab_size > 1000 else 16
-    if cfg['gamma_max'] is None:
-        cfg['gamma_max'] = 100.0 if vocab_size > 1000 else 30.0
+    if cfg['gamma_max'] is None:  # 100 for every vocabulary, as the authors' code (DSL2's snr_max=100)
+        cfg['gamma_max'] = 100.0
     if cfg['n_embd'] % cfg['n_head'] != 0:
         raise ValueError(f"n_embd={cfg['n_embd']} is not divisible by n_head={cfg['n_head']}")
     return cfg

@@ -1,23 +1,25 @@
 """
 The paper's claim at small scale, end to end (Wu et al., arXiv 2602.16169, §5): DSL *fine-tuned from MDLM* against
-MDLM trained on for the same steps, quality against denoiser calls, and calibration with atomic vs smoothed
-endpoints. One resumable protocol per corpus:
+MDLM trained on from the same weights, generative NLL at matched diversity against real denoiser calls, and
+calibration with atomic vs smoothed endpoints. One resumable protocol per corpus:
 
-    python repro.py --preset cpu                          # shakespeare_char, ~80 min on 2 CPU cores
+    python repro.py --preset cpu                          # shakespeare_char, ~75 min on 2 CPU cores
     python repro.py --preset cpu --corpora speech --text a.txt,b.txt   # a GPT-2-tokenised corpus
     python repro.py --preset gpu --launcher "torchrun --standalone --nproc_per_node=8"
 
-Stages (each skipped when finished; an interrupted training stage restarts from its checkpoint, the sweep from
-its last finished cell):
+Stages (each skipped when finished; an interrupted training stage restarts from its checkpoint, a sweep from its
+last finished cell):
   1. data      prepare the corpus
-  2. train     mdlm_pre: MDLM from scratch (gpu preset: the published MDLM OWT weights instead)
-               mdlm_ft:  mdlm_pre trained on as MDLM            } the same steps, batch, learning rate and
-               dsl_ft:   mdlm_pre converted to DSL, fine-tuned  } schedule: the comparison at matched compute
-               dsl_atomic: as dsl_ft with atomic endpoints (paper Fig. 4/5)
-               ar:       an AR model of the same size, pre + ft steps: the AR row, the judge and the featurizer
-  3. bounds    the three NLL bounds of every model; ECE of the DSL models at several SNRs
-  4. sweep     every sampler on every model that can run it, at every step count (sweep.py)
-  5. report    results/<corpus>/README.md: tables, figures, the verdict on the ~4x claim, real samples
+  2. train     mdlm_pre: MDLM from scratch (gpu preset: the published MDLM OWT weights instead); ar: an AR model
+               of the same size (the AR row, the judge and the featurizer)
+  3. tune      the recipe ablation: every DSL and MDLM variant (DSL_GRID, MDLM_GRID) trained tune_iters steps
+               from mdlm_pre, sampled on seed 1, scored by one criterion fixed in advance (choose)
+  4. train     mdlm_ft, dsl_ft: each arm's winner continued until its validation NELBO stops improving
+               (--patience); dsl_atomic: the DSL recipe with atomic endpoints, as many steps (paper Fig. 4/5)
+  5. bounds    the NLL bounds of every model; ECE of the DSL models at several SNRs
+  6. sweep     every compared rule on both models at several T and top-p values, seed 0 (sweep.py)
+  7. report    results/<corpus>/README.md: the verdict at matched entropy with bootstrap intervals, tables,
+               figures, real samples; every number computed from the files the stages wrote
 """
 import argparse
 import csv
@@ -25,12 +27,14 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 
 import torch
 
+import compare
 import data
 import evaluate
 import figures
@@ -39,26 +43,37 @@ import sample
 import sweep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# the ReMDM-style rules both diffusion models run; DSL adds the rules only its denoiser can serve
-BASELINE = ['mdlm', 'remdm-cap', 'remdm-loop', 'budget']
-DSL_EXTRA = ['uncertainty', 'roar', 'hybrid']
 CORPORA = dict(char=dict(dataset='shakespeare_char', tokenizer='char'),
                speech=dict(dataset='', tokenizer='gpt2'),       # local text files (--text), GPT-2 BPE
                owt=dict(dataset='openwebtext', tokenizer='gpt2'))
+# The recipe ablation (issue: DSL2's lever is the ROAR weight, its fine-tuning EMA starts at the loaded weights):
+# DSL around a base recipe, one knob changed at a time (lr 'alt' = the preset's alt_lr); MDLM over learning rate
+# and EMA mode. Every variant trains tune_iters steps from the same pre-train; the winner is continued.
+DSL_BASE = dict(roar_weight=1.44, p_end=0.25, ema_warmup=False)
+DSL_GRID = [{}, dict(roar_weight=0.0), dict(roar_weight=0.5), dict(p_end=0.5), dict(ema_warmup=True), dict(lr='alt')]
+MDLM_GRID = [dict(ema_warmup=False), dict(ema_warmup=False, lr='alt'), dict(ema_warmup=True),
+             dict(ema_warmup=True, lr='alt')]
 PRESETS = dict(
-    # 80 min on 2 CPU cores for the character corpus (measured stage by stage in results/char/README.md)
-    cpu=dict(corpora='char', preset='mini', block_size=64, batch_size=32, pre_iters=2000, ft_iters=1000,
-             lr=1e-3, ft_lr=3e-4, warmup_iters=100, num_samples=256, steps='8,16,32,64,128', judge='ar',
-             commit_fracs='0.33,0.1', init_from='', eval_windows=64, eval_grid=64),
+    # ~75 min on 2 CPU cores for the character corpus (measured stage by stage in results/char/README.md)
+    cpu=dict(corpora='char', preset='mini', block_size=64, batch_size=32, pre_iters=6000, ar_iters=4000,
+             lr=1e-3, ft_lr=1e-3, alt_lr=3e-4, warmup_iters=100, tune_iters=500, ft_iters=3000, ft_eval=100,
+             patience=5, dsl_grid=DSL_GRID, mdlm_grid=MDLM_GRID, tune_T=32, tune_n=128, tune_top_p='0.9,1.0',
+             num_samples=256, steps='8,16,32,64,128', dsl_steps='8,16,32,64', top_ps='0.8,0.9,0.95,1.0',
+             judge='ar', init_from='', eval_windows=64, eval_grid=64, bootstrap=1000),
     # the paper's setting (DESIGN.md §1): the published MDLM OWT model as mdlm_pre, ~10k steps at lr 3e-4 and batch
-    # ~40 per GPU (per process here), L = 1024, N = 5000, gpt2-large as judge and featurizer
-    gpu=dict(corpora='owt', preset='small', block_size=1024, batch_size=40, pre_iters=0, ft_iters=10000,
-             lr=3e-4, ft_lr=3e-4, warmup_iters=500, num_samples=5000, steps='16,32,64,128,256,512,1024',
-             judge='gpt2-large', commit_fracs='0.33', init_from='kuleshov-group/mdlm-owt', eval_windows=256, eval_grid=64),
-    # the end-to-end test: tiny models, a few steps
-    toy=dict(corpora='char', preset='tiny', block_size=32, batch_size=8, pre_iters=20, ft_iters=10,
-             lr=1e-3, ft_lr=1e-3, warmup_iters=5, num_samples=8, steps='4,8', judge='ar', commit_fracs='',
-             init_from='', eval_windows=8, eval_grid=8, samplers='mdlm,remdm-loop,uncertainty'),
+    # ~40 per GPU (per process here), L = 1024, N = 5000, gpt2-large as judge and featurizer; no tuning runs
+    gpu=dict(corpora='owt', preset='small', block_size=1024, batch_size=40, pre_iters=0, ar_iters=0,
+             lr=3e-4, ft_lr=3e-4, alt_lr=1e-4, warmup_iters=500, tune_iters=0, ft_iters=10000, ft_eval=500,
+             patience=0, dsl_grid=[{}], mdlm_grid=[{}], tune_T=0, tune_n=0, tune_top_p='',
+             num_samples=5000, steps='16,32,64,128,256,512,1024', dsl_steps='16,32,64,128,256',
+             top_ps='0.8,0.9,0.95,1.0', judge='gpt2-large', init_from='kuleshov-group/mdlm-owt', eval_windows=256,
+             eval_grid=64, bootstrap=1000),
+    # the end-to-end test: tiny models, a few steps, two DSL variants and one MDLM variant
+    toy=dict(corpora='char', preset='tiny', block_size=32, batch_size=8, pre_iters=20, ar_iters=30,
+             lr=1e-3, ft_lr=1e-3, alt_lr=3e-4, warmup_iters=5, tune_iters=4, ft_iters=10, ft_eval=2, patience=2,
+             dsl_grid=[{}, dict(roar_weight=0.0)], mdlm_grid=[{}], tune_T=4, tune_n=8, tune_top_p='0.9,1.0',
+             num_samples=8, steps='2,8', dsl_steps='2,8', top_ps='0.9,1.0', judge='ar', init_from='', eval_windows=8,
+             eval_grid=8, bootstrap=50),
 )
 
 
@@ -84,15 +99,17 @@ def stage(res, name, fn):
     evaluate.write_atomic(path, json.dumps(done, indent=1))
 
 
-def train(out_dir, args, max_iters, launcher, log_path):
-    """train.py in a child process: a fresh start, or --init_from resume when an unfinished checkpoint exists."""
+def train(out_dir, args, max_iters, launcher, log_path, resume_args=()):
+    """train.py in a child process: a fresh start, or --init_from resume (with resume_args) when an unfinished
+    checkpoint exists. A run that stopped early (--patience: its stored max_iters is its last step) is finished."""
     ck = os.path.join(out_dir, 'ckpt.pt')
     if os.path.isfile(ck):
-        step = torch.load(ck, map_location='cpu', weights_only=False, mmap=True)['step']
-        if step >= max_iters:
+        c = torch.load(ck, map_location='cpu', weights_only=False, mmap=True)
+        stored = c.get('config', {})
+        if c['step'] >= max_iters or stored.get('patience') and c['step'] >= stored.get('max_iters', max_iters):
             return
-        log(f"{out_dir}: resuming at step {step} of {max_iters}")
-        args = ['--init_from', 'resume', '--out_dir', out_dir, '--max_iters', str(max_iters)]
+        log(f"{out_dir}: resuming at step {c['step']} of {max_iters}")
+        args = ['--init_from', 'resume', '--out_dir', out_dir, '--max_iters', str(max_iters)] + list(resume_args)
     cmd = shlex.split(launcher) + [os.path.join(HERE, 'train.py')] + args
     log(' '.join(shlex.quote(c) for c in cmd))
     with open(log_path, 'a') as f:  # the child's log goes to the terminal and to a file
@@ -108,6 +125,16 @@ def train(out_dir, args, max_iters, launcher, log_path):
                              f"Rerun the same command to resume")
 
 
+def variant(kind, knobs, P):
+    """(name, train.py args) of one recipe variant: DSL_BASE (DSL) plus knobs, at the preset's ft_lr or alt_lr."""
+    knobs = {**(DSL_BASE if kind == 'dsl' else {}), **knobs}
+    lr = P['alt_lr'] if knobs.pop('lr', None) == 'alt' else P['ft_lr']
+    name = f"{kind}_lr{lr:g}" + ''.join(f"_{k}{v:g}" if not isinstance(v, bool) else f"_{k}{int(v)}"
+                                        for k, v in sorted(knobs.items()))
+    args = ['--objective', kind, '--lr', str(lr)] + [a for k, v in knobs.items() for a in (f'--{k}', str(v))]
+    return name, args + (['--smooth_endpoints', 'True'] if kind == 'dsl' else [])
+
+
 def run_corpus(corpus, P, res, runs, text='', launcher=''):
     os.makedirs(res, exist_ok=True)
     c = CORPORA[corpus]
@@ -121,24 +148,57 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
     ck = {k: os.path.join(v, 'ckpt.pt') for k, v in d.items()}
     common = ['--data_dir', dd, '--preset', P['preset'], '--block_size', str(P['block_size']),
               '--batch_size', str(P['batch_size']), '--eval_windows', str(P['eval_windows']),
-              '--eval_grid', str(P['eval_grid']),
-              '--eval_interval', '500', '--ckpt_interval', '250', '--log_interval', '100']
-    pre = P['init_from'] or ck['mdlm_pre']  # gpu: the published weights are the pre-training
-    ft = ['--init_from', pre, '--lr', str(P['ft_lr']), '--warmup_iters', str(P['warmup_iters']),
-          '--max_iters', str(P['ft_iters'])]
-    jobs = [('ar', ['--objective', 'ar', '--lr', str(P['lr']), '--warmup_iters', str(P['warmup_iters']),
-                    '--max_iters', str(P['pre_iters'] + P['ft_iters'])], P['pre_iters'] + P['ft_iters']),
-            ('mdlm_ft', ['--objective', 'mdlm'] + ft, P['ft_iters']),
-            ('dsl_ft', ['--objective', 'dsl', '--smooth_endpoints', 'True'] + ft, P['ft_iters']),
-            ('dsl_atomic', ['--objective', 'dsl', '--smooth_endpoints', 'False'] + ft, P['ft_iters'])]
-    if not P['init_from']:
-        jobs.insert(0, ('mdlm_pre', ['--objective', 'mdlm', '--lr', str(P['lr']), '--warmup_iters',
-                                     str(P['warmup_iters']), '--max_iters', str(P['pre_iters'])], P['pre_iters']))
-    if P['judge'] != 'ar':
-        jobs = [j for j in jobs if j[0] != 'ar']
+              '--eval_grid', str(P['eval_grid']), '--ckpt_interval', '250', '--log_interval', '100']
+    scratch = lambda obj, iters: ['--objective', obj, '--lr', str(P['lr']), '--warmup_iters', str(P['warmup_iters']),
+                                  '--max_iters', str(iters), '--eval_interval', '500']
+    jobs = [] if P['init_from'] else [('mdlm_pre', scratch('mdlm', P['pre_iters']), P['pre_iters'])]
+    jobs += [('ar', scratch('ar', P['ar_iters']), P['ar_iters'])] if P['judge'] == 'ar' else []
     for name, args, iters in jobs:
         stage(res, f'train_{name}', lambda: train(d[name], common + args + ['--out_dir', d[name]], iters,
                                                   launcher, os.path.join(res, f'train_{name}.log')))
+    pre = P['init_from'] or ck['mdlm_pre']  # gpu: the published weights are the pre-training
+    # every continuation: from the pre-train, its val number the MDLM NELBO (one yardstick for both objectives)
+    ft = ['--init_from', pre, '--warmup_iters', str(P['warmup_iters']), '--eval_bound', 'mdlm',
+          '--eval_interval', str(P['ft_eval'])]
+    judge = ck['ar'] if P['judge'] == 'ar' else P['judge']
+    chosen = read_json(os.path.join(res, 'tuning.json'), {})
+    grids = dict(mdlm=[variant('mdlm', k, P) for k in P['mdlm_grid']], dsl=[variant('dsl', k, P) for k in P['dsl_grid']])
+    if P['tune_iters']:  # 1. the recipe ablation: equal, short runs; 2. its winner is continued to convergence
+        tdir = lambda name: os.path.join(runs, 'tune', name)
+        os.makedirs(os.path.join(res, 'tuning'), exist_ok=True)
+        for kind, vs in grids.items():
+            for name, args in vs:
+                stage(res, f'tune_{name}', lambda: train(tdir(name), common + ft + args + [
+                    '--max_iters', str(P['tune_iters']), '--out_dir', tdir(name)], P['tune_iters'], launcher,
+                    os.path.join(res, 'tuning', f'train_{name}.log')))
+        samplers = {os.path.join(tdir(n), 'ckpt.pt'): [f"{'hybrid' if kind == 'dsl' else 'remdm-loop'}:top_p="
+                                                       f"{P['tune_top_p']}"] for kind, vs in grids.items() for n, _ in vs}
+        stage(res, 'tune_sweep', lambda: sweep.sweep(list(samplers), samplers, [P['tune_T']], P['tune_n'], judge, dd,
+                                                     out_dir=os.path.join(res, 'tuning'), L=P['block_size'], seed=1))
+        if not chosen:
+            rows = compare.rows_of(os.path.join(res, 'tuning'))
+            ref = float(next(r for r in rows if r['model'] == 'reference')['entropy'])
+            for kind, vs in grids.items():
+                win, H, at = compare.choose(rows, [f"{kind}:{n}" for n, _ in vs],
+                                            'hybrid' if kind == 'dsl' else 'remdm-loop', P['tune_T'], ref)
+                chosen[kind] = dict(winner=win.split(':')[1], H=H, gen_nll=at, ref_entropy=ref,
+                                    args=dict(vs)[win.split(':')[1]])
+            evaluate.write_atomic(os.path.join(res, 'tuning.json'), json.dumps(chosen, indent=1))
+    else:
+        chosen = {kind: dict(winner=vs[0][0], args=vs[0][1]) for kind, vs in grids.items()}
+    for k, kind in (('mdlm_ft', 'mdlm'), ('dsl_ft', 'dsl')):
+        src = os.path.join(runs, 'tune', chosen[kind]['winner'], 'ckpt.pt')
+        if P['tune_iters'] and not os.path.isfile(ck[k]):  # the winner's run goes on: the same run, continued
+            os.makedirs(d[k], exist_ok=True)
+            shutil.copyfile(src, ck[k])
+        stage(res, f'train_{k}', lambda: train(d[k], common + ft + chosen[kind]['args'] + [
+            '--max_iters', str(P['ft_iters']), '--patience', str(P['patience']), '--out_dir', d[k]], P['ft_iters'],
+            launcher, os.path.join(res, f'train_{k}.log'), ['--patience', str(P['patience'])]))
+    # atomic endpoints (paper Fig. 4/5): the chosen DSL recipe, as many steps as dsl_ft took
+    steps_dsl = torch.load(ck['dsl_ft'], map_location='cpu', weights_only=False, mmap=True)['step']
+    stage(res, 'train_dsl_atomic', lambda: train(d['dsl_atomic'], common + ft + chosen['dsl']['args'] + [
+        '--smooth_endpoints', 'False', '--max_iters', str(steps_dsl), '--out_dir', d['dsl_atomic']], steps_dsl, launcher,
+        os.path.join(res, 'train_dsl_atomic.log')))
     models = [k for k in ('mdlm_pre', 'mdlm_ft', 'dsl_ft', 'dsl_atomic', 'ar') if os.path.isfile(ck[k])]
 
     def bounds():
@@ -151,22 +211,27 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
         for k in ('dsl_ft', 'dsl_atomic'):
             log(f"calibration of {k}")
             rows = probe.calibration(ck[k], dd, None, P['eval_windows'], P['block_size'],
-                                        out=os.path.join(res, f'reliability_{k}.png'))
+                                     out=os.path.join(res, f'reliability_{k}.png'))
             cal[k] = [{kk: v for kk, v in r.items() if kk != 'bins'} for r in rows]
         evaluate.write_atomic(os.path.join(res, 'calibration.json'), json.dumps(cal, indent=1))
     stage(res, 'bounds', bounds)
 
-    gmax = torch.load(ck['dsl_ft'], map_location='cpu', weights_only=False, mmap=True)['model_config']['gamma_max']
-    commit = [f"uncertainty:gamma_commit={float(f) * gmax:g}" for f in P['commit_fracs'].split(',') if f]
-    keep = lambda ss: [s for s in ss if not P.get('samplers') or s.split(':')[0] in P['samplers'].split(',')]
-    samplers = {ck['mdlm_ft']: keep(BASELINE), ck['dsl_ft']: keep(BASELINE + DSL_EXTRA + commit),
-                ck['dsl_atomic']: keep(['remdm-loop', 'uncertainty', 'hybrid'])}
+    # the test sweep (seed 0): every compared rule over the top-p frontier; DSL's T up to dsl_steps (its 4T
+    # comparison partners are MDLM's larger T); the atomic model at top-p 0.9 only, for the record
+    fr = lambda ss: [f"{s}:top_p={P['top_ps']}" for s in ss]
     steps = [int(s) for s in P['steps'].split(',')]
-    judge = ck['ar'] if P['judge'] == 'ar' else P['judge']
-    stage(res, 'sweep', lambda: sweep.sweep(list(samplers), samplers, steps, P['num_samples'], judge, dd,
-                                            out_dir=res, L=P['block_size']))
-    trajectories(res, ck, min(steps, key=lambda T: abs(T - 32)), dd)
-    report(corpus, P, res, steps)
+    dsl_steps = [int(s) for s in P['dsl_steps'].split(',')]
+    samplers = {ck['mdlm_ft']: fr(compare.BASELINE), ck['dsl_ft']: fr(compare.BASELINE + compare.DSL_EXTRA),
+                ck['dsl_atomic']: ['hybrid']}
+    stage(res, 'sweep', lambda: sweep.sweep(list(samplers), samplers, {ck['mdlm_ft']: steps, ck['dsl_ft']: dsl_steps,
+                                            ck['dsl_atomic']: dsl_steps}, P['num_samples'], judge, dd, out_dir=res,
+                                            L=P['block_size'], top_p=0.9))
+    figures.curves({k: torch.load(ck[k], map_location='cpu', weights_only=False, mmap=True).get('evals', [])
+                    for k in ('mdlm_ft', 'dsl_ft', 'dsl_atomic')}, os.path.join(res, 'curves.png'),
+                   'validation MDLM NELBO during the continuations (64 fixed windows), from the pre-train at step 0',
+                   'val MDLM NELBO (nats/token)')
+    trajectories(res, ck, min(dsl_steps, key=lambda T: abs(T - 32)), dd)
+    report(corpus, P, res, runs, steps, dsl_steps, chosen)
 
 
 def trajectories(res, ck, T, dd):
@@ -183,119 +248,92 @@ def trajectories(res, ck, T, dd):
 # ---------------------------------------------------------------------------------------------
 # Report: the verdict is computed from results.csv, never written by hand
 
-def rows_of(res):
-    with open(os.path.join(res, 'results.csv')) as f:
-        return list(csv.DictReader(f))
+def frontier_figure(rows, res, steps, ref_entropy, marks=()):
+    curves = {}
+    for r in rows:
+        if r['model'] not in ('reference',) and r['sampler'] != 'ar' and not r['model'].endswith('dsl_atomic'):
+            curves.setdefault(int(r['steps']), {}).setdefault(f"{r['model']} {r['sampler']}", []).append(
+                (float(r['entropy']), float(r['gen_nll']), float(r['top_p'])))
+    curves = {T: {k: v for k, v in c.items() if len(v) > 1} for T, c in curves.items() if T in steps}
+    figures.frontier(curves, os.path.join(res, 'frontier.png'), 'generative NLL against entropy over top-p '
+                     '(labels); x: the matched-entropy estimate of each verdict row', ref_entropy, marks)
 
 
-ENTROPY_FLOOR = 0.9  # a cell below 90% of the data's entropy buys its generative NLL with repetition
-
-
-def best(rows, model, samplers, T, by='mauve', floor=0.0):
-    """The best cell among samplers on model at T steps: highest MAUVE, or lowest generative NLL among cells whose
-    entropy is >= floor (None if there is none)."""
-    cells = [r for r in rows if r['model'] == model and r['sampler'] in samplers and int(r['steps']) == T
-             and float(r['entropy']) >= floor]
-    if by == 'mauve':
-        return max(cells, key=lambda r: float(r['mauve']), default=None)
-    return min(cells, key=lambda r: float(r['gen_nll']), default=None)
-
-
-def models_of(rows):
-    mdlm = next(r['model'] for r in rows if r['model'].endswith(':mdlm_ft'))
-    dsl = next(r['model'] for r in rows if r['model'].endswith(':dsl_ft'))
-    return mdlm, dsl
-
-
-def verdict(rows, steps, ref_entropy):
-    """Per T: the DSL model's best cell at T (over all its samplers) against the MDLM model's best MDLM+ReMDM
-    cell at T and at 4T, by MAUVE (the paper's metric) and by generative NLL under the judge at an entropy of at
-    least ENTROPY_FLOOR x the data's. Returns (markdown lines, one-sentence summary, comparisons)."""
-    mdlm, dsl = models_of(rows)
-    dsl_rules = sorted({r['sampler'] for r in rows if r['model'] == dsl})
-    mdlm_rules = sorted({r['sampler'] for r in rows if r['model'] == mdlm} & set(BASELINE))
-    floor = ENTROPY_FLOOR * ref_entropy
-    cell = lambda r, col: (f"{float(r[col]):.3f} ({r['sampler']}, H {float(r['entropy']):.2f}, "
-                           f"NFE {float(r['nfe']):.3g})" if r else 'none')
-    lines = ['| DSL T | MDLM+ReMDM T | MAUVE, DSL | MAUVE, MDLM+ReMDM | DSL >=? | gen NLL, DSL | '
-             'gen NLL, MDLM+ReMDM | DSL <=? |', '|' + '---|' * 8]
-    out = []
-    for T in steps:
-        for k in (1, 4):
-            if k * T not in steps:
-                continue
-            am, bm = best(rows, dsl, dsl_rules, T), best(rows, mdlm, BASELINE, k * T)
-            an, bn = best(rows, dsl, dsl_rules, T, 'nll', floor), best(rows, mdlm, BASELINE, k * T, 'nll', floor)
-            v = dict(T=T, vs=k * T, mauve=bool(am and bm and float(am['mauve']) >= float(bm['mauve'])),
-                     nll=bool(an and bn and float(an['gen_nll']) <= float(bn['gen_nll'])))
-            out.append(v)
-            lines.append(f"| {T} | {k * T} | {cell(am, 'mauve')} | {cell(bm, 'mauve')} | {'yes' if v['mauve'] else 'no'} "
-                         f"| {cell(an, 'gen_nll')} | {cell(bn, 'gen_nll')} | {'yes' if v['nll'] else 'no'} |")
-    count = lambda k, key: f"{sum(v[key] for v in out if v['vs'] == k * v['T'])} of {sum(v['vs'] == k * v['T'] for v in out)}"
-    say = (f"DSL at T steps matched or beat the best MDLM+ReMDM cell at 4T in {count(4, 'mauve')} comparisons by "
-           f"MAUVE and {count(4, 'nll')} by generative NLL; at equal T in {count(1, 'mauve')} by MAUVE and "
-           f"{count(1, 'nll')} by generative NLL. Generative NLL is compared only among cells whose entropy is at "
-           f"least {ENTROPY_FLOOR:g} x the data's ({ref_entropy:.2f}), so repetition cannot win. The DSL model picks "
-           f"its best of {len(dsl_rules)} samplers, MDLM its best of {len(mdlm_rules)}.")
-    return lines, say, out
-
-
-def same_rule(rows, steps):
-    """ReMDM's rules on both models at equal T: what fine-tuning with DSL did to the same sampler."""
-    mdlm, dsl = models_of(rows)
-    lines = ['| rule | T | gen NLL, MDLM | gen NLL, DSL | entropy, MDLM | entropy, DSL | MAUVE, MDLM | MAUVE, DSL |',
-             '|' + '---|' * 8]
-    for s in BASELINE:
-        for T in steps:
-            a, b = best(rows, mdlm, [s], T, 'nll'), best(rows, dsl, [s], T, 'nll')
-            if a and b:
-                lines.append(f"| {s} | {T} | " + ' | '.join(f"{float(r[c]):.3f}" for c in ('gen_nll', 'entropy', 'mauve')
-                                                             for r in (a, b)) + ' |')
-    return lines
-
-
-def report(corpus, P, res, steps):
-    rows = rows_of(res)
+def report(corpus, P, res, runs, steps, dsl_steps, chosen):
+    rows = compare.rows_of(res)
+    per = compare.per_sample_of(res)
     ref = next(r for r in rows if r['model'] == 'reference')
+    H_data = float(ref['entropy'])
     st = read_json(os.path.join(res, 'stages.json'), {})
     bd = read_json(os.path.join(res, 'bounds.json'), {})
     cal = read_json(os.path.join(res, 'calibration.json'), {})
     hw = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}" + \
         (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else '')
+    ft_steps = {k: torch.load(os.path.join(runs, k, 'ckpt.pt'), map_location='cpu', weights_only=False,
+                              mmap=True)['step'] for k in ('mdlm_ft', 'dsl_ft')}
     md = [f"# Results at small scale: {corpus}", '',
-          f"Preset `{P['name']}`: {P['preset']} models, L = {P['block_size']}, batch {P['batch_size']}, "
-          f"pre-training {P['pre_iters'] or P['init_from']} steps, then {P['ft_iters']} steps for each "
-          f"continuation (lr {P['ft_lr']}, warmup {P['warmup_iters']}), N = {P['num_samples']} samples per cell, "
-          f"top-p 0.9. Hardware: {hw}.", '',
-          '| stage | wall time |', '|---|---|']
+          f"Preset `{P['name']}`: {P['preset']} models, L = {P['block_size']}, batch {P['batch_size']}; MDLM "
+          f"pre-training {P['pre_iters'] or P['init_from']} steps; each continuation from it at most "
+          f"{P['ft_iters']} steps, stopped when its validation MDLM NELBO had not improved for {P['patience']} evals "
+          f"({P['patience'] * P['ft_eval']} steps): MDLM {ft_steps['mdlm_ft']}, DSL {ft_steps['dsl_ft']} steps. "
+          f"N = {P['num_samples']} samples per cell, top-p {P['top_ps']}, judge: an AR model of the same size "
+          f"({P['ar_iters']} steps). Hardware: {hw}.", '', '| stage | wall time |', '|---|---|']
     md += [f"| {k} | {v['seconds'] / 60:.1f} min |" for k, v in st.items()]
-    md += ['', '## NLL bounds (nats/token, held-out windows)', '', '| model | bound | nats | ppl |', '|---|---|---|---|']
+    md += ['', f"Total: {sum(v['seconds'] for v in st.values()) / 60:.0f} min."]
+    if P['tune_iters']:
+        md += ['', '## Recipe ablation', '', f"Every variant: {P['tune_iters']} steps from the same pre-train. "
+               f"Criterion, fixed before the test sweep: generative NLL at the entropy every variant's curve "
+               f"reaches (the data's, clipped), sampled with hybrid (DSL) or remdm-loop (MDLM) at T = {P['tune_T']}, "
+               f"N = {P['tune_n']}, top-p {P['tune_top_p']}, sample seed 1 (the test sweep uses seed 0).", '',
+               '| variant | val MDLM NELBO at the end | gen NLL at H | H | chosen |', '|---|---|---|---|---|']
+        for kind in ('mdlm', 'dsl'):
+            c = chosen[kind]
+            for m, g in c['gen_nll'].items():
+                n = m.split(':')[1]
+                ev = torch.load(os.path.join(runs, 'tune', n, 'ckpt.pt'), map_location='cpu',
+                                weights_only=False, mmap=True).get('evals', [])
+                H = f"{c['H']:.3f}" if c['H'] is not None else 'nearest'
+                md.append(f"| {n} | {ev[-1][1]:.4f} | {g:.3f} | {H} | {'**yes**' if n == c['winner'] else ''} |")
+        md += ['', '[tuning/results.md](tuning/results.md) has every tuning cell.']
+    md += ['', '## Convergence', '', '![validation curves](curves.png)', '',
+           '## NLL bounds (nats/token, held-out windows)', '', '| model | bound | nats | ppl |', '|---|---|---|---|']
     md += [f"| {k} | {b} | {r['nats']:.4f} | {r['ppl']:.2f} |" for k, v in bd.items() for b, r in v.items()]
     md += ['', '## Calibration: atomic vs smoothed endpoints (ECE, 15 bins)', '',
            '| model | SNR gamma | ECE | accuracy | confidence |', '|---|---|---|---|---|']
     md += [f"| {k} | {r['value']:g} | {r['ece']:.4f} | {r['accuracy']:.3f} | {r['confidence']:.3f} |"
            for k, v in cal.items() for r in v]
-    md += ['', '![reliability, smoothed](reliability_dsl_ft.png) ![reliability, atomic](reliability_dsl_atomic.png)',
-           '', '## Quality against denoiser calls', '', '![sweep](results.png)', '',
-           'Every cell: [results.md](results.md) and results.csv.', '', '## Verdict: DSL at T vs MDLM+ReMDM at T and 4T', '']
-    lines, say, _ = verdict(rows, steps, float(ref['entropy']))
-    md += lines + ['', say, '', "## ReMDM's rules on both models (same rule, same T)", ''] + same_rule(rows, steps)
-    md += ['', '## One sample being refined (rows = denoiser calls)', '',
+    md += ['', '![reliability, smoothed](reliability_dsl_ft.png) ![reliability, atomic](reliability_dsl_atomic.png)']
+    lines, say, out = compare.verdict(rows, per, steps, dsl_steps, H_data, P['bootstrap'])
+    md += ['', '## Verdict: generative NLL at matched entropy, DSL at T vs MDLM + ReMDM at T and 4T', '',
+           f"Data entropy {H_data:.3f} nats (held-out windows). NFE = real denoiser calls per sample (a step that "
+           f"changes nothing is not a call). {P['bootstrap']} bootstrap resamples of each cell's samples.", ''] + lines
+    md += ['', say, '', '![frontier](frontier.png)', '',
+           "## ReMDM's rules on both models (same rule, same T, matched entropy)", '']
+    md += compare.same_rule(rows, per, dsl_steps, H_data, P['bootstrap'])
+    frontier_figure(rows, res, steps, H_data, [(v['T'], v['H'], v['a'][0], 'dsl') for v in out] +
+                    [(v['vs'], v['H'], v['b'][0], 'mdlm') for v in out])
+    md += ['', '## MAUVE at top-p 0.9', '', '| model | rule | T | NFE | MAUVE | gen NLL | entropy |',
+           '|---|---|---|---|---|---|---|']
+    md += [f"| {r['model']} | {r['sampler']} | {r['steps']} | {float(r['nfe']):.1f} | {float(r['mauve']):.3f} | "
+           f"{float(r['gen_nll']):.3f} | {float(r['entropy']):.3f} |" for r in rows if r['top_p'] == '0.9']
+    md += ['', '![sweep](results.png)', '', 'Every cell: [results.md](results.md) and results.csv.',
+           '', '## One sample being refined (rows = denoiser calls)', '',
            '![DSL, uncertainty](trajectory_dsl_uncertainty.png)', '', '![MDLM, ReMDM-loop](trajectory_mdlm_loop.png)']
-    md += ['', '## Samples (the first of each cell, T = 64 or the nearest)', '']
+    md += ['', '## Samples (the first of each cell at top-p 0.9)', '']
     seen = {}
     if os.path.isfile(os.path.join(res, 'samples.jsonl')):
         for line in open(os.path.join(res, 'samples.jsonl')):
             r = json.loads(line)
-            seen[(r['model'], r['sampler'], int(r['steps']))] = r['texts']
-    T64 = min(steps, key=lambda T: abs(T - 64))
-    for (m, s, T), texts in sorted(seen.items()):
-        if T == T64 and s in ('remdm-loop', 'uncertainty', 'hybrid') and not m.endswith('dsl_atomic') or \
-                s in ('ar', 'data'):
+            seen[(r['model'], r['sampler'], int(r['steps']), r.get('top_p'))] = r['texts']
+    show = {min(dsl_steps), min(dsl_steps, key=lambda T: abs(T - 32))}
+    for (m, s, T, tp), texts in sorted(seen.items(), key=str):
+        if (T in show and tp == 0.9 and s in ('remdm-loop', 'hybrid', 'uncertainty') and not m.endswith('atomic')) \
+                or s in ('ar', 'data'):
             md += [f"**{m} {s}, T = {T}**", '', '```', texts[0].strip()[:600], '```', '']
     evaluate.write_atomic(os.path.join(res, 'README.md'), '\n'.join(md) + '\n')
     log(f"wrote {os.path.join(res, 'README.md')}")
     print('\n'.join(lines + ['', say]))
+    return out
 
 
 def repro(preset='cpu', corpora=None, text='', launcher='', results='results', runs='out/repro', **overrides):
@@ -312,7 +350,7 @@ def repro(preset='cpu', corpora=None, text='', launcher='', results='results', r
 def parse_args(argv):
     ap = argparse.ArgumentParser(description="the paper's protocol at small scale: train, bounds, sweep, verdict")
     ap.error = lambda msg: die(msg)  # one line, no usage dump
-    ap.add_argument('--preset', default='cpu', help=f"{' | '.join(PRESETS)} (cpu: ~80 min on 2 cores)")
+    ap.add_argument('--preset', default='cpu', help=f"{' | '.join(PRESETS)} (cpu: ~75 min on 2 cores)")
     ap.add_argument('--corpora', default='', help="comma-separated: char, speech (needs --text), owt; '' = the preset's")
     ap.add_argument('--text', default='', help='the speech corpus: comma-separated local .txt files, GPT-2 BPE')
     ap.add_argument('--launcher', default='', help='how to start train.py, e.g. "torchrun --nproc_per_node=8"')
@@ -321,7 +359,7 @@ def parse_args(argv):
     for k in ('pre_iters', 'ft_iters', 'num_samples', 'block_size', 'batch_size'):
         ap.add_argument(f'--{k}', type=int, default=None, help="default: the preset's")
     ap.add_argument('--steps', default=None, help="comma-separated; default: the preset's")
-    ap.add_argument('--ft_lr', type=float, default=None, help="both continuations' learning rate; default: the preset's")
+    ap.add_argument('--ft_lr', type=float, default=None, help="the tuning grid's base learning rate; default: the preset's")
     return ap.parse_args(argv)
 
 

@@ -61,22 +61,36 @@ def label(path, m):
     return f"{kind}:{os.path.basename(os.path.dirname(os.path.abspath(path)))}"
 
 
+def split_top_p(spec, top_ps):
+    """'hybrid:top_p=0.8,1.0' -> ('hybrid', [0.8, 1.0]): a sampler label may carry its own top-p values (a
+    diversity frontier for some cells only); else the sweep's. The top_p knob is the last one when present."""
+    name, sep, tp = spec.partition(':top_p=')
+    if sep and ':' in tp:
+        raise ValueError(f"sampler '{spec}': top_p= must be its last knob")
+    return (name, [float(v) for v in tp.split(',')]) if sep else (spec, list(top_ps))
+
+
 def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, out_dir='sweep', L=None, seed=0,
           top_p=0.9, batch_size=64, pool='mean', debug_kill_after=-1, keep_texts=4):
     """Sample and score every valid cell; results.csv is rewritten atomically after each cell, and cells already
     in it (same key) are read back instead of recomputed. samplers: one list for every checkpoint, or a dict
-    {ckpt: list}; a sampler may carry knobs ('uncertainty:gamma_commit=10'). The first keep_texts decoded samples
-    of each cell go to samples.jsonl. Adds a 'reference' row (held-out chunks vs other
+    {ckpt: list}; a sampler may carry knobs ('uncertainty:gamma_commit=10') and its own top-p values, last
+    ('hybrid:top_p=0.8,0.9,1.0'; else top_p, a float or a list). steps: one list, or a dict {ckpt: list}. The
+    first keep_texts decoded samples of each cell go to samples.jsonl; every cell's per-sample judge NLL, token
+    count and entropy go to per_sample.jsonl (for a bootstrap). Adds a 'reference' row (held-out chunks vs other
     held-out chunks) and, with an AR judge, the AR model's own samples. Writes results.csv, .md, .png."""
     from tqdm import tqdm
     need('mauve', 'mauve-text', 'MAUVE', check=True)
     figures.check()
     per = samplers if isinstance(samplers, dict) else {p: samplers for p in ckpts}
+    top_ps = top_p if isinstance(top_p, (list, tuple)) else [top_p]
     for ss in per.values():  # an unknown sampler or knob fails before any work
         for s in ss:
+            s, tps = split_top_p(s, top_ps)
             name, kw = parse_spec(s)
             sample.sampler_name(name)
-            rules.check_options(top_p, kw)
+            for tp in tps:
+                rules.check_options(tp, kw)
     models = {p: load(p) for p in ckpts}
     J = get_judge(judge, pool)
     F = J if featurizer in (None, judge) else get_judge(featurizer, pool)
@@ -87,17 +101,18 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
         raise ValueError("pass --refs (a prepared data folder or a text file) and --seq_len")
     cells, notes = [], []
     for p, (m, meta, _) in models.items():
-        for s in per.get(p, []):
-            for T in steps:
+        for spec in per.get(p, []):
+            s, tps = split_top_p(spec, top_ps)
+            for T in (steps.get(p, []) if isinstance(steps, dict) else steps):
                 try:
                     name, kw = parse_spec(s)
-                    sample._check(m, name, T, top_p, kw)
-                    cells.append((p, s, T))
+                    sample._check(m, name, T, tps[0], kw)
+                    cells += [(p, s, T, tp) for tp in tps]
                 except ValueError as e:
                     notes.append(f"skipped {label(p, m)} {s} T={T}: {e.args[0]}")
     if J['kind'] == 'ar':
         models[J['name']] = (J['model'], J['meta'], {})
-        cells.append((J['name'], 'ar', L))
+        cells.append((J['name'], 'ar', L, top_ps[0]))
     rx, rt = references(refs, J, L, num_samples, seed)
     q = features(F, judge_inputs(F, rx, rt, f'--refs {refs}'))
     os.makedirs(out_dir, exist_ok=True)
@@ -108,10 +123,10 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
             for r in csv.DictReader(f):
                 done[tuple(r[k] for k in KEY)] = r
     rows, computed = [], 0
-    key = lambda ck, s, T: tuple(str(v) for v in (ck, s, T, num_samples, L, seed, top_p, J['name']))
-    for ck, s, T in tqdm([('reference', 'data', 0)] + cells, desc='sweep', unit='cell'):
-        if key(ck, s, T) in done:
-            rows.append(done.pop(key(ck, s, T)))
+    key = lambda ck, s, T, tp: tuple(str(v) for v in (ck, s, T, num_samples, L, seed, tp, J['name']))
+    for ck, s, T, tp in tqdm([('reference', 'data', 0, top_ps[0])] + cells, desc='sweep', unit='cell'):
+        if key(ck, s, T, tp) in done:
+            rows.append(done.pop(key(ck, s, T, tp)))
             continue
         t0 = time.time()
         if ck == 'reference':  # other held-out chunks than the reference set: the ceiling of every metric
@@ -119,24 +134,27 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
             nfe, name = 0, 'reference'
         else:
             m, meta, _ = models[ck]
-            x, texts, nfe = draw(m, meta, num_samples, L, T, s, top_p, seed, batch_size)
+            x, texts, nfe = draw(m, meta, num_samples, L, T, s, tp, seed, batch_size)
             name = label(ck, m)
-        r = dict(model=name, ckpt=ck, sampler=s, steps=T, nfe=nfe, n=num_samples, L=L, seed=seed, top_p=top_p,
+        r = dict(model=name, ckpt=ck, sampler=s, steps=T, nfe=nfe, n=num_samples, L=L, seed=seed, top_p=tp,
                  judge=J['name'])
-        r.update({k: v for k, v in score(x, texts, J, F, q, f'{ck} {s}').items() if k not in r})
+        r.update({k: v for k, v in score(x, texts, J, F, q, f'{ck} {s}', per_sample=True).items() if k not in r})
         r['seconds'] = round(time.time() - t0, 2)
+        with open(os.path.join(out_dir, 'per_sample.jsonl'), 'a') as f:  # before the CSV: a resumed cell has both
+            f.write(json.dumps(dict(zip(KEY, key(ck, s, T, tp)), **r.pop('per_sample'))) + '\n')
         rows.append({k: str(r[k]) for k in COLUMNS})
         if keep_texts and texts and texts[0] is not None:  # a few decoded samples, so a reader sees the numbers
             with open(os.path.join(out_dir, 'samples.jsonl'), 'a') as f:
-                f.write(json.dumps(dict(model=name, sampler=s, steps=T, nfe=nfe, texts=texts[:keep_texts])) + '\n')
+                f.write(json.dumps(dict(model=name, sampler=s, steps=T, top_p=tp, nfe=nfe,
+                                        texts=texts[:keep_texts])) + '\n')
         write_atomic(path, to_csv(rows + list(done.values())))  # rows of other settings are kept until the end
         computed += 1
         if computed == debug_kill_after:  # test hook: die like a killed process, right after a cell is saved
             os.kill(os.getpid(), 9)
     write_atomic(path, to_csv(rows))
-    head = (f"N = {num_samples} samples per cell, L = {L}, seed {seed}, top-p {top_p}, judge {J['name']}, "
+    head = (f"N = {num_samples} samples per cell, L = {L}, seed {seed}, judge {J['name']}, "
             f"featurizer {F['name']} ({F.get('pool', 'last')} state), references {refs} (seed {seed})")
-    show = [c for c in COLUMNS if c not in ('ckpt', 'judge', 'n', 'L', 'seed', 'top_p')]  # those are in the header
+    show = [c for c in COLUMNS if c not in ('ckpt', 'judge', 'n', 'L', 'seed')]  # those are in the header
     md = [head, '', '| ' + ' | '.join(show) + ' |', '|' + '---|' * len(show)]
     md += ['| ' + ' | '.join(fmt(r[c]) for c in show) + ' |' for r in rows]
     write_atomic(os.path.join(out_dir, 'results.md'), '\n'.join(md + [''] + notes) + '\n')
@@ -172,7 +190,7 @@ def parse_args(argv):
     ap.add_argument('--pool', default='mean', choices=['mean', 'last'], help='AR featurizer: mean or last hidden state')
     ap.add_argument('--refs', default='', help="default: the first checkpoint's data folder")
     ap.add_argument('--seq_len', type=int, default=0)
-    ap.add_argument('--top_p', type=float, default=0.9)
+    ap.add_argument('--top_p', default='0.9', help='comma-separated: every cell at each (a diversity frontier)')
     ap.add_argument('--batch_size', type=int, default=64)
     ap.add_argument('--out_dir', default='sweep')
     ap.add_argument('--seed', type=int, default=0, help='references and samples')
@@ -190,7 +208,8 @@ def main(argv=None):
     try:
         steps = [int(s) for s in a.steps.split(',') if s]
         sweep(a.ckpt, [s for s in a.samplers.split(',') if s], steps, a.num_samples, a.judge, a.refs, a.featurizer,
-              a.out_dir, a.seq_len, a.seed, a.top_p, a.batch_size, a.pool, a.debug_kill_after)
+              a.out_dir, a.seq_len, a.seed, [float(v) for v in a.top_p.split(',') if v], a.batch_size, a.pool,
+              a.debug_kill_after)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as e:  # user errors: one line; bugs keep tracebacks
         die(str(e.args[0]) if e.args else type(e).__name__)
     print(open(os.path.join(a.out_dir, 'results.md')).read())

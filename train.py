@@ -50,7 +50,7 @@ config = dict(
     dropout=0.0,                 # 0.1 at paper scale
     lookup_topk=-1,              # DSL soft lookup: -1 auto (dense up to 1000 tokens, else top-64), 0 dense, k top-k
     # mixed corruption for DSL (noise.snr_config); None = the default for this vocabulary size
-    gamma_max=None,              # SNR of a revealed token (30 char, 100 gpt2); the model's gamma_max too
+    gamma_max=None,              # SNR of a revealed token (100, as DSL2); the model's gamma_max too
     gamma_min=None,              # smoothed endpoints: hidden gamma ~ U(0, gamma_min)
     p_end=None,                  # fraction of sequences at (smoothed) endpoints
     c=None,                      # smoothed endpoints: revealed gamma ~ U(c gamma_max, gamma_max)
@@ -72,12 +72,16 @@ config = dict(
     beta1=0.9,                   # AdamW
     beta2=0.999,                 # AdamW
     grad_clip=1.0,               # clip the global gradient norm; 0 = off
-    ema_decay=0.999,             # EMA of the weights, decay min(ema_decay, (1+t)/(10+t)); 0 = off
+    ema_decay=0.999,             # EMA of the weights; 0 = off
+    ema_warmup=None,             # decay min(ema_decay, (1+t)/(10+t)); None: on from scratch, off to fine-tune (DSL2)
     # evaluation, logging, checkpoints
     eval_interval=250,           # steps between evaluations (and at the start and end)
     eval_windows=32,             # fixed validation windows (same seed in every run)
     eval_grid=64,                # SNR grid points of the diffusion bound
     eval_ema=True,               # evaluate the EMA weights (the ones sampled) when there are any
+    eval_bound='',               # '' = the objective's (DSL diffusion bound, MDLM NELBO, AR NLL); mdlm = NELBO of any
+                                 # diffusion model: one yardstick for MDLM and DSL continuations
+    patience=0,                  # stop once the val bound has not improved for this many evals (max_iters := that step)
     log_interval=50,             # steps between log lines
     ckpt_interval=250,           # steps between checkpoints (and at the end)
     out_dir='out',               # checkpoint folder: out_dir/ckpt.pt
@@ -89,11 +93,10 @@ config = dict(
     debug_kill_step=-1,          # >= 0: SIGKILL this process at this step (tests exact resume)
 )
 AUTO_TYPES = dict(n_layer=int, n_embd=int, n_head=int, gamma_max=float, gamma_min=float, p_end=float, c=float,
-                  mu=float, sigma=float, jitter=float, smooth_endpoints=bool)  # types of the None defaults
+                  mu=float, sigma=float, jitter=float, smooth_endpoints=bool, ema_warmup=bool)  # the None defaults
 CHOICES = dict(objective=('dsl', 'mdlm', 'ar'), lr_decay=('constant', 'cosine'), preset=tuple(M.PRESETS),
-               tokenizer=('', 'char', 'gpt2'))
-POSITIVE = ('block_size', 'batch_size', 'eval_interval', 'eval_windows', 'eval_grid', 'log_interval',
-            'ckpt_interval')
+               tokenizer=('', 'char', 'gpt2'), eval_bound=('', 'mdlm'))
+POSITIVE = ('block_size', 'batch_size', 'eval_interval', 'eval_windows', 'eval_grid', 'log_interval', 'ckpt_interval')
 INF = math.inf
 # valid values, in interval notation: '[' and ']' include the bound, '(' and ')' exclude it (NaN is never valid)
 RANGES = dict(n_layer=(1, INF, '[)'), n_embd=(1, INF, '[)'), n_head=(1, INF, '[)'), noise_dim=(0, INF, '[)'),
@@ -102,7 +105,7 @@ RANGES = dict(n_layer=(1, INF, '[)'), n_embd=(1, INF, '[)'), n_head=(1, INF, '[)
               roar_weight=(0, INF, '[)'), max_iters=(0, INF, '[)'), lr=(0, INF, '()'), min_lr=(0, INF, '[)'),
               warmup_iters=(0, INF, '[)'), weight_decay=(0, INF, '[)'), beta1=(0, 1, '[)'), beta2=(0, 1, '[)'),
               grad_clip=(0, INF, '[)'), ema_decay=(0, 1, '[)'), seed=(0, INF, '[)'),  # numpy seeds are >= 0
-              grad_accum=(0, INF, '[)'), lookup_topk=(-1, INF, '[)'))
+              grad_accum=(0, INF, '[)'), lookup_topk=(-1, INF, '[)'), patience=(0, INF, '[)'))
 SNR_KEYS = ('gamma_max', 'gamma_min', 'p_end', 'c', 'mu', 'sigma', 'jitter', 'smooth_endpoints')
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, '4090': 165e12}  # dense bf16
 
@@ -201,25 +204,6 @@ def micro_seeds(seed, step, g):
     return rng, int(rng.integers(2 ** 62)), int(rng.integers(2 ** 62))
 
 
-@torch.no_grad()
-def evaluate(m, cfg, val_x):
-    """Fixed-seed val bound in nats/token: diffusion bound (DSL), MDLM NELBO (MDLM), next-token NLL (AR)."""
-    m.eval()
-    g = torch.Generator(val_x.device).manual_seed(0)
-    chunks = val_x.split(cfg['batch_size'])
-    if cfg['objective'] == 'dsl':
-        # noise.diffusion_bound, but the min over the cut-off g* is taken after averaging all chunks
-        grid = noise.snr_grid(4 * m.config['gamma_max'], cfg['eval_grid'])
-        per_cut = torch.cat([sum(noise.path_integral(m, x, grid, g)) for x in chunks], dim=1)  # (S, N)
-        nats = per_cut.mean(1).min().item() / val_x.shape[1]
-    elif cfg['objective'] == 'mdlm':
-        nats = sum(noise.mdlm_bound(m, x, n_t=8, generator=g) * len(x) for x in chunks) / len(val_x)
-    else:
-        nats = sum(noise.ar_loss(m, x).item() * len(x) for x in chunks) / len(val_x)
-    m.train()
-    return nats
-
-
 def resume_config(cfg, given, log):
     """--init_from resume: out_dir/ckpt.pt (on the CPU, whatever device wrote it) and its config, with this
     command line's keys on top (e.g. a larger max_iters). Returns (cfg, ckpt)."""
@@ -234,6 +218,7 @@ def resume_config(cfg, given, log):
     if missing:
         die(f"checkpoint {path} is not a train.py checkpoint (missing {', '.join(missing)})")
     cfg = {**config, **ckpt['config'], **given}
+    cfg['ema_warmup'] = cfg['ema_warmup'] is not False  # None: a checkpoint from before the key (it warmed up)
     log(f"resuming {path} at step {ckpt['step']}" + (f", overriding {sorted(given)}" if given else ''))
     # a run started with --device cuda stored that device; moved to a machine without it (a CPU-only one),
     # the weights load to the CPU anyway (map_location), so run where auto points unless told otherwise
@@ -307,7 +292,7 @@ def build_optimizer(raw, cfg, device_type):
 
 
 def restore(ckpt, opt, ema, device_type):
-    """Resume the optimizer moments, the EMA weights and the global RNG streams. Returns (step, best_val)."""
+    """Resume the optimizer moments, the EMA weights and the global RNG streams. Returns (step, best_val, evals)."""
     # fused is a choice of this machine, not state: a CUDA run's fused=True would otherwise come back with the
     # groups. Set before loading, because load_state_dict places the step counters by it (fused: on the device)
     state = dict(ckpt['optimizer'], param_groups=[dict(g, fused=opt.defaults['fused']) if 'fused' in g else g
@@ -322,17 +307,17 @@ def restore(ckpt, opt, ema, device_type):
         random.setstate(rng['python'])
         if device_type == 'cuda' and rng['cuda'] is not None:  # a CPU run leaves a CUDA run's state alone
             torch.cuda.set_rng_state_all(rng['cuda'])
-    return ckpt['step'], ckpt.get('best_val', float('inf'))
+    return ckpt['step'], ckpt.get('best_val', float('inf')), list(ckpt.get('evals', []))
 
 
-def make_save(path, raw, ema, opt, cfg, snr, meta, device_type):
-    """save(step, best_val) writes everything an exact resume needs (and sample.py reads) to path."""
+def make_save(path, raw, ema, opt, cfg, snr, meta, device_type, evals):
+    """save(step, best_val) writes all an exact resume needs (and sample.py reads); evals: [(step, val bound)]."""
     def save(step, best_val):
         rng = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
                    cuda=torch.cuda.get_rng_state_all() if device_type == 'cuda' else None)
         state = dict(model=raw.state_dict(), ema=ema.state_dict() if ema is not None else None,
                      model_config=raw.config, optimizer=opt.state_dict(), config=cfg, snr_config=snr, meta=meta,
-                     step=step, best_val=best_val, rng=rng, data=dict(seed=cfg['seed'], step=step))
+                     step=step, best_val=best_val, rng=rng, data=dict(seed=cfg['seed'], step=step), evals=evals)
         torch.save(state, path + '.tmp')  # then os.replace: a kill during the write never leaves a torn ckpt.pt
         os.replace(path + '.tmp', path)
     return save
@@ -358,6 +343,8 @@ def main(argv):
     log = print if master else (lambda *a, **k: None)
     ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
     cfg, ckpt = resume_config(cfg, given, log) if cfg['init_from'] == 'resume' else (cfg, None)
+    # stored resolved; auto: a fine-tune's EMA starts at the loaded weights with no warmup (DSL2)
+    cfg['ema_warmup'] = cfg['init_from'] == 'scratch' if cfg['ema_warmup'] is None else cfg['ema_warmup']
     ddp, rank, world, device, device_type, autocast = setup_processes(cfg)  # after the resume: its device counts
     if cfg['grad_accum'] == 0:  # auto: one micro-step per process, so any number of processes runs
         cfg['grad_accum'] = world  # stored resolved, so that a resume replays the same global batches
@@ -377,7 +364,7 @@ def main(argv):
     raw.to(device)
     ema = copy.deepcopy(raw).requires_grad_(False).eval() if master and cfg['ema_decay'] > 0 else None
     params, opt = build_optimizer(raw, cfg, device_type)
-    step, best_val = restore(ckpt, opt, ema, device_type) if ckpt is not None else (0, float('inf'))
+    step, best_val, evals = restore(ckpt, opt, ema, device_type) if ckpt is not None else (0, float('inf'), [])
     del ckpt  # the CPU copy of the weights and moments, no longer needed
     model = torch.compile(raw) if cfg['compile'] else raw  # what the loop calls; checkpoints keep raw's weights
     if ddp:
@@ -389,7 +376,10 @@ def main(argv):
     eval_model = ema if ema is not None and cfg['eval_ema'] else raw
     val_x = data.get_batch(cfg['data_dir'], 'val', cfg['eval_windows'], L, np.random.default_rng(1234),
                            meta['dtype'], device) if master else None  # (N, L), the same windows in every run
-    bound_name = dict(dsl='diffusion bound', mdlm='MDLM bound', ar='NLL')[cfg['objective']]
+    bound = cfg['eval_bound'] or cfg['objective']
+    if bound == 'mdlm' and cfg['objective'] == 'ar':
+        die("--eval_bound mdlm needs a diffusion model (--objective dsl or mdlm)", 2)
+    bound_name = dict(dsl='diffusion bound', mdlm='MDLM bound', ar='NLL')[bound]
     tokens_per_step = cfg['batch_size'] * cfg['grad_accum'] * L
     n_params = raw.num_params()
     flops_per_token = 6 * n_params + 12 * raw.config['n_layer'] * raw.config['n_embd'] * L  # PaLM appendix B
@@ -400,7 +390,7 @@ def main(argv):
         f"model: {n_params / 1e6:.2f}M params, {cfg['objective']} | {world} process(es) on {device} | "
         f"global batch {cfg['batch_size'] * cfg['grad_accum']} x {L} tokens")
     os.makedirs(cfg['out_dir'], exist_ok=True)
-    save = make_save(ckpt_path, raw, ema, opt, cfg, snr, meta, device_type)
+    save = make_save(ckpt_path, raw, ema, opt, cfg, snr, meta, device_type, evals)
     # Ctrl-C finishes the current step, saves and exits, so an interruption loses nothing (a second one aborts)
     stop = []
 
@@ -411,8 +401,7 @@ def main(argv):
         log("interrupted: finishing this step, then saving (Ctrl-C again to abort)", flush=True)
 
     signal.signal(signal.SIGINT, on_sigint)
-    start_step, last_saved, t_log, n_log = step, step, time.time(), 0
-    stop_all = False
+    start_step, last_saved, t_log, n_log, stop_all = step, step, time.time(), 0, False
     # No host-device synchronisation in the hot loop (CUDA then runs ahead, so the next batch is read from
     # disk while the GPU computes): the first non-finite step is kept on the device and read only at log,
     # eval and checkpoint steps, before anything is saved, so a bad step never reaches a checkpoint.
@@ -424,12 +413,20 @@ def main(argv):
             check_finite(first_bad, ckpt_path, last_saved, ddp, master)
         if master and (step % cfg['eval_interval'] == 0 or step == cfg['max_iters']):
             t = time.time()
-            nats = evaluate(eval_model, cfg, val_x)
-            best_val = min(best_val, nats)
-            r = noise.bound_report(nats)
+            nats = noise.val_bound(eval_model, val_x, bound, cfg['batch_size'], cfg['eval_grid'])
+            best_val, r = min(best_val, nats), noise.bound_report(nats)
+            evals.append((step, nats))
             log(f"eval step {step} | val {bound_name} {nats:.4f} nats/token ({r['bits']:.4f} bits, "
                 f"ppl {r['ppl']:.2f}) | {time.time() - t:.1f}s", flush=True)
             t_log += time.time() - t  # keep eval time out of ms/step
+            best_at = min(range(len(evals)), key=lambda i: evals[i][1])
+            if cfg['patience'] and len(evals) - 1 - best_at >= cfg['patience'] and step < cfg['max_iters']:
+                log(f"early stop: no better val {bound_name} in {cfg['patience']} evals; max_iters set to {step}")
+                cfg['max_iters'] = step  # stored: a resume stops here too unless given a larger --max_iters
+        if ddp and cfg['patience'] and step % cfg['eval_interval'] == 0:  # every rank stops where rank 0 did
+            stop_at = [cfg['max_iters']]
+            dist.broadcast_object_list(stop_at, 0)
+            cfg['max_iters'] = stop_at[0]
         if master and step > start_step and (step % cfg['ckpt_interval'] == 0 or step == cfg['max_iters']):
             save(step, best_val)
             last_saved = step
@@ -455,8 +452,7 @@ def main(argv):
                     # MDLM's antithetic t is stratified over the global batch: gidx of grad_accum slices
                     loss = noise.loss_fn(cfg['objective'], model, x, snr, rank=gidx, world_size=cfg['grad_accum'],
                                          generator=gen) / micro_steps
-                if step == cfg['debug_nan_step']:
-                    loss = loss * float('nan')
+                loss = loss * float('nan') if step == cfg['debug_nan_step'] else loss  # a test hook
                 loss.backward()
             loss_sum += loss.detach()
         if ddp:  # the global mean loss, for logging (queued on the stream; nothing waits for it here)
@@ -470,7 +466,7 @@ def main(argv):
         opt.step()
         opt.zero_grad(set_to_none=True)
         if ema is not None:  # ema <- d ema + (1 - d) w, with the warmup d = min(decay, (1+t)/(10+t))
-            d = min(cfg['ema_decay'], (1 + step) / (10 + step))
+            d = min(cfg['ema_decay'], (1 + step) / (10 + step)) if cfg['ema_warmup'] else cfg['ema_decay']
             torch._foreach_lerp_(list(ema.parameters()), list(raw.parameters()), 1 - d)
         step, n_log = step + 1, n_log + 1
         stop_all = bool(stop) and not ddp  # a host-side flag: free to read every step
@@ -486,7 +482,8 @@ def main(argv):
             log(f"step {step} | loss {lossf:.4f} | lr {lr:.2e} | grad norm {gnorm:.3f} | {dt * 1000:.1f} ms/step"
                 f" | {tokens_per_step / dt:,.0f} tok/s{mfu}", flush=True)
     log(f"done: {step} steps, best val {bound_name} {best_val:.4f} nats/token, checkpoint {ckpt_path}")
-    if ddp:
+    if ddp:  # wait for rank 0's last save: a gloo peer torn down early can abort the other (seen in CI)
+        dist.barrier()
         dist.destroy_process_group()
 
 

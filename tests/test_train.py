@@ -211,3 +211,54 @@ def test_resume_of_a_cuda_checkpoint_on_a_cpu_machine(data_dir, tmp_path):
     c = ckpt(out)
     assert c['step'] == 4 and c['config']['device'] == 'auto'
     assert not any(g['fused'] for g in c['optimizer']['param_groups'])
+
+
+def test_recipe_defaults_gamma_max_100_at_any_vocabulary():
+    """DSL2 trains at snr_max = 100 whatever the vocabulary; 30 at 65 characters was a misread inference grid."""
+    import noise
+    for V in (65, 2048, 50257):
+        assert M.model_config('tiny', V, dsl=True)['gamma_max'] == 100.0 and noise.snr_config(V)['gamma_max'] == 100.0
+    assert noise.snr_config(65)['mu'] == 1.4  # the character lognormal stays
+
+
+@pytest.mark.parametrize('warmup', [None, True])
+def test_fine_tuning_ema_starts_at_the_loaded_weights(data_dir, tmp_path, one_thread, capsys, warmup):
+    """Fine-tuning (--init_from a checkpoint): by default the EMA starts at the loaded weights and decays at
+    ema_decay from the first step (DSL2), so after one step ema = d w0 + (1 - d) w1; with --ema_warmup the
+    warmup d = min(decay, 1/10) forgets the start at once."""
+    pre = tmp_path / 'pre'
+    train.main(SMALL + ['--data_dir', data_dir, '--objective', 'mdlm', '--max_iters', 2, '--out_dir', pre])
+    assert ckpt(pre)['config']['ema_warmup'] is True  # from scratch: the warmup, as before
+    ft = tmp_path / 'ft'
+    train.main(SMALL + ['--data_dir', data_dir, '--objective', 'mdlm', '--max_iters', 1, '--ema_decay', 0.9,
+                        '--lr', 1e-2, '--init_from', pre / 'ckpt.pt', '--out_dir', ft]
+               + (['--ema_warmup', 'true'] if warmup else []))
+    w0 = ckpt(pre)['ema']  # --init_from loads a checkpoint's EMA weights (what it samples with)
+    c = ckpt(ft)
+    d = 0.1 if warmup else 0.9
+    assert c['config']['ema_warmup'] is bool(warmup)
+    assert max_diff(c['ema'], {k: d * w0[k] + (1 - d) * c['model'][k] for k in w0}) < 1e-6
+    assert max_diff(c['model'], w0) > 1e-3  # the step moved the weights: the two modes differ
+
+
+def test_patience_stops_a_run_whose_val_bound_stops_improving(data_dir, tmp_path, one_thread, capsys):
+    """lr 1e-30 (below float32 resolution): the val bound never improves, so --patience 2 stops at the second eval after the first, stores that
+    step as max_iters (a resume stops there too), and repro's train() counts the run as finished."""
+    import repro
+    out = tmp_path / 'p'
+    train.main(SMALL + ['--data_dir', data_dir, '--max_iters', 50, '--eval_interval', 2, '--patience', 2,
+                        '--lr', 1e-30, '--ema_decay', 0, '--out_dir', out, '--eval_bound', 'mdlm'])
+    log = capsys.readouterr().out
+    assert 'early stop' in log and 'val MDLM bound' in log
+    c = ckpt(out)
+    assert c['step'] == 4 and c['config']['max_iters'] == 4 and [s for s, _ in c['evals']] == [0, 2, 4]
+    calls = []
+    repro.subprocess.Popen, popen = (lambda *a, **k: calls.append(a)), repro.subprocess.Popen
+    try:
+        repro.train(str(out), [], 50, 'python', str(tmp_path / 'log'))
+    finally:
+        repro.subprocess.Popen = popen
+    assert calls == []
+    r = run(SMALL + ['--data_dir', data_dir, '--objective', 'ar', '--eval_bound', 'mdlm', '--max_iters', 1,
+                     '--out_dir', tmp_path / 'ar'])
+    assert r.returncode == 2 and 'needs a diffusion model' in r.stderr and r.stderr.count('\n') == 1
