@@ -110,8 +110,8 @@ def sweep(rows, path, title):
     rows: dicts with model, sampler, nfe, mauve, gen_ppl (strings or numbers)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    tps = [r.get('top_p') for r in rows]
-    main_tp = max(set(tps), key=tps.count)  # cells at other top-p values belong to the frontier figure
+    # one top-p per line (the reference row's: the sweep's first); the others belong to the frontier figure
+    main_tp = next((r.get('top_p') for r in rows if r['model'] == 'reference'), rows[0].get('top_p') if rows else None)
     rows = [r for r in rows if r.get('top_p') == main_tp or r['model'] == 'reference' or r['sampler'] == 'ar']
     title = f"{title}, top-p {main_tp}" if main_tp is not None else title
     names = list(dict.fromkeys(r['model'] for r in rows if r['model'] != 'reference' and r['sampler'] != 'ar'))
@@ -164,15 +164,17 @@ def frontier(curves, path, title, ref_entropy=None, marks=()):
     return _save(fig, path, 90)
 
 
-def curves(series, path, title, ylabel='validation bound (nats/token)'):
-    """One line per run: series {label: [(step, value), ...]}."""
+def curves(panels, path, title):
+    """Validation curves, one panel per {panel title: {label: [(step, value), ...]}}."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for k, pts in series.items():
-        ax.plot(*zip(*sorted(pts)), marker='.', ms=4, label=k)
-    ax.set(xlabel='optimizer step', ylabel=ylabel)
-    ax.legend(fontsize=7)
-    fig.suptitle(textwrap.fill(title, 110), fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (name, series) in zip(axes[0], panels.items()):
+        for k, pts in series.items():
+            if pts:
+                ax.plot(*zip(*sorted(pts)), marker='.', ms=4, label=k)
+        ax.set(title=name, xlabel='optimizer step', ylabel='nats/token')
+        ax.legend(fontsize=7)
+    fig.suptitle(textwrap.fill(title, 140), fontsize=8)
     fig.tight_layout()
     return _save(fig, path, 90)
 

@@ -157,9 +157,13 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
         stage(res, f'train_{name}', lambda: train(d[name], common + args + ['--out_dir', d[name]], iters,
                                                   launcher, os.path.join(res, f'train_{name}.log')))
     pre = P['init_from'] or ck['mdlm_pre']  # gpu: the published weights are the pre-training
-    # every continuation: from the pre-train, its val number the MDLM NELBO (one yardstick for both objectives)
+    # every continuation starts from the pre-train; the tuning runs record the MDLM NELBO (one yardstick)
     ft = ['--init_from', pre, '--warmup_iters', str(P['warmup_iters']), '--eval_bound', 'mdlm',
           '--eval_interval', str(P['ft_eval'])]
+    # the winners run until their own val bound stops improving: MDLM's NELBO, DSL's diffusion bound (its NELBO
+    # starts at its best, the pre-train's, while the intermediate SNRs it is fine-tuned for are what improve)
+    own = dict(mdlm=['--eval_bound', 'mdlm', '--patience', str(P['patience'])],
+               dsl=['--eval_bound', '', '--patience', str(P['patience'])])
     judge = ck['ar'] if P['judge'] == 'ar' else P['judge']
     chosen = read_json(os.path.join(res, 'tuning.json'), {})
     grids = dict(mdlm=[variant('mdlm', k, P) for k in P['mdlm_grid']], dsl=[variant('dsl', k, P) for k in P['dsl_grid']])
@@ -191,13 +195,14 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
         if P['tune_iters'] and not os.path.isfile(ck[k]):  # the winner's run goes on: the same run, continued
             os.makedirs(d[k], exist_ok=True)
             shutil.copyfile(src, ck[k])
-        stage(res, f'train_{k}', lambda: train(d[k], common + ft + chosen[kind]['args'] + [
-            '--max_iters', str(P['ft_iters']), '--patience', str(P['patience']), '--out_dir', d[k]], P['ft_iters'],
-            launcher, os.path.join(res, f'train_{k}.log'), ['--patience', str(P['patience'])]))
+        stage(res, f'train_{k}', lambda: train(d[k], common + ft + chosen[kind]['args'] + own[kind] + [
+            '--max_iters', str(P['ft_iters']), '--out_dir', d[k]], P['ft_iters'], launcher,
+            os.path.join(res, f'train_{k}.log'), own[kind]))
     # atomic endpoints (paper Fig. 4/5): the chosen DSL recipe, as many steps as dsl_ft took
     steps_dsl = torch.load(ck['dsl_ft'], map_location='cpu', weights_only=False, mmap=True)['step']
     stage(res, 'train_dsl_atomic', lambda: train(d['dsl_atomic'], common + ft + chosen['dsl']['args'] + [
-        '--smooth_endpoints', 'False', '--max_iters', str(steps_dsl), '--out_dir', d['dsl_atomic']], steps_dsl, launcher,
+        '--eval_bound', '', '--smooth_endpoints', 'False', '--max_iters', str(steps_dsl), '--out_dir', d['dsl_atomic']],
+        steps_dsl, launcher,
         os.path.join(res, 'train_dsl_atomic.log')))
     models = [k for k in ('mdlm_pre', 'mdlm_ft', 'dsl_ft', 'dsl_atomic', 'ar') if os.path.isfile(ck[k])]
 
@@ -226,10 +231,11 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
     stage(res, 'sweep', lambda: sweep.sweep(list(samplers), samplers, {ck['mdlm_ft']: steps, ck['dsl_ft']: dsl_steps,
                                             ck['dsl_atomic']: dsl_steps}, P['num_samples'], judge, dd, out_dir=res,
                                             L=P['block_size'], top_p=0.9))
-    figures.curves({k: torch.load(ck[k], map_location='cpu', weights_only=False, mmap=True).get('evals', [])
-                    for k in ('mdlm_ft', 'dsl_ft', 'dsl_atomic')}, os.path.join(res, 'curves.png'),
-                   'validation MDLM NELBO during the continuations (64 fixed windows), from the pre-train at step 0',
-                   'val MDLM NELBO (nats/token)')
+    ev = {k: torch.load(ck[k], map_location='cpu', weights_only=False, mmap=True).get('evals', []) for k in ck}
+    figures.curves({'MDLM continuation: val MDLM NELBO': {'mdlm_ft': ev['mdlm_ft']},
+                    'DSL continuations: val diffusion bound': {k: ev[k] for k in ('dsl_ft', 'dsl_atomic')}},
+                   os.path.join(res, 'curves.png'), f"the continuations' own validation bounds (64 fixed windows, "
+                   f"every {P['ft_eval']} steps; --patience {P['patience']}); the tuning runs: tuning/*.log")
     trajectories(res, ck, min(dsl_steps, key=lambda T: abs(T - 32)), dd)
     report(corpus, P, res, runs, steps, dsl_steps, chosen)
 
@@ -274,8 +280,9 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen):
     md = [f"# Results at small scale: {corpus}", '',
           f"Preset `{P['name']}`: {P['preset']} models, L = {P['block_size']}, batch {P['batch_size']}; MDLM "
           f"pre-training {P['pre_iters'] or P['init_from']} steps; each continuation from it at most "
-          f"{P['ft_iters']} steps, stopped when its validation MDLM NELBO had not improved for {P['patience']} evals "
-          f"({P['patience'] * P['ft_eval']} steps): MDLM {ft_steps['mdlm_ft']}, DSL {ft_steps['dsl_ft']} steps. "
+          f"{P['ft_iters']} steps, stopped once its own validation bound (MDLM: NELBO, DSL: diffusion bound) had "
+          f"not improved for {P['patience']} evals ({P['patience'] * P['ft_eval']} steps): MDLM {ft_steps['mdlm_ft']},"
+          f" DSL {ft_steps['dsl_ft']} steps. "
           f"N = {P['num_samples']} samples per cell, top-p {P['top_ps']}, judge: an AR model of the same size "
           f"({P['ar_iters']} steps). Hardware: {hw}.", '', '| stage | wall time |', '|---|---|']
     md += [f"| {k} | {v['seconds'] / 60:.1f} min |" for k, v in st.items()]

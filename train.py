@@ -365,6 +365,8 @@ def main(argv):
     ema = copy.deepcopy(raw).requires_grad_(False).eval() if master and cfg['ema_decay'] > 0 else None
     params, opt = build_optimizer(raw, cfg, device_type)
     step, best_val, evals = restore(ckpt, opt, ema, device_type) if ckpt is not None else (0, float('inf'), [])
+    if ckpt is not None and ckpt['config'].get('eval_bound', '') != cfg['eval_bound']:  # another val number:
+        best_val, evals = float('inf'), []  # its own history (what --patience counts)
     del ckpt  # the CPU copy of the weights and moments, no longer needed
     model = torch.compile(raw) if cfg['compile'] else raw  # what the loop calls; checkpoints keep raw's weights
     if ddp:

@@ -192,10 +192,11 @@ def test_detect_auroc_oracle_and_blind():
 def test_detect_calibration_bounds_on_checkpoints(world, tmp_path):
     for obj in ('dsl', 'mdlm'):
         rows = probe.detect(world['ckpt'][obj], world['data'], n=8)
-        states = ['endpoint', 'commit@10', 'commit@10+noise', 'commit@3', 'commit@3+noise'] if obj == 'dsl' else ['tokens']
-        assert [r['state'] for r in rows] == states * 2  # gamma_max 30: commit states at 30/3 and 30/10
+        states = ['endpoint'] + [f'commit@{g:g}{noisy}' for g in (100 / 3, 10) for noisy in ('', '+noise')] \
+            if obj == 'dsl' else ['tokens']
+        assert [r['state'] for r in rows] == states * 2  # gamma_max 100: commit states at 100/3 and 100/10
         if obj == 'dsl':  # the commit state at gamma_max is the endpoint state itself
-            rows = probe.detect(world['ckpt'][obj], world['data'], n=8, gamma_commit=[30.0])
+            rows = probe.detect(world['ckpt'][obj], world['data'], n=8, gamma_commit=[100.0])
             assert rows[0]['auroc'] == rows[1]['auroc'] and rows[0]['u_wrong'] == rows[1]['u_wrong']
         assert all(0 <= r['auroc'] <= 1 for r in rows)
         png = tmp_path / f'{obj}.png'

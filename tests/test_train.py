@@ -252,6 +252,11 @@ def test_patience_stops_a_run_whose_val_bound_stops_improving(data_dir, tmp_path
     assert 'early stop' in log and 'val MDLM bound' in log
     c = ckpt(out)
     assert c['step'] == 4 and c['config']['max_iters'] == 4 and [s for s, _ in c['evals']] == [0, 2, 4]
+    # resumed on another val number (DSL's own diffusion bound): a fresh history, so patience counts afresh
+    train.main(['--init_from', 'resume', '--out_dir', out, '--max_iters', 6, '--eval_bound', ''])
+    assert 'val diffusion bound' in capsys.readouterr().out
+    c = ckpt(out)
+    assert c['step'] == 6 and [s for s, _ in c['evals']] == [4, 6]
     calls = []
     repro.subprocess.Popen, popen = (lambda *a, **k: calls.append(a)), repro.subprocess.Popen
     try:
