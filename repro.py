@@ -318,6 +318,8 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen):
     md += ['', say, '', '![frontier](frontier.png)', '',
            "## ReMDM's rules on both models (same rule, same T, matched entropy)", '']
     md += compare.same_rule(rows, per, dsl_steps, H_data, P['bootstrap'])
+    md += ['', "## DSL's own rules, each alone, against MDLM + ReMDM (at the entropy nearest the data's both reach)", '']
+    md += compare.own_rules(rows, per, steps, dsl_steps, H_data, P['bootstrap'])
     frontier_figure(rows, res, steps, H_data, [(v['T'], v['H'], v['a'][0], 'dsl') for v in out] +
                     [(v['vs'], v['H'], v['b'][0], 'mdlm') for v in out])
     md += ['', '## MAUVE at top-p 0.9', '', '| model | rule | T | NFE | MAUVE | gen NLL | entropy |',
