@@ -86,6 +86,9 @@ def test_verdict_compares_at_the_datas_entropy_with_each_arms_best_rule():
     rule = C.same_rule(rows, per, [8], 3.0, B=100)
     # the DSL model's mdlm curve shares no entropy with the MDLM model's; it has no remdm-loop cells at all
     assert len(rule) == 2
+    own = C.own_rules(rows, per, [8, 32], [8], 3.0, B=100)  # each DSL-only rule alone, at T and 4T
+    assert [l.split(' | ')[:3] for l in own[2:]] == [['| uncertainty', '8', '8'], ['| uncertainty', '8', '32'],
+                                                    ['| hybrid', '8', '8'], ['| hybrid', '8', '32']]
 
 
 def test_tuning_choice_is_made_at_matched_entropy_not_by_raw_nll():
