@@ -302,7 +302,8 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen):
                                 weights_only=False, mmap=True).get('evals', [])
                 H = f"{c['H']:.3f}" if c['H'] is not None else 'nearest'
                 md.append(f"| {n} | {ev[-1][1]:.4f} | {g:.3f} | {H} | {'**yes**' if n == c['winner'] else ''} |")
-        md += ['', '[tuning/results.md](tuning/results.md) has every tuning cell.']
+        md += ['', "H 'nearest': the variants' curves share no entropy, so each is read at its point nearest the data's "
+               "entropy. [tuning/results.md](tuning/results.md) has every tuning cell."]
     md += ['', '## Convergence', '', '![validation curves](curves.png)', '',
            '## NLL bounds (nats/token, held-out windows)', '', '| model | bound | nats | ppl |', '|---|---|---|---|']
     md += [f"| {k} | {b} | {r['nats']:.4f} | {r['ppl']:.2f} |" for k, v in bd.items() for b, r in v.items()]
