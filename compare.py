@@ -32,6 +32,8 @@ def per_sample_of(folder):
     with open(os.path.join(folder, 'per_sample.jsonl')) as f:
         for line in f:
             r = json.loads(line)
+            if not isinstance(r['cnt'], list):  # one count for every sample
+                r['cnt'] = [r['cnt']] * len(r['nll'])
             out[(r['ckpt'], r['sampler'], r['steps'], r['top_p'])] = r
     return out
 

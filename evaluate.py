@@ -324,8 +324,9 @@ def score(x, texts, judge, featurizer, q_feats, where='samples', per_sample=Fals
                gen_ppl=math.exp(min(nats, 700)), entropy=float(H.mean()))
     row.update({f'distinct_{k}': distinct(x, k) for k in (1, 2, 3, 4)})
     if per_sample:
-        row['per_sample'] = dict(nll=[round(v, 4) for v in nll.tolist()], cnt=cnt.tolist(),
-                                 H=[round(v, 5) for v in H.tolist()])
+        c = cnt.tolist()  # one number when every sample scores the same count (an AR judge: L); results stay small
+        row['per_sample'] = dict(nll=[round(v, 2) for v in nll.tolist()], cnt=int(c[0]) if len(set(c)) == 1 else c,
+                                 H=[round(v, 3) for v in H.tolist()])
     return row
 
 
