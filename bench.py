@@ -46,25 +46,32 @@ def timed(fns, iters, warmup, reps, device):
     return best
 
 
-def train_step(args, mode, amp):
-    """A closure running one forward+backward of `mode` (mdlm, dsl, dsl-dense or ar) on a fixed random batch.
+def train_step(args, mode, amp, compiled=False):
+    """A closure running one forward+backward of `mode` (mdlm, dsl, dsl-dense or ar) on a fixed random batch, the
+    model, and the loss at a fixed noise seed (the same weights for every `compiled`: a comparison of losses).
     dsl uses the model's default soft lookup (top-k above 1000 tokens), dsl-dense the exact dense one."""
     objective = mode.split('-')[0]
     extra = dict(lookup_topk=0) if mode == 'dsl-dense' else {}
     cfg = modellib.model_config(args.preset, args.vocab, dsl=objective == 'dsl', causal=objective == 'ar', **extra)
+    torch.manual_seed(0)
     m = modellib.DiT(cfg).to(args.device).train()
-    fwd = torch.compile(m) if args.compile else m
-    snr = noise.snr_config(args.vocab)
+    snr = noise.snr_config(args.vocab, roar_weight=args.roar_weight)
     g = torch.Generator(args.device).manual_seed(0)
     x = torch.randint(0, args.vocab, (args.batch, args.block_size), device=args.device,
                       generator=g)
 
-    def step():
+    def step(m=m):
         with amp:
-            loss = noise.loss_fn(objective, fwd, x, snr, generator=g)
+            loss = noise.loss_fn(objective, m, x, snr, generator=g)
         loss.backward()
         m.zero_grad(set_to_none=True)
-    return step, m
+
+    def loss_at_seed():
+        with amp:
+            return noise.loss_fn(objective, m, x, snr, generator=torch.Generator(args.device).manual_seed(1)).item()
+    if compiled:  # the first step compiles (in the warm-up, not timed)
+        modellib.compile_forward(m, step)
+    return step, m, loss_at_seed
 
 
 def saved_bytes(step, m):
@@ -84,10 +91,12 @@ def saved_bytes(step, m):
 
 
 def bench_train(args, amp):
-    modes = [mode for mode in args.modes.split(',') if mode]
-    steps, models = zip(*[train_step(args, mode, amp) for mode in modes])
+    """One row per mode (and per mode compiled, with --compile: the two timed interleaved in one run)."""
+    runs = [(mode, c) for mode in args.modes.split(',') if mode for c in ([False, True] if args.compile else [False])]
+    steps, models, losses = zip(*[train_step(args, mode, amp, c) for mode, c in runs])
     rows, cuda, tokens = [], args.device.startswith('cuda'), args.batch * args.block_size
-    for mode, step, m, dt in zip(modes, steps, models, timed(steps, args.iters, args.warmup, args.reps, args.device)):
+    for (mode, c), step, m, loss, dt in zip(runs, steps, models, losses,
+                                            timed(steps, args.iters, args.warmup, args.reps, args.device)):
         n = m.num_params() - m.vocab_embed.embedding.numel()
         mfu = 6 * n * tokens / dt / args.peak_flops if cuda else None
         if cuda:  # the real peak of one step, everything included (weights, grads, activations, workspace)
@@ -96,25 +105,33 @@ def bench_train(args, amp):
             torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() if cuda else None
         act = saved_bytes(step, m) if args.memory else None
-        rows.append(dict(mode=mode, ms=1e3 * dt, tok_s=tokens / dt, mfu=mfu, params=m.num_params(),
-                         peak_gb=peak / 2**30 if peak else None, act_kb_per_token=act / tokens / 2**10 if act else None))
+        rows.append(dict(mode=mode, compiled=c, ms=1e3 * dt, tok_s=tokens / dt, mfu=mfu, params=m.num_params(),
+                         peak_gb=peak / 2**30 if peak else None, act_kb_per_token=act / tokens / 2**10 if act else None,
+                         loss=loss()))
     return rows
 
 
-def bench_sample(args, sampler, batch, amp):
+def bench_sample(args, sampler, batch, amp, compiled=False):
+    """Samples/s of one (sampler, batch), and the samples of the first timed round (the same weights and seed for
+    every `compiled`: a comparison of samples)."""
     ar = sample.sampler_name(sampler) == 'ar'  # needs a causal model; the others a diffusion one
     dsl = not ar and (sample.sampler_name(sampler) in sample.DSL_ONLY or args.sample_mode == 'dsl')
+    torch.manual_seed(0)
     m = modellib.DiT(modellib.model_config(args.preset, args.vocab, dsl=dsl, causal=ar)).to(args.device)
-    m = torch.compile(m, dynamic=True) if args.compile else m  # the head's row count changes every step
-    g = torch.Generator(args.device).manual_seed(0)
+    with torch.no_grad():  # an untrained head predicts uniform: perturbed so that the samples depend on the weights
+        m.output_layer.linear.weight.normal_(0, 0.1)
+    warm = lambda m: sample.generate(m, batch, args.block_size, 2, sampler)
     with amp:
-        sample.generate(m, batch, args.block_size, 2, sampler, generator=g)  # warm-up
-        best = None
+        modellib.compile_forward(m, warm, dynamic=True) if compiled else warm(m)  # the head's rows change every step
+        best, first = None, None
         for _ in range(args.reps):  # best of reps: the least disturbed by other processes
-            _, info = sample.generate(m, batch, args.block_size, args.steps, sampler, generator=g)
+            x, info = sample.generate(m, batch, args.block_size, args.steps, sampler,
+                                      generator=torch.Generator(args.device).manual_seed(0))
+            first = x if first is None else first
             best = info if best is None or info['total_s'] < best['total_s'] else best
-    return dict(sampler=sampler, batch=batch, samples_s=batch / best['total_s'], nfe_s=best['calls'] / best['total_s'],
-                ms_step=1e3 * best['total_s'] / best['calls'], outside=1 - best['model_s'] / best['total_s'])
+    return dict(sampler=sampler, batch=batch, compiled=compiled, samples_s=batch / best['total_s'],
+                nfe_s=best['calls'] / best['total_s'], ms_step=1e3 * best['total_s'] / best['calls'],
+                outside=1 - best['model_s'] / best['total_s']), first
 
 
 @torch.no_grad()
@@ -197,7 +214,9 @@ def main(argv=None):
     ap.add_argument('--warmup', type=int, default=2)
     ap.add_argument('--reps', type=int, default=3, help='timed rounds; the best is reported')
     ap.add_argument('--peak_flops', type=float, default=989e12, help='peak bf16 flop/s (H100 SXM dense: 989e12)')
-    ap.add_argument('--compile', action='store_true', help='torch.compile the training forward and the sampler\'s model')
+    ap.add_argument('--compile', action='store_true',
+                    help='also time every row with the forward torch.compiled (inductor), and print the speed-up')
+    ap.add_argument('--roar_weight', type=float, default=0.0, help="dsl modes: the ROAR term's weight (an extra forward)")
     ap.add_argument('--memory', action='store_true', help='also measure the activations kept for the backward')
     ap.add_argument('--json', default='', help='also write the results to this JSON file')
     ap.add_argument('--lookup_error', default='', metavar='CKPT',
@@ -222,28 +241,42 @@ def main(argv=None):
     amp = torch.autocast('cuda', dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     name = torch.cuda.get_device_name() if cuda else f'cpu, {torch.get_num_threads()} threads'
     print(f"bench: preset {args.preset}, V={args.vocab}, L={args.block_size}, device {args.device} ({name}), "
-          f"torch {torch.__version__}{', bf16 autocast' if cuda else ', fp32'}{', compiled' if args.compile else ''}")
+          f"torch {torch.__version__}{', bf16 autocast' if cuda else ', fp32'}"
+          f"{', eager and compiled (inductor)' if args.compile else ''}")
     rows = bench_train(args, amp) if args.modes else []
     if rows:
-        print(f"\ntraining fwd+bwd, batch {args.batch} x {args.block_size}, {rows[0]['params'] / 1e6:.2f}M params")
-        print(f"{'mode':<9} {'ms/iter':>9} {'tokens/s':>11} {'vs first':>9} {'MFU':>7} {'peak GB':>8} {'act KB/tok':>10}")
+        roar = f", roar_weight {args.roar_weight}" if args.roar_weight else ''
+        print(f"\ntraining fwd+bwd, batch {args.batch} x {args.block_size}, {rows[0]['params'] / 1e6:.2f}M params{roar}")
+        print(f"{'mode':<9} {'compiled':>8} {'ms/iter':>9} {'tokens/s':>11} {'vs first':>9} {'vs eager':>9} {'MFU':>7} "
+              f"{'peak GB':>8} {'act KB/tok':>10} {'loss':>9}")
+        eager = {r['mode']: r for r in rows if not r['compiled']}
         for r in rows:
             mfu = f"{100 * r['mfu']:.1f}%" if r['mfu'] is not None else '-'
             peak = f"{r['peak_gb']:.1f}" if r['peak_gb'] is not None else '-'
             act = f"{r['act_kb_per_token']:.1f}" if r['act_kb_per_token'] is not None else '-'
-            print(f"{r['mode']:<9} {r['ms']:>9.1f} {r['tok_s']:>11,.0f} {r['tok_s'] / rows[0]['tok_s']:>9.2f} {mfu:>7}"
-                  f" {peak:>8} {act:>10}")
+            r['speedup'] = eager[r['mode']]['ms'] / r['ms']  # eager time / this row's time
+            print(f"{r['mode']:<9} {'yes' if r['compiled'] else 'no':>8} {r['ms']:>9.1f} {r['tok_s']:>11,.0f} "
+                  f"{r['tok_s'] / rows[0]['tok_s']:>9.2f} {r['speedup']:>9.2f} {mfu:>7} {peak:>8} {act:>10} "
+                  f"{r['loss']:>9.5f}")
+        if args.compile:  # the same weights, batch and noise seed: the losses must agree to float rounding
+            diff = max(abs(r['loss'] - eager[r['mode']]['loss']) for r in rows)
+            print(f"largest |compiled - eager| loss at the same weights, batch and noise: {diff:.2e}")
     samplers, srows = [s for s in args.samplers.split(',') if s], []
     if samplers:
         print(f"\nsampling, L={args.block_size}, T={args.steps} steps, top_p 0.9 ({args.sample_mode} model "
               f"for token-mode samplers; outside = step time not in the model forward)")
-        print(f"{'sampler':<12} {'batch':>5} {'samples/s':>10} {'NFE/s':>8} {'ms/step':>9} {'outside':>8}")
+        print(f"{'sampler':<12} {'batch':>5} {'compiled':>8} {'samples/s':>10} {'NFE/s':>8} {'ms/step':>9} "
+              f"{'vs eager':>9} {'outside':>8} {'same samples':>12}")
         for s in samplers:
             for b in [int(b) for b in args.sample_batches.split(',')]:
-                r = bench_sample(args, s, b, amp)
-                srows.append(r)
-                print(f"{s:<12} {b:>5} {r['samples_s']:>10.2f} {r['nfe_s']:>8.1f} {r['ms_step']:>9.1f} "
-                      f"{100 * r['outside']:>7.1f}%")
+                for c in [False, True] if args.compile else [False]:
+                    r, x = bench_sample(args, s, b, amp, c)
+                    x0, ms0 = (x, r['ms_step']) if not c else (x0, ms0)  # the eager row comes first
+                    r.update(speedup=ms0 / r['ms_step'], same_samples=bool((x == x0).all()))
+                    srows.append(r)
+                    print(f"{s:<12} {b:>5} {'yes' if c else 'no':>8} {r['samples_s']:>10.2f} {r['nfe_s']:>8.1f} "
+                          f"{r['ms_step']:>9.1f} {r['speedup']:>9.2f} {100 * r['outside']:>7.1f}% "
+                          f"{'yes' if r['same_samples'] else 'NO':>12}")
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(device=name, torch=torch.__version__, args=vars(args), train=rows, sample=srows), f, indent=1)

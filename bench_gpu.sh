@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU measurement in one go (under 8 minutes on one H100), written as JSON to bench_gpu.json
 # (or $BENCH_JSON): training tokens/s, MFU and peak memory of the MDLM and DSL objectives on `small`,
-# GPT-2 vocabulary, L = 1024, bf16, eager and torch.compile'd; sampling samples/s and NFE/s at batch 1 and 64
+# GPT-2 vocabulary, L = 1024, bf16, eager and torch.compile'd (timed side by side in one bench.py run); sampling samples/s and NFE/s at batch 1 and 64
 # for `mdlm` and `uncertainty`, with the share of the step time spent outside the model forward.
 #   bash bench_gpu.sh               # on a CUDA machine
 #   bash bench_gpu.sh --cpu-smoke   # the same script end to end on the CPU: tiny model, V = 2000 (still the
@@ -20,7 +20,7 @@ else
     python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {
         echo "bench_gpu.sh: no CUDA device here; run it on a GPU machine, or pass --cpu-smoke" >&2; exit 2; }
     size="--device cuda --preset small --vocab 50257 --block_size 1024 --batch 16 --iters 10 --warmup 3 --reps 3 --steps 32 --sample_batches 1,64"
-    runs=("eager" "compiled")
+    runs=("compiled")  # bench.py --compile times every row eager and compiled
 fi
 for run in "${runs[@]}"; do
     flag=""; [ "$run" = "compiled" ] && flag="--compile"

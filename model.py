@@ -49,6 +49,19 @@ def device_error(device):
     return None
 
 
+def compile_forward(m, trial, log=print, **kw):
+    """torch.compile m's forward in place (attributes, state_dict, callers unchanged); trial(m) compiles it. If that
+    fails (no C++ compiler for inductor, an op a backend lacks), m runs eager and one line says why."""
+    m.forward = torch.compile(m.forward, **kw)
+    try:
+        trial(m)
+    except Exception as e:
+        del m.forward  # the class's eager forward again
+        e = getattr(e, 'inner_exception', None) or e  # dynamo's BackendCompilerFailed wraps the compiler's error
+        log(f"torch.compile failed, running eager ({type(e).__name__}: {(str(e).strip() or '?').splitlines()[0][:160]})")
+    return m
+
+
 def model_config(preset='tiny', vocab_size=65, **overrides):
     """The model's config dict: everything needed to rebuild it (stored in checkpoints)."""
     if preset not in PRESETS:
@@ -105,10 +118,11 @@ class Rotary(nn.Module):
         self._cache = (None, None, None)
 
     def forward(self, L, device):
-        if self._cache[0] != (L, device):
-            t = torch.arange(L, device=device, dtype=torch.float32)
-            freqs = torch.outer(t, self.inv_freq.to(device))
+        if torch.compiler.is_compiling() or self._cache[0] != (L, device):  # compiled: no guard on the cache
+            freqs = torch.outer(torch.arange(L, device=device, dtype=torch.float32), self.inv_freq.to(device))
             emb = torch.cat((freqs, freqs), dim=-1)[None, None]  # (1, 1, L, hd)
+            if torch.compiler.is_compiling():
+                return emb.cos(), emb.sin()
             self._cache = ((L, device), emb.cos(), emb.sin())
         return self._cache[1], self._cache[2]
 
@@ -139,8 +153,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(approximate='tanh'),
                                  nn.Linear(4 * n_embd, n_embd))
         self.adaLN_modulation = nn.Linear(cond_dim, 6 * n_embd)
-        nn.init.zeros_(self.adaLN_modulation.weight)  # adaLN-zero (DiT, Peebles & Xie 2023)
-        nn.init.zeros_(self.adaLN_modulation.bias)
+        for p in self.adaLN_modulation.parameters():  # adaLN-zero (DiT, Peebles & Xie 2023)
+            nn.init.zeros_(p)
 
     def forward(self, h, cos, sin, c):
         B, L, D = h.shape
@@ -164,9 +178,8 @@ class FinalLayer(nn.Module):
         self.norm_final = LayerNorm(n_embd)
         self.linear = nn.Linear(n_embd, n_out)
         self.adaLN_modulation = nn.Linear(cond_dim, 2 * n_embd)
-        for lin in (self.linear, self.adaLN_modulation):  # zero init: the untrained model predicts uniform
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
+        for p in (*self.linear.parameters(), *self.adaLN_modulation.parameters()):
+            nn.init.zeros_(p)  # zero init: the untrained model predicts uniform
 
     def forward(self, h, c):
         shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
@@ -184,9 +197,7 @@ class Converter(nn.Module):
         super().__init__()
         self.noise_embed = nn.Parameter(torch.randn(V, d), requires_grad=not freeze)  # directions; normalised on use
         self.beta = nn.Parameter(torch.ones(()))
-        b = torch.zeros(V + 1)
-        b[V] = math.log(99 * V)
-        self.bias = nn.Parameter(b)
+        self.bias = nn.Parameter(torch.cat([torch.zeros(V), torch.full((1,), math.log(99 * V))]))
 
     def E(self):  # (V, d) unit-norm noise embeddings
         return F.normalize(self.noise_embed, dim=-1)
@@ -458,17 +469,15 @@ def infer_config(sd, **overrides):
     cond = sd['sigma_map.mlp.2.weight'].shape[0]
     head_dim = 2 * sd['rotary_emb.inv_freq'].numel() if 'rotary_emb.inv_freq' in sd else 64
     preset = next((n for n, p in PRESETS.items() if (p['n_layer'], p['n_embd'], p['cond_dim']) == (n_layer, D, cond)), 'small')
-    cfg = model_config(preset, V1 - 1, n_layer=n_layer, n_embd=D, n_head=D // head_dim, cond_dim=cond)
-    cfg.update(overrides)
-    return cfg
+    return dict(model_config(preset, V1 - 1, n_layer=n_layer, n_embd=D, n_head=D // head_dim, cond_dim=cond),
+                **overrides)
 
 
 def convert_to_dsl(model, **overrides):
     """An MDLM (token-mode) model turned into a DSL model: every backbone weight is kept, vocab_embed
     becomes the converter's value matrix unchanged, and E, beta, b are added at their init (DESIGN.md §3)."""
     cfg = dict(model.config, dsl=True, **overrides)
-    dsl = DiT(cfg).to(model.vocab_embed.embedding.device)
-    return load_backbone(dsl, model.state_dict())
+    return load_backbone(DiT(cfg).to(model.vocab_embed.embedding.device), model.state_dict())
 
 
 def load_mdlm(path, dsl=False, use_ema=True, **overrides):
@@ -487,9 +496,5 @@ def load_mdlm(path, dsl=False, use_ema=True, **overrides):
             raise SystemExit(f"could not download '{path}' from the hub ({type(e).__name__}); "
                              f"offline, pass a local model.safetensors or .ckpt file instead")
     sd, cfg = _read_mdlm_file(path, use_ema)
-    own_dsl = bool(cfg and cfg.get('dsl'))
-    cfg = dict(cfg) if cfg else infer_config(sd)
-    cfg.update(overrides)
-    cfg['dsl'] = dsl or own_dsl
-    model = DiT(cfg)
-    return load_backbone(model, sd)
+    dsl = dsl or bool(cfg and cfg.get('dsl'))  # a DSL checkpoint stays DSL
+    return load_backbone(DiT({**(cfg or infer_config(sd)), **overrides, 'dsl': dsl}), sd)

@@ -19,6 +19,7 @@ import torch
 
 import data
 import figures
+import model as M
 import rules
 import sample
 from evaluate import features, get_judge, judge_inputs, load, need, references, score, write_atomic
@@ -71,14 +72,16 @@ def split_top_p(spec, top_ps):
 
 
 def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, out_dir='sweep', L=None, seed=0,
-          top_p=0.9, batch_size=64, pool='mean', debug_kill_after=-1, keep_texts=4):
+          top_p=0.9, batch_size=64, pool='mean', debug_kill_after=-1, keep_texts=4, compile=False):
     """Sample and score every valid cell; results.csv is rewritten atomically after each cell, and cells already
     in it (same key) are read back instead of recomputed. samplers: one list for every checkpoint, or a dict
     {ckpt: list}; a sampler may carry knobs ('uncertainty:gamma_commit=10') and its own top-p values, last
     ('hybrid:top_p=0.8,0.9,1.0'; else top_p, a float or a list). steps: one list, or a dict {ckpt: list}. The
     first keep_texts decoded samples of each cell go to samples.jsonl; every cell's per-sample judge NLL, token
     count and entropy go to per_sample.jsonl (for a bootstrap). Adds a 'reference' row (held-out chunks vs other
-    held-out chunks) and, with an AR judge, the AR model's own samples. Writes results.csv, .md, .png."""
+    held-out chunks) and, with an AR judge, the AR model's own samples. Writes results.csv, .md, .png.
+    compile: torch.compile each diffusion model's forward (dynamic shapes: the batch of a chunk and the head's rows
+    change)."""
     from tqdm import tqdm
     need('mauve', 'mauve-text', 'MAUVE', check=True)
     figures.check()
@@ -92,6 +95,9 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
             for tp in tps:
                 rules.check_options(tp, kw)
     models = {p: load(p) for p in ckpts}
+    for p, (m, meta, cfg) in models.items() if compile else ():
+        if not m.config.get('causal'):  # the AR model's own samples are one cell: not worth a compile
+            M.compile_forward(m, lambda m: sample.generate(m, 2, L or cfg.get('block_size'), 2, 'mdlm'), dynamic=True)
     J = get_judge(judge, pool)
     F = J if featurizer in (None, judge) else get_judge(featurizer, pool)
     cfg0 = models[ckpts[0]][2]
@@ -194,6 +200,7 @@ def parse_args(argv):
     ap.add_argument('--batch_size', type=int, default=64)
     ap.add_argument('--out_dir', default='sweep')
     ap.add_argument('--seed', type=int, default=0, help='references and samples')
+    ap.add_argument('--compile', action='store_true', help="torch.compile the models' forward (sampling)")
     ap.add_argument('--debug_kill_after', type=int, default=-1, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -209,7 +216,7 @@ def main(argv=None):
         steps = [int(s) for s in a.steps.split(',') if s]
         sweep(a.ckpt, [s for s in a.samplers.split(',') if s], steps, a.num_samples, a.judge, a.refs, a.featurizer,
               a.out_dir, a.seq_len, a.seed, [float(v) for v in a.top_p.split(',') if v], a.batch_size, a.pool,
-              a.debug_kill_after)
+              a.debug_kill_after, compile=a.compile)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as e:  # user errors: one line; bugs keep tracebacks
         die(str(e.args[0]) if e.args else type(e).__name__)
     print(open(os.path.join(a.out_dir, 'results.md')).read())

@@ -87,7 +87,7 @@ config = dict(
     out_dir='out',               # checkpoint folder: out_dir/ckpt.pt
     seed=1337,                   # model init, batches, noise
     device='auto',               # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
-    compile=False,               # torch.compile the model (checkpoints keep the uncompiled weights)
+    compile=False,               # torch.compile the forward (inductor); a compile failure runs eager, with one line
     # test hooks, off by default
     debug_nan_step=-1,           # >= 0: make the loss NaN at this step (tests the non-finite stop)
     debug_kill_step=-1,          # >= 0: SIGKILL this process at this step (tests exact resume)
@@ -368,7 +368,11 @@ def main(argv):
     if ckpt is not None and ckpt['config'].get('eval_bound', '') != cfg['eval_bound']:  # another val number:
         best_val, evals = float('inf'), []  # its own history (what --patience counts)
     del ckpt  # the CPU copy of the weights and moments, no longer needed
-    model = torch.compile(raw) if cfg['compile'] else raw  # what the loop calls; checkpoints keep raw's weights
+    if cfg['compile']:  # in place (checkpoints and the EMA copy above unchanged); the trial step compiles it
+        trial_x = torch.randint(0, V, (cfg['batch_size'], L), device=device)
+        M.compile_forward(raw, lambda m: (noise.loss_fn(cfg['objective'], m, trial_x, snr, generator=torch.Generator(
+            device).manual_seed(0)).backward(), opt.zero_grad(set_to_none=True)), log)
+    model = raw
     if ddp:
         # broadcast_buffers off: the only buffer (rotary inv_freq) is constant
         model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if device_type == 'cuda' else None,
