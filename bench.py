@@ -46,6 +46,17 @@ def timed(fns, iters, warmup, reps, device):
     return best
 
 
+@torch.no_grad()
+def weights(DiT, cfg):
+    """The same weights on every call: the seeded init, perturbed (the zero-initialised adaLN gates and head make an
+    untrained model's output constant, so a loss or sample comparison would prove nothing)."""
+    torch.manual_seed(0)
+    m = DiT(cfg)
+    for p in m.parameters():
+        p.add_(0.02 * torch.randn_like(p))
+    return m
+
+
 def train_step(args, mode, amp, compiled=False):
     """A closure running one forward+backward of `mode` (mdlm, dsl, dsl-dense or ar) on a fixed random batch, the
     model, and the loss at a fixed noise seed (the same weights for every `compiled`: a comparison of losses).
@@ -53,8 +64,7 @@ def train_step(args, mode, amp, compiled=False):
     objective = mode.split('-')[0]
     extra = dict(lookup_topk=0) if mode == 'dsl-dense' else {}
     cfg = modellib.model_config(args.preset, args.vocab, dsl=objective == 'dsl', causal=objective == 'ar', **extra)
-    torch.manual_seed(0)
-    m = modellib.DiT(cfg).to(args.device).train()
+    m = weights(modellib.DiT, cfg).to(args.device).train()
     snr = noise.snr_config(args.vocab, roar_weight=args.roar_weight)
     g = torch.Generator(args.device).manual_seed(0)
     x = torch.randint(0, args.vocab, (args.batch, args.block_size), device=args.device,
@@ -116,10 +126,7 @@ def bench_sample(args, sampler, batch, amp, compiled=False):
     every `compiled`: a comparison of samples)."""
     ar = sample.sampler_name(sampler) == 'ar'  # needs a causal model; the others a diffusion one
     dsl = not ar and (sample.sampler_name(sampler) in sample.DSL_ONLY or args.sample_mode == 'dsl')
-    torch.manual_seed(0)
-    m = modellib.DiT(modellib.model_config(args.preset, args.vocab, dsl=dsl, causal=ar)).to(args.device)
-    with torch.no_grad():  # an untrained head predicts uniform: perturbed so that the samples depend on the weights
-        m.output_layer.linear.weight.normal_(0, 0.1)
+    m = weights(modellib.DiT, modellib.model_config(args.preset, args.vocab, dsl=dsl, causal=ar)).to(args.device)
     warm = lambda m: sample.generate(m, batch, args.block_size, 2, sampler)
     with amp:
         modellib.compile_forward(m, warm, dynamic=True) if compiled else warm(m)  # the head's rows change every step

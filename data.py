@@ -5,10 +5,13 @@ Datasets -> token files, and random-window batches (DESIGN.md §7).
     python data.py text8                            # 27 characters, 90M / 5M / 5M split
     python data.py openwebtext                      # GPT-2 BPE, last 100k documents held out
     python data.py --data a.txt,b.txt --tokenizer gpt2 [--out_dir data/mine]
+    python data.py --data a.txt,b.txt --tokenizer bpe:2048   # a byte-level BPE trained on the training split
 
 A prepared folder holds train.bin / val.bin (uint16 when V < 65536, else uint32) and meta.json
-(tokenizer, vocab_size, mask_id = V, eos/bos, chars for char vocabularies, source, sha256 of the raw
-text, token counts). meta.json is written last, so its presence means the folder is complete.
+(tokenizer, vocab_size, mask_id = V, eos/bos, chars for char vocabularies, the trained BPE for bpe:N, source,
+sha256 of the raw text, token counts). meta.json is written last, so its presence means the folder is complete.
+bpe:N also writes tokenizer.json (Hugging Face `tokenizers` format); meta.json carries the same tokenizer, so a
+checkpoint (which stores meta) decodes without the folder.
 
 Token stream: documents (or files) are concatenated, with EOS after each one for gpt2 (char
 vocabularies have no EOS). Training windows are random length-L slices of that stream, so a window
@@ -46,11 +49,55 @@ def gpt2_encoding():
                          f"TIKTOKEN_CACHE_DIR to a writable folder holding tiktoken's cached GPT-2 BPE files")
 
 
+def tokenizer_error(spec):
+    """None if spec names a tokenizer ('', char, gpt2, bpe:N with N >= 256), else a one-line reason."""
+    if spec in ('', 'char', 'gpt2'):
+        return None
+    n = spec[4:] if spec.startswith('bpe:') else None
+    if n is None:
+        return f"unknown tokenizer '{spec}': choose char, gpt2 or bpe:N (a byte-level BPE of N tokens)"
+    if not (n.isdigit() and int(n) >= 256):
+        return f"tokenizer '{spec}': bpe:N needs a whole number N >= 256 (the 256 bytes come first), e.g. bpe:2048"
+    return None
+
+
+def train_bpe(texts, size):
+    """A byte-level BPE of at most `size` tokens trained on `texts` with Hugging Face tokenizers: GPT-2's
+    pre-tokenizer (its regex, bytes shown as unicode) and decoder, the 256 bytes first, no special tokens (texts
+    are joined without EOS, as char vocabularies), so decoding is exact for any text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=size, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
+def bpe_codec(meta):
+    """(encode, decode) of a bpe:N meta; [MASK] (id V) decodes as '_' between the decoded runs."""
+    from tokenizers import Tokenizer
+    tok, V = Tokenizer.from_str(json.dumps(meta['bpe'])), meta['vocab_size']
+
+    def decode(ids):
+        ids, out, run = [int(i) for i in ids], [], []
+        for i in ids + [V]:
+            if i < V:
+                run.append(i)
+                continue
+            out.append(tok.decode(run) if run else '')
+            run = []
+        return '_'.join(out)
+    return (lambda s: tok.encode(s).ids), decode
+
+
 def get_tokenizer(meta):
     """(encode, decode) for a prepared folder's meta dict."""
     if meta['tokenizer'] == 'gpt2':
         enc = gpt2_encoding()
         return enc.encode_ordinary, lambda ids: enc.decode([int(i) for i in ids])
+    if meta['tokenizer'].startswith('bpe:'):
+        return bpe_codec(meta)
     stoi = {ch: i for i, ch in enumerate(meta['chars'])}
     itos = meta['chars'] + ['_']  # the [MASK] id V decodes as '_'
 
@@ -160,9 +207,13 @@ def _write(out_dir, splits, meta):
     return meta
 
 
-def _encode_texts(texts, tokenizer, chars=None, desc='encode'):
-    """Concatenate and encode a list of texts. char: ids into `chars`; gpt2: EOS after each text."""
+def _encode_texts(texts, tokenizer, chars=None, desc='encode', bpe=None):
+    """Concatenate and encode a list of texts. char: ids into `chars`; gpt2: EOS after each text; bpe: the
+    trained tokenizer `bpe`, each text whole (so the ids are exactly those of encode(text))."""
     from tqdm import tqdm
+    if bpe is not None:
+        return np.array([i for t in tqdm(texts, desc=desc, disable=len(texts) < 100) for i in bpe.encode(t).ids],
+                        dtype=np.int64)
     if tokenizer == 'char':
         table = {ch: i for i, ch in enumerate(chars)}
         out = []
@@ -180,20 +231,30 @@ def _encode_texts(texts, tokenizer, chars=None, desc='encode'):
 
 def prepare_text(texts, out_dir, tokenizer='char', source='', val_frac=0.1, chars=None):
     """Local text(s) -> out_dir: the last val_frac of each text's characters is validation (nanoGPT's
-    90/10 split for shakespeare_char); char vocabulary = the sorted set of characters seen."""
-    if tokenizer not in ('char', 'gpt2'):
-        raise SystemExit(f"data: unknown tokenizer '{tokenizer}': choose char or gpt2")
+    90/10 split for shakespeare_char); char vocabulary = the sorted set of characters seen; bpe:N = a byte-level
+    BPE trained on the training split alone."""
+    if err := tokenizer_error(tokenizer or 'char'):
+        raise SystemExit(f"data: {err}")
     sha = hashlib.sha256(''.join(texts).encode()).hexdigest()
     cut = [int(len(t) * (1 - val_frac)) for t in texts]
     train, val = [t[:c] for t, c in zip(texts, cut)], [t[c:] for t, c in zip(texts, cut)]
-    if tokenizer == 'char':
+    bpe = None
+    if tokenizer.startswith('bpe:'):
+        bpe = train_bpe(train, int(tokenizer[4:]))
+        os.makedirs(out_dir, exist_ok=True)
+        bpe.save(os.path.join(out_dir, 'tokenizer.json'))
+        meta = dict(tokenizer=tokenizer, vocab_size=bpe.get_vocab_size(), eos=None, bos=None,
+                    tokenizer_file='tokenizer.json', bpe=json.loads(bpe.to_str()))
+        if meta['vocab_size'] < int(tokenizer[4:]):  # a small corpus runs out of pairs to merge
+            print(f"data: {tokenizer}: the training split allows only {meta['vocab_size']} tokens")
+    elif tokenizer == 'char':
         chars = chars or sorted(set(''.join(texts)))
         meta = dict(tokenizer='char', vocab_size=len(chars), chars=chars, eos=None, bos=None)
     else:
         meta = dict(tokenizer='gpt2', vocab_size=50257, eos=50256, bos=None)  # MDLM: V+1 = 50258 with [MASK]
     meta.update(source=source, sha256=sha)
-    splits = dict(train=_encode_texts(train, tokenizer, chars, 'encode train'),
-                  val=_encode_texts(val, tokenizer, chars, 'encode val'))
+    splits = dict(train=_encode_texts(train, tokenizer, chars, 'encode train', bpe),
+                  val=_encode_texts(val, tokenizer, chars, 'encode val', bpe))
     return _write(out_dir, splits, meta)
 
 
@@ -304,7 +365,7 @@ def resolve_dir(dataset='shakespeare_char', data='', tokenizer='', data_dir=''):
         return data_dir
     if data:
         stem = os.path.splitext(os.path.basename(data.split(',')[0]))[0]
-        return default_dir(f"{stem}_{tokenizer or 'char'}")
+        return default_dir(f"{stem}_{(tokenizer or 'char').replace(':', '')}")  # bpe:2048 -> <stem>_bpe2048
     return default_dir(dataset)
 
 
@@ -343,10 +404,11 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description='prepare a dataset into train.bin / val.bin / meta.json')
     ap.add_argument('dataset', nargs='?', default='shakespeare_char', help='shakespeare_char | text8 | openwebtext')
     ap.add_argument('--data', default='', help='comma-separated local text files (override the download)')
-    ap.add_argument('--tokenizer', default='', choices=['', 'char', 'gpt2'], help="'' = the dataset's default")
+    ap.add_argument('--tokenizer', default='', help="char | gpt2 | bpe:N (trained on the training split); '' = the "
+                                                     "dataset's default")
     ap.add_argument('--out_dir', default='', help="'' = data/<dataset>")
     ap.error = lambda msg: ap.exit(2, f"data.py: error: {msg}\n")  # one line, no usage dump
     a = ap.parse_args()
-    if a.out_dir and (err := folder_error(a.out_dir)):
+    if a.out_dir and (err := folder_error(a.out_dir)) or (err := tokenizer_error(a.tokenizer)):
         ap.error(err)
     prepare(a.dataset, a.data, a.tokenizer, resolve_dir(a.dataset, a.data, a.tokenizer, a.out_dir))

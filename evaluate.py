@@ -337,8 +337,8 @@ def references(refs, judge, L, n, seed=0, skip=0):
         raise ValueError(f"judge {judge['name']} has no tokenizer (no meta in the checkpoint)")
     toks, dec, meta = ref_tokens(refs, enc)
     if judge['kind'] == 'ar' and meta is not None and judge['meta'] is not None and \
-            (meta['tokenizer'], meta['vocab_size'], meta.get('chars')) != \
-            (judge['meta']['tokenizer'], judge['meta']['vocab_size'], judge['meta'].get('chars')):
+            [(mt['tokenizer'], mt['vocab_size'], mt.get('chars'), mt.get('bpe')) for mt in (meta, judge['meta'])] != \
+            [(meta['tokenizer'], meta['vocab_size'], meta.get('chars'), meta.get('bpe'))] * 2:
         raise ValueError(f"--refs {refs} uses a different tokenizer than judge {judge['name']}")
     x = chunks(toks, L, n, seed, skip)
     dec = dec or judge.get('decode') or (lambda ids: data.gpt2_encoding().decode(list(ids)))

@@ -5,6 +5,7 @@ calibration with atomic vs smoothed endpoints. One resumable protocol per corpus
 
     python repro.py --preset cpu                          # shakespeare_char, ~2 h on 2 CPU cores
     python repro.py --preset cpu --corpora speech --text a.txt,b.txt   # a GPT-2-tokenised corpus
+    python repro.py --preset cpu --corpora speech-bpe --text a.txt,b.txt   # word pieces: bpe:2048, L = 128
     python repro.py --preset gpu --launcher "torchrun --standalone --nproc_per_node=8"
 
 Stages (each skipped when finished; an interrupted training stage restarts from its checkpoint, a sweep from its
@@ -43,9 +44,12 @@ import sample
 import sweep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CORPORA = dict(char=dict(dataset='shakespeare_char', tokenizer='char'),
-               speech=dict(dataset='', tokenizer='gpt2'),       # local text files (--text), GPT-2 BPE
-               owt=dict(dataset='openwebtext', tokenizer='gpt2'))
+# a corpus may set preset keys of its own (what a command-line override still overrides)
+CORPORA = {'char': dict(dataset='shakespeare_char', tokenizer='char'),
+           'speech': dict(dataset='', tokenizer='gpt2'),       # local text files (--text), GPT-2 BPE
+           # word pieces at near-character cost: a byte-level BPE of 2048 tokens trained on the training split
+           'speech-bpe': dict(dataset='', tokenizer='bpe:2048', block_size=128, batch_size=16),
+           'owt': dict(dataset='openwebtext', tokenizer='gpt2')}
 # The recipe ablation (issue: DSL2's lever is the ROAR weight, its fine-tuning EMA starts at the loaded weights):
 # DSL around a base recipe, one knob changed at a time (lr 'alt' = the preset's alt_lr); MDLM over learning rate
 # and EMA mode. Every variant trains tune_iters steps from the same pre-train; the winner is continued.
@@ -59,7 +63,7 @@ PRESETS = dict(
              lr=1e-3, ft_lr=1e-3, alt_lr=3e-4, warmup_iters=100, tune_iters=500, ft_iters=3000, ft_eval=100,
              patience=5, dsl_grid=DSL_GRID, mdlm_grid=MDLM_GRID, tune_T=32, tune_n=128, tune_top_p='0.9,1.0',
              num_samples=256, steps='8,16,32,64,128', dsl_steps='8,16,32', top_ps='0.8,0.9,0.95,1.0',
-             judge='ar', init_from='', eval_windows=64, eval_grid=64, bootstrap=1000),
+             judge='ar', init_from='', eval_windows=64, eval_grid=64, bootstrap=1000, compile=True),
     # the paper's setting (DESIGN.md §1): the published MDLM OWT model as mdlm_pre, ~10k steps at lr 3e-4 and batch
     # ~40 per GPU (per process here), L = 1024, N = 5000, gpt2-large as judge and featurizer; no tuning runs
     gpu=dict(corpora='owt', preset='small', block_size=1024, batch_size=40, pre_iters=0, ar_iters=0,
@@ -67,13 +71,13 @@ PRESETS = dict(
              patience=0, dsl_grid=[{}], mdlm_grid=[{}], tune_T=0, tune_n=0, tune_top_p='',
              num_samples=5000, steps='16,32,64,128,256,512,1024', dsl_steps='16,32,64,128,256',
              top_ps='0.8,0.9,0.95,1.0', judge='gpt2-large', init_from='kuleshov-group/mdlm-owt', eval_windows=256,
-             eval_grid=64, bootstrap=1000),
+             eval_grid=64, bootstrap=1000, compile=True),
     # the end-to-end test: tiny models, a few steps, two DSL variants and one MDLM variant
     toy=dict(corpora='char', preset='tiny', block_size=32, batch_size=8, pre_iters=20, ar_iters=30,
              lr=1e-3, ft_lr=1e-3, alt_lr=3e-4, warmup_iters=5, tune_iters=4, ft_iters=10, ft_eval=2, patience=2,
              dsl_grid=[{}, dict(roar_weight=0.0)], mdlm_grid=[{}], tune_T=4, tune_n=8, tune_top_p='0.9,1.0',
              num_samples=8, steps='2,8', dsl_steps='2,8', top_ps='0.9,1.0', judge='ar', init_from='', eval_windows=8,
-             eval_grid=8, bootstrap=50),
+             eval_grid=8, bootstrap=50, compile=False),
 )
 
 
@@ -138,17 +142,18 @@ def variant(kind, knobs, P):
 def run_corpus(corpus, P, res, runs, text='', launcher=''):
     os.makedirs(res, exist_ok=True)
     c = CORPORA[corpus]
-    if corpus == 'speech' and not text:
-        raise ValueError("--corpora speech needs --text: comma-separated local .txt files (GPT-2-tokenised)")
+    if corpus.startswith('speech') and not text:
+        raise ValueError(f"--corpora {corpus} needs --text: comma-separated local .txt files")
     # --text: the speech corpus's files, or local files instead of a download (char, owt)
-    dd, meta = data.ensure(c['dataset'] or 'shakespeare_char', text, c['tokenizer'])
+    dd, meta = data.ensure(c['dataset'] or 'shakespeare_char', text, P.get('tokenizer') or c['tokenizer'])
     log(f"{corpus}: data {dd} ({meta['tokenizer']}, V = {meta['vocab_size']})")
     launcher = launcher or shlex.quote(sys.executable)
     d = {k: os.path.join(runs, k) for k in ('mdlm_pre', 'mdlm_ft', 'dsl_ft', 'dsl_atomic', 'ar')}
     ck = {k: os.path.join(v, 'ckpt.pt') for k, v in d.items()}
     common = ['--data_dir', dd, '--preset', P['preset'], '--block_size', str(P['block_size']),
               '--batch_size', str(P['batch_size']), '--eval_windows', str(P['eval_windows']),
-              '--eval_grid', str(P['eval_grid']), '--ckpt_interval', '250', '--log_interval', '100']
+              '--eval_grid', str(P['eval_grid']), '--ckpt_interval', '250', '--log_interval', '100',
+              '--compile', str(P['compile'])]
     scratch = lambda obj, iters: ['--objective', obj, '--lr', str(P['lr']), '--warmup_iters', str(P['warmup_iters']),
                                   '--max_iters', str(iters), '--eval_interval', '500']
     jobs = [] if P['init_from'] else [('mdlm_pre', scratch('mdlm', P['pre_iters']), P['pre_iters'])]
@@ -178,7 +183,8 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
         samplers = {os.path.join(tdir(n), 'ckpt.pt'): [f"{'hybrid' if kind == 'dsl' else 'remdm-loop'}:top_p="
                                                        f"{P['tune_top_p']}"] for kind, vs in grids.items() for n, _ in vs}
         stage(res, 'tune_sweep', lambda: sweep.sweep(list(samplers), samplers, [P['tune_T']], P['tune_n'], judge, dd,
-                                                     out_dir=os.path.join(res, 'tuning'), L=P['block_size'], seed=1))
+                                                     out_dir=os.path.join(res, 'tuning'), L=P['block_size'], seed=1,
+                                                     compile=P['compile']))
         if not chosen:
             rows = compare.rows_of(os.path.join(res, 'tuning'))
             ref = float(next(r for r in rows if r['model'] == 'reference')['entropy'])
@@ -231,7 +237,7 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
                 ck['dsl_atomic']: ['hybrid']}
     stage(res, 'sweep', lambda: sweep.sweep(list(samplers), samplers, {ck['mdlm_ft']: steps, ck['dsl_ft']: dsl_steps,
                                             ck['dsl_atomic']: dsl_steps}, P['num_samples'], judge, dd, out_dir=res,
-                                            L=P['block_size'], top_p=0.9))
+                                            L=P['block_size'], top_p=0.9, compile=P['compile']))
     ev = {k: torch.load(ck[k], map_location='cpu', weights_only=False, mmap=True).get('evals', []) for k in ck}
     figures.curves({'MDLM continuation: val MDLM NELBO': {'mdlm_ft': ev['mdlm_ft']},
                     'DSL continuations: val diffusion bound': {k: ev[k] for k in ('dsl_ft', 'dsl_atomic')}},
@@ -351,19 +357,24 @@ def repro(preset='cpu', corpora=None, text='', launcher='', results='results', r
     """The whole protocol for each corpus of the preset (overrides: any PRESETS key)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}': choose {', '.join(PRESETS)}")
-    P = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}, 'name': preset}
-    for corpus in (corpora or P['corpora']).split(','):
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for corpus in (corpora or PRESETS[preset]['corpora']).split(','):
         if corpus not in CORPORA:
             raise ValueError(f"unknown corpus '{corpus}': choose {', '.join(CORPORA)}")
-        run_corpus(corpus, P, os.path.join(results, corpus), os.path.join(runs, corpus), text, launcher)
+        own = {k: v for k, v in CORPORA[corpus].items() if k in PRESETS[preset]}  # the corpus's own L and batch
+        P = {**PRESETS[preset], **own, **given, 'name': preset}
+        name = corpus.replace('-', '_')  # results/speech_bpe
+        run_corpus(corpus, P, os.path.join(results, name), os.path.join(runs, name), text, launcher)
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description="the paper's protocol at small scale: train, bounds, sweep, verdict")
     ap.error = lambda msg: die(msg)  # one line, no usage dump
     ap.add_argument('--preset', default='cpu', help=f"{' | '.join(PRESETS)} (cpu: ~2 h on 2 cores)")
-    ap.add_argument('--corpora', default='', help="comma-separated: char, speech (needs --text), owt; '' = the preset's")
-    ap.add_argument('--text', default='', help='the speech corpus: comma-separated local .txt files, GPT-2 BPE')
+    ap.add_argument('--corpora', default='', help="comma-separated: char, speech or speech-bpe (need --text), owt; "
+                                                  "'' = the preset's")
+    ap.add_argument('--text', default='', help='the speech corpora: comma-separated local .txt files')
+    ap.add_argument('--tokenizer', default=None, help="instead of the corpus's tokenizer (char, gpt2, bpe:N)")
     ap.add_argument('--launcher', default='', help='how to start train.py, e.g. "torchrun --nproc_per_node=8"')
     ap.add_argument('--results', default='results', help='tables, figures, README per corpus')
     ap.add_argument('--runs', default='out/repro', help='checkpoints and sweep state')
@@ -384,7 +395,7 @@ def main(argv=None):
     try:
         repro(a.preset, a.corpora, a.text, a.launcher, a.results, a.runs, pre_iters=a.pre_iters, ft_iters=a.ft_iters,
               num_samples=a.num_samples, block_size=a.block_size, batch_size=a.batch_size, steps=a.steps,
-              ft_lr=a.ft_lr)
+              ft_lr=a.ft_lr, tokenizer=a.tokenizer)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as e:  # user errors: one line; bugs keep tracebacks
         die(str(e.args[0]) if e.args else type(e).__name__)
 

@@ -36,7 +36,8 @@ config = dict(
     # data
     dataset='shakespeare_char',  # shakespeare_char | text8 | openwebtext (prepared on first use)
     data='',                     # comma-separated local text files; override the dataset's download
-    tokenizer='',                # char | gpt2; '' = the dataset's own (gpt2 for openwebtext, else char)
+    tokenizer='',                # char | gpt2 | bpe:N (byte-level BPE trained on the training split); '' = the
+                                 # dataset's own (gpt2 for openwebtext, else char)
     data_dir='',                 # prepared folder; '' = data/<dataset> (data/<file stem>_<tokenizer> for --data)
     # objective and model
     objective='dsl',             # dsl | mdlm | ar
@@ -95,7 +96,7 @@ config = dict(
 AUTO_TYPES = dict(n_layer=int, n_embd=int, n_head=int, gamma_max=float, gamma_min=float, p_end=float, c=float,
                   mu=float, sigma=float, jitter=float, smooth_endpoints=bool, ema_warmup=bool)  # the None defaults
 CHOICES = dict(objective=('dsl', 'mdlm', 'ar'), lr_decay=('constant', 'cosine'), preset=tuple(M.PRESETS),
-               tokenizer=('', 'char', 'gpt2'), eval_bound=('', 'mdlm'))
+               eval_bound=('', 'mdlm'))
 POSITIVE = ('block_size', 'batch_size', 'eval_interval', 'eval_windows', 'eval_grid', 'log_interval', 'ckpt_interval')
 INF = math.inf
 # valid values, in interval notation: '[' and ']' include the bound, '(' and ')' exclude it (NaN is never valid)
@@ -148,6 +149,8 @@ def convert(key, val):
         lo, hi, br = RANGES[key]
         if not ((lo <= v if br[0] == '[' else lo < v) and (v <= hi if br[1] == ']' else v < hi)):
             die(f"--{key} expects {'an int' if typ is int else 'a number'} in {br[0]}{lo}, {hi}{br[1]}, got '{val}'", 2)
+    if key == 'tokenizer' and (err := data.tokenizer_error(v)):
+        die(f"--tokenizer: {err}", 2)
     if key == 'device' and v != 'auto' and (err := M.device_error(v)):
         die(err + " (or auto)", 2)
     return v

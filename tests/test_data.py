@@ -119,3 +119,50 @@ def test_openwebtext_pipeline_on_a_stand_in(tmp_path, monkeypatch):
     want = [t for d in docs[:10] for t in enc.encode_ordinary(d) + [50256]]
     assert train.tolist() == want and meta['train_tokens'] == len(want)
     assert (val == 50256).sum() == 2 and data.load_meta(str(tmp_path))['mask_id'] == 50257
+
+
+def test_bpe_depends_on_the_training_split_alone_and_round_trips(tmp_path, corpus):
+    """bpe:N trains on the training split only: changing only the validation text leaves the tokenizer (and the
+    training ids) unchanged; decoding the validation split gives its text back exactly; the folder is reused."""
+    text = open(corpus, encoding='utf-8').read()[:60_000]
+    cut = int(len(text) * 0.9)  # prepare_text's 90/10 split
+    a, b = tmp_path / 'a.txt', tmp_path / 'b.txt'
+    a.write_text(text, encoding='utf-8')
+    b.write_text(text[:cut] + 'Zebras quietly juggle €uro signs; naïve café ☃!'[:len(text) - cut].ljust(len(text) - cut, 'x'),
+                 encoding='utf-8')
+    ma = data.prepare(data=str(a), tokenizer='bpe:300', out_dir=str(tmp_path / 'pa'))
+    mb = data.prepare(data=str(b), tokenizer='bpe:300', out_dir=str(tmp_path / 'pb'))
+    assert ma['tokenizer'] == 'bpe:300' and ma['vocab_size'] == 300 and ma['mask_id'] == 300
+    assert ma['bpe'] == mb['bpe']  # the same merges: the validation text never reached the trainer
+    assert (tmp_path / 'pa' / 'tokenizer.json').read_text() == (tmp_path / 'pb' / 'tokenizer.json').read_text()
+    assert np.array_equal(np.fromfile(tmp_path / 'pa' / 'train.bin', np.uint16),
+                          np.fromfile(tmp_path / 'pb' / 'train.bin', np.uint16))
+    enc, dec = data.get_tokenizer(mb)
+    val = np.fromfile(tmp_path / 'pb' / 'val.bin', np.uint16)
+    assert dec(val) == b.read_text(encoding='utf-8')[cut:]  # exact, non-ASCII included (byte-level)
+    val_a = np.fromfile(tmp_path / 'pa' / 'val.bin', np.uint16)
+    assert dec(val_a) == text[cut:] and len(val_a) < 0.8 * (len(text) - cut)  # word pieces: fewer tokens than chars
+    assert dec([*enc('the king'), 300, *enc(' speaks')]) == 'the king_ speaks'  # [MASK] shows as '_'
+    # reuse: the same files, kind and size -> the folder as it is; another size -> prepared again
+    stamp = os.path.getmtime(tmp_path / 'pa' / 'meta.json')
+    assert data.ensure(data=str(a), tokenizer='bpe:300', data_dir=str(tmp_path / 'pa'))[1]['bpe'] == ma['bpe']
+    assert os.path.getmtime(tmp_path / 'pa' / 'meta.json') == stamp
+    assert data.ensure(data=str(a), tokenizer='bpe:320', data_dir=str(tmp_path / 'pa'))[1]['vocab_size'] == 320
+    assert data.resolve_dir(data=str(a), tokenizer='bpe:300').endswith(os.path.join('data', 'a_bpe300'))
+
+
+def test_bpe_spec_errors_are_one_line(tmp_path, corpus):
+    for spec in ('bpe:x', 'bpe:0', 'bpe:100', 'bpe'):
+        with pytest.raises(SystemExit, match='bpe:N|unknown tokenizer'):
+            data.prepare(data=corpus, tokenizer=spec, out_dir=str(tmp_path / 'x'))
+    assert not (tmp_path / 'x').exists()  # checked before anything is written
+
+
+def test_a_prompt_encodes_through_bpe(tmp_path, corpus):
+    meta = data.prepare(data=corpus, tokenizer='bpe:400', out_dir=str(tmp_path / 'p'))
+    enc, dec = data.get_tokenizer(meta)
+    x = data.prompt_ids(enc, 'ROMEO:\nThe king', ' is dead.', 32, meta['mask_id'])
+    n_pre, n_suf = len(enc('ROMEO:\nThe king')), len(enc(' is dead.'))
+    assert n_pre < len('ROMEO:\nThe king')  # word pieces, not characters
+    assert dec(x[:n_pre].tolist()) == 'ROMEO:\nThe king' and dec(x[32 - n_suf:].tolist()) == ' is dead.'
+    assert (x[n_pre:32 - n_suf] == meta['mask_id']).all()

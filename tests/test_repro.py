@@ -96,3 +96,19 @@ def test_sweep_labels_carry_knobs_and_bad_ones_fail_before_any_work():
         sweep.parse_spec('uncertainty:gamma_commit')
     with pytest.raises(ValueError, match='unknown sampler option'):  # no checkpoint is read: it does not exist
         sweep.sweep(['no/such/ckpt.pt'], ['uncertainty:bogus=1'], [8], 8, 'no/judge.pt')
+
+
+def test_toy_protocol_on_word_pieces(tmp_path, monkeypatch, corpus):
+    """The speech-bpe corpus's path at the toy preset: a byte-level BPE (bpe:256) trained on the generated text,
+    every stage through it, samples decoded by it."""
+    monkeypatch.chdir(tmp_path)
+    repro.repro('toy', corpora='speech-bpe', text=corpus, tokenizer='bpe:256', results='res', runs='runs',
+                block_size=32, batch_size=8)  # the corpus's own L = 128 and batch 16, overridden for speed
+    res = tmp_path / 'res' / 'speech_bpe'
+    import data
+    meta = data.load_meta(data.resolve_dir(data=corpus, tokenizer='bpe:256'))
+    assert meta['tokenizer'] == 'bpe:256' and meta['vocab_size'] == 256
+    assert '## Verdict' in (res / 'README.md').read_text()
+    texts = [t for line in (res / 'samples.jsonl').read_text().splitlines() for t in json.loads(line)['texts']]
+    assert texts and all(isinstance(t, str) and t for t in texts)
+    assert (res / 'trajectory_dsl_uncertainty.png').stat().st_size > 0
