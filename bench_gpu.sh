@@ -4,7 +4,7 @@
 # GPT-2 vocabulary, L = 1024, bf16, eager and torch.compile'd (timed side by side in one bench.py run); sampling samples/s and NFE/s at batch 1 and 64
 # for `mdlm` and `uncertainty`, with the share of the step time spent outside the model forward.
 #   bash bench_gpu.sh               # on a CUDA machine
-#   bash bench_gpu.sh --cpu-smoke   # the same script end to end on the CPU: tiny model, V = 2000 (still the
+#   bash bench_gpu.sh --cpu-smoke   # the same script end to end on the CPU: tiny model, V = 3000 (still the
 #                                   # top-k lookup), eager only (what the tests run)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,7 +12,7 @@ out="${BENCH_JSON:-bench_gpu.json}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 if [ "${1:-}" = "--cpu-smoke" ]; then
-    size="--device cpu --preset tiny --vocab 2000 --block_size 32 --batch 2 --iters 1 --warmup 1 --reps 1 --steps 2 --sample_batches 1,2"
+    size="--device cpu --preset tiny --vocab 3000 --block_size 32 --batch 2 --iters 1 --warmup 1 --reps 1 --steps 2 --sample_batches 1,2"
     runs=("eager")  # torch.compile on the CPU costs minutes of C++ builds; the GPU run covers it
 elif [ -n "${1:-}" ]; then
     echo "bench_gpu.sh: unknown option '$1' (use --cpu-smoke or nothing)" >&2; exit 2

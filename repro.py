@@ -44,11 +44,14 @@ import sample
 import sweep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# a corpus may set preset keys of its own (what a command-line override still overrides)
+# a corpus may set preset keys of its own, for every preset or under a preset's name (a command-line override wins)
 CORPORA = {'char': dict(dataset='shakespeare_char', tokenizer='char'),
            'speech': dict(dataset='', tokenizer='gpt2'),       # local text files (--text), GPT-2 BPE
-           # word pieces at near-character cost: a byte-level BPE of 2048 tokens trained on the training split
-           'speech-bpe': dict(dataset='', tokenizer='bpe:2048', block_size=128, batch_size=16),
+           # word pieces at near-character cost: a byte-level BPE of 2048 tokens trained on the training split. L = 128
+           # costs ~2.5x L = 64 per sample and a DSL + ROAR step ~3x MDLM's here (README, Speed): shorter stages
+           # and N = 128 keep the cpu preset near 100 minutes (estimated from bench.py, not yet run)
+           'speech-bpe': dict(dataset='', tokenizer='bpe:2048', block_size=128, batch_size=16,
+                              cpu=dict(pre_iters=4000, ar_iters=3000, tune_iters=300, ft_iters=2000, num_samples=128)),
            'owt': dict(dataset='openwebtext', tokenizer='gpt2')}
 # The recipe ablation (issue: DSL2's lever is the ROAR weight, its fine-tuning EMA starts at the loaded weights):
 # DSL around a base recipe, one knob changed at a time (lr 'alt' = the preset's alt_lr); MDLM over learning rate
@@ -63,7 +66,7 @@ PRESETS = dict(
              lr=1e-3, ft_lr=1e-3, alt_lr=3e-4, warmup_iters=100, tune_iters=500, ft_iters=3000, ft_eval=100,
              patience=5, dsl_grid=DSL_GRID, mdlm_grid=MDLM_GRID, tune_T=32, tune_n=128, tune_top_p='0.9,1.0',
              num_samples=256, steps='8,16,32,64,128', dsl_steps='8,16,32', top_ps='0.8,0.9,0.95,1.0',
-             judge='ar', init_from='', eval_windows=64, eval_grid=64, bootstrap=1000, compile=True),
+             judge='ar', init_from='', eval_windows=64, val_windows=32, eval_grid=64, bootstrap=1000, compile=True),
     # the paper's setting (DESIGN.md §1): the published MDLM OWT model as mdlm_pre, ~10k steps at lr 3e-4 and batch
     # ~40 per GPU (per process here), L = 1024, N = 5000, gpt2-large as judge and featurizer; no tuning runs
     gpu=dict(corpora='owt', preset='small', block_size=1024, batch_size=40, pre_iters=0, ar_iters=0,
@@ -71,13 +74,13 @@ PRESETS = dict(
              patience=0, dsl_grid=[{}], mdlm_grid=[{}], tune_T=0, tune_n=0, tune_top_p='',
              num_samples=5000, steps='16,32,64,128,256,512,1024', dsl_steps='16,32,64,128,256',
              top_ps='0.8,0.9,0.95,1.0', judge='gpt2-large', init_from='kuleshov-group/mdlm-owt', eval_windows=256,
-             eval_grid=64, bootstrap=1000, compile=True),
+             val_windows=256, eval_grid=64, bootstrap=1000, compile=True),
     # the end-to-end test: tiny models, a few steps, two DSL variants and one MDLM variant
     toy=dict(corpora='char', preset='tiny', block_size=32, batch_size=8, pre_iters=20, ar_iters=30,
              lr=1e-3, ft_lr=1e-3, alt_lr=3e-4, warmup_iters=5, tune_iters=4, ft_iters=10, ft_eval=2, patience=2,
              dsl_grid=[{}, dict(roar_weight=0.0)], mdlm_grid=[{}], tune_T=4, tune_n=8, tune_top_p='0.9,1.0',
              num_samples=8, steps='2,8', dsl_steps='2,8', top_ps='0.9,1.0', judge='ar', init_from='', eval_windows=8,
-             eval_grid=8, bootstrap=50, compile=False),
+             val_windows=8, eval_grid=8, bootstrap=50, compile=False),
 )
 
 
@@ -150,8 +153,9 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
     launcher = launcher or shlex.quote(sys.executable)
     d = {k: os.path.join(runs, k) for k in ('mdlm_pre', 'mdlm_ft', 'dsl_ft', 'dsl_atomic', 'ar')}
     ck = {k: os.path.join(v, 'ckpt.pt') for k, v in d.items()}
+    # the training loop's evals follow a trend on fixed windows: val_windows (README, Speed); bounds use eval_windows
     common = ['--data_dir', dd, '--preset', P['preset'], '--block_size', str(P['block_size']),
-              '--batch_size', str(P['batch_size']), '--eval_windows', str(P['eval_windows']),
+              '--batch_size', str(P['batch_size']), '--eval_windows', str(P['val_windows']),
               '--eval_grid', str(P['eval_grid']), '--ckpt_interval', '250', '--log_interval', '100',
               '--compile', str(P['compile'])]
     scratch = lambda obj, iters: ['--objective', obj, '--lr', str(P['lr']), '--warmup_iters', str(P['warmup_iters']),
@@ -241,8 +245,8 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
     ev = {k: torch.load(ck[k], map_location='cpu', weights_only=False, mmap=True).get('evals', []) for k in ck}
     figures.curves({'MDLM continuation: val MDLM NELBO': {'mdlm_ft': ev['mdlm_ft']},
                     'DSL continuations: val diffusion bound': {k: ev[k] for k in ('dsl_ft', 'dsl_atomic')}},
-                   os.path.join(res, 'curves.png'), f"the continuations' own validation bounds (64 fixed windows, "
-                   f"every {P['ft_eval']} steps; --patience {P['patience']}); the tuning runs: tuning/*.log")
+                   os.path.join(res, 'curves.png'), f"the continuations' own validation bounds ({P['val_windows']} fixed "
+                   f"windows, every {P['ft_eval']} steps; --patience {P['patience']}); the tuning runs: tuning/*.log")
     trajectories(res, ck, min(dsl_steps, key=lambda T: abs(T - 32)), dd)
     report(corpus, P, res, runs, steps, dsl_steps, chosen)
 
@@ -361,7 +365,8 @@ def repro(preset='cpu', corpora=None, text='', launcher='', results='results', r
     for corpus in (corpora or PRESETS[preset]['corpora']).split(','):
         if corpus not in CORPORA:
             raise ValueError(f"unknown corpus '{corpus}': choose {', '.join(CORPORA)}")
-        own = {k: v for k, v in CORPORA[corpus].items() if k in PRESETS[preset]}  # the corpus's own L and batch
+        c = CORPORA[corpus]  # the corpus's own L and batch, and its own budget for this preset
+        own = {**{k: v for k, v in c.items() if k in PRESETS[preset]}, **c.get(preset, {})}
         P = {**PRESETS[preset], **own, **given, 'name': preset}
         name = corpus.replace('-', '_')  # results/speech_bpe
         run_corpus(corpus, P, os.path.join(results, name), os.path.join(runs, name), text, launcher)

@@ -376,7 +376,8 @@ def parse_args(argv):
     ap.error = lambda msg: _die(msg)  # one line, no usage dump
     add = ap.add_argument
     add('--ckpt', required=True, help='train.py checkpoint, MDLM .ckpt/.safetensors or hub id')
-    add('--sampler', default='mdlm', help=', '.join(SAMPLERS) + " ('remdm-' prefix accepted)")
+    add('--sampler', default='', help=', '.join(SAMPLERS) + " ('remdm-' prefix accepted); '' = uncertainty for DSL "
+        "models (the best measured, README), mdlm for MDLM, ar for AR")
     add('--steps', type=int, default=128, help='sampler steps T (the denoiser calls per sample are at most T)')
     add('--num_samples', type=int, default=16)
     add('--batch_size', type=int, default=16)
@@ -439,9 +440,9 @@ def check_cli(args, sampler, kw):
 
 
 def run(args):
-    sampler = sampler_name(args.sampler)  # checked before loading a large checkpoint
+    sampler = sampler_name(args.sampler) if args.sampler else None  # checked before loading a large checkpoint
     kw = {k: getattr(args, k) for k in rules.KNOBS if getattr(args, k) is not None}
-    out = check_cli(args, sampler, kw)
+    out = check_cli(args, sampler or 'auto', kw)
     try:
         model = modellib.load_mdlm(args.ckpt, use_ema=not args.no_ema)
     except (FileNotFoundError, KeyError, ValueError):  # not found, or keys/shapes that do not fit: clear already
@@ -450,6 +451,9 @@ def run(args):
         raise ValueError(f"cannot read --ckpt {args.ckpt}: truncated, corrupt or not a checkpoint ({type(e).__name__}); "
                          f"pass a train.py checkpoint, an MDLM .ckpt/.safetensors file or a hub id")
     model = model.to(args.device)
+    if sampler is None:  # the default: the model's own best rule
+        sampler = 'ar' if model.config.get('causal') else 'uncertainty' if model.dsl else 'mdlm'
+        out = args.out or out.replace('samples_auto_', f'samples_{sampler}_')
     _check(model, sampler, args.steps, args.top_p, kw)
     encode, decode, train_cfg = data.checkpoint_codec(args.ckpt, model.vocab_size, args.meta)
     L = args.seq_len or train_cfg.get('block_size') or (1024 if model.vocab_size == 50257 else 0)
@@ -474,7 +478,6 @@ def run(args):
         figures.trajectory([t[0] for t in info['trajectory']], model.mask_id, (lambda i: decode([i])) if decode else str,
                            args.trajectory, f"{sampler}, T = {args.steps}, seed {args.seed}: {os.path.relpath(args.ckpt)}")
         print(f"wrote the refinement of sample 0 to {args.trajectory}", file=sys.stderr)
-    nfe = info['nfe']
     records = [dict(index=i, text=decode(row) if decode else None, ids=row, sampler=sampler, steps=args.steps,
                     nfe=info['nfe_rows'][i], top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, seq_len=L,
                     prompt=args.prompt, suffix=args.suffix, knobs=kw, ckpt=args.ckpt) for i, row in enumerate(x.tolist())]
@@ -484,7 +487,7 @@ def run(args):
     if not args.quiet:
         for r in records:
             print(f"--- sample {r['index']}\n{r['text'] if decode else r['ids']}")
-    print(f"wrote {len(records)} samples ({sampler}, T = {args.steps}, {nfe:g} NFE per sample, top_p {args.top_p}, "
+    print(f"wrote {len(records)} samples ({sampler}, T = {args.steps}, {info['nfe']:g} NFE per sample, top_p {args.top_p}, "
           f"seed {args.seed}) to {out}", file=sys.stderr)
     if args.profile:
         t = info['total_s']

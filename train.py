@@ -46,10 +46,10 @@ config = dict(
     n_layer=None,                # None = the preset's
     n_embd=None,                 # None = the preset's
     n_head=None,                 # None = the preset's
-    noise_dim=0,                 # DSL noise-embedding size d; 0 = auto (16 for char, 64 for gpt2 vocabularies)
+    noise_dim=0,                 # DSL noise-embedding size d; 0 = auto (16 for char, 32 at 2k tokens, 64 for gpt2)
     freeze_noise=False,          # keep the DSL noise embeddings E at their random init
     dropout=0.0,                 # 0.1 at paper scale
-    lookup_topk=-1,              # DSL soft lookup: -1 auto (dense up to 1000 tokens, else top-64), 0 dense, k top-k
+    lookup_topk=-1,              # DSL soft lookup: -1 auto (dense up to 2048 tokens, else top-64), 0 dense, k top-k
     # mixed corruption for DSL (noise.snr_config); None = the default for this vocabulary size
     gamma_max=None,              # SNR of a revealed token (100, as DSL2); the model's gamma_max too
     gamma_min=None,              # smoothed endpoints: hidden gamma ~ U(0, gamma_min)
@@ -59,12 +59,12 @@ config = dict(
     sigma=None,                  # see mu
     jitter=None,                 # intermediate sequences: per-token multiplicative SNR jitter
     smooth_endpoints=None,       # smoothed (True) or atomic (False) endpoints
-    roar_weight=0.0,             # weight of the extra any-order-AR term (CE on hidden endpoint positions)
+    roar_weight=1.44,            # any-order-AR term's weight (CE at hidden endpoint positions); DSL2's lambda 0.5
     # optimisation
     block_size=64,               # sequence length L (AR: context length)
     batch_size=32,               # sequences per micro-step and process
     grad_accum=0,                # micro-steps per optimizer step, all processes together; 0 = one per process. Global batch = batch_size * grad_accum
-    max_iters=1500,              # optimizer steps
+    max_iters=2000,              # optimizer steps
     lr=1e-3,                     # peak learning rate (3e-4 for fine-tuning MDLM)
     min_lr=1e-4,                 # end of the cosine decay
     lr_decay='constant',         # constant | cosine (nanoGPT: to min_lr at max_iters)
@@ -88,7 +88,7 @@ config = dict(
     out_dir='out',               # checkpoint folder: out_dir/ckpt.pt
     seed=1337,                   # model init, batches, noise
     device='auto',               # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
-    compile=False,               # torch.compile the forward (inductor); a compile failure runs eager, with one line
+    compile=True,                # torch.compile the forward (inductor); a compile failure runs eager, with one line
     # test hooks, off by default
     debug_nan_step=-1,           # >= 0: make the loss NaN at this step (tests the non-finite stop)
     debug_kill_step=-1,          # >= 0: SIGKILL this process at this step (tests exact resume)

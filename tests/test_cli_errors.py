@@ -79,7 +79,9 @@ CASES = [
     ('data.py --data {empty}', 1, 'is empty'),
     ('data.py --data {dir}', 1, 'is a folder'),
     ('data.py --data {text} --out_dir {file}', 2, 'is a file'),
-    ('data.py --tokenizer bpe', 2, "invalid choice: 'bpe'"),
+    ('data.py --tokenizer bpe', 2, "unknown tokenizer 'bpe'"),
+    ('data.py --tokenizer bpe:x', 2, 'bpe:N needs a whole number N >= 256'),
+    ('train.py --tokenizer bpe:0', 2, 'bpe:N needs a whole number N >= 256'),
     ('data.py no_such_set', 1, 'unknown dataset'),
     # toy.py
     ('toy.py --steps_train 0', 2, '--steps_train'),

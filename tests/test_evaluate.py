@@ -44,7 +44,8 @@ def world(tmp_path_factory):
     data_dir = str(d / 'data')
     data.prepare(data=str(d / 'corpus.txt'), out_dir=data_dir)
     common = ['--preset', 'tiny', '--block_size', str(L), '--batch_size', '16', '--data_dir', data_dir,
-              '--eval_windows', '4', '--eval_grid', '8', '--log_interval', '1000', '--warmup_iters', '5', '--lr', '3e-3']
+              '--eval_windows', '4', '--eval_grid', '8', '--log_interval', '1000', '--warmup_iters', '5', '--lr', '3e-3',
+              '--compile', 'False']
     ck = {}
     for obj, iters in (('ar', 250), ('dsl', 30), ('mdlm', 30)):
         out = str(d / obj)

@@ -14,7 +14,7 @@ import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ['--preset', 'tiny', '--block_size', '32', '--batch_size', '4', '--eval_windows', '4', '--eval_grid', '8',
-         '--log_interval', '1', '--warmup_iters', '0']
+         '--log_interval', '1', '--warmup_iters', '0', '--compile', 'False']  # compiling tiny models costs, gains nothing
 
 
 @pytest.fixture(scope='module')
@@ -183,7 +183,7 @@ def test_dsl_from_mdlm_checkpoint(data_dir, tmp_path, capsys, one_thread):
 
 @pytest.mark.parametrize('objective', ['ar', 'mdlm'])
 def test_objectives_learn(data_dir, tmp_path, capsys, one_thread, objective):
-    train.main(['--preset', 'tiny', '--block_size', '32', '--batch_size', '16', '--eval_windows', '16',
+    train.main(['--preset', 'tiny', '--block_size', '32', '--batch_size', '16', '--eval_windows', '16', '--compile', 'False',
                 '--data_dir', data_dir, '--objective', objective, '--max_iters', '60', '--eval_interval', '60',
                 '--lr', '3e-3', '--warmup_iters', '5', '--ema_decay', '0', '--out_dir', str(tmp_path)])
     evals = [float(re.search(r'([\d.]+) nats', line)[1]) for line in capsys.readouterr().out.splitlines()
