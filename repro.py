@@ -47,9 +47,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # a corpus may set preset keys of its own, for every preset or under a preset's name (a command-line override wins)
 CORPORA = {'char': dict(dataset='shakespeare_char', tokenizer='char'),
            'speech': dict(dataset='', tokenizer='gpt2'),       # local text files (--text), GPT-2 BPE
-           # word pieces at near-character cost: a byte-level BPE of 2048 tokens trained on the training split. L = 128
-           # costs ~2.5x L = 64 per sample and a DSL + ROAR step ~3x MDLM's here (README, Speed): shorter stages
-           # and N = 128 keep the cpu preset near 100 minutes (estimated from bench.py, not yet run)
+           # word pieces at near-character cost: a byte-level BPE of 2048 tokens trained on the training split. Here a
+           # train.py step takes 160 ms (MDLM) and 420-434 ms (DSL + ROAR), a DSL eval 11 s (results/speed/
+           # bpe2048_train_pilot.txt): shorter stages and N = 128 keep the cpu preset near 105 min (estimated)
            'speech-bpe': dict(dataset='', tokenizer='bpe:2048', block_size=128, batch_size=16,
                               cpu=dict(pre_iters=4000, ar_iters=3000, tune_iters=300, ft_iters=2000, num_samples=128)),
            'owt': dict(dataset='openwebtext', tokenizer='gpt2')}
