@@ -79,15 +79,10 @@ def bpe_codec(meta):
     from tokenizers import Tokenizer
     tok, V = Tokenizer.from_str(json.dumps(meta['bpe'])), meta['vocab_size']
 
-    def decode(ids):
-        ids, out, run = [int(i) for i in ids], [], []
-        for i in ids + [V]:
-            if i < V:
-                run.append(i)
-                continue
-            out.append(tok.decode(run) if run else '')
-            run = []
-        return '_'.join(out)
+    def decode(ids):  # each run between [MASK]s decoded whole: a token may be half of a UTF-8 character
+        ids = [int(i) for i in ids]
+        cuts = [-1] + [k for k, i in enumerate(ids) if i >= V] + [len(ids)]
+        return '_'.join(tok.decode(ids[a + 1:b]) for a, b in zip(cuts, cuts[1:]))
     return (lambda s: tok.encode(s).ids), decode
 
 

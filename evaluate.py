@@ -336,9 +336,8 @@ def references(refs, judge, L, n, seed=0, skip=0):
     if enc is None:
         raise ValueError(f"judge {judge['name']} has no tokenizer (no meta in the checkpoint)")
     toks, dec, meta = ref_tokens(refs, enc)
-    if judge['kind'] == 'ar' and meta is not None and judge['meta'] is not None and \
-            [(mt['tokenizer'], mt['vocab_size'], mt.get('chars'), mt.get('bpe')) for mt in (meta, judge['meta'])] != \
-            [(meta['tokenizer'], meta['vocab_size'], meta.get('chars'), meta.get('bpe'))] * 2:
+    codec = lambda mt: (mt['tokenizer'], mt['vocab_size'], mt.get('chars'), mt.get('bpe'))  # what decodes ids
+    if judge['kind'] == 'ar' and meta is not None and judge['meta'] is not None and codec(meta) != codec(judge['meta']):
         raise ValueError(f"--refs {refs} uses a different tokenizer than judge {judge['name']}")
     x = chunks(toks, L, n, seed, skip)
     dec = dec or judge.get('decode') or (lambda ids: data.gpt2_encoding().decode(list(ids)))

@@ -65,7 +65,8 @@ def trajectory(states, mask_id, piece, path, title=''):
     S = [[int(v) for v in s] for s in states]  # (K, L)
     K, L = len(S), len(S[0])
     # a byte-level token can be a control byte or half of a UTF-8 character: shown as '?', never a missing glyph
-    show = lambda v: ''.join(c if c.isprintable() else '?' for c in piece(v).replace('\n', '⏎').replace(' ', '·'))[:6] or '?'
+    show = lambda v: ''.join(c if c.isprintable() else '?'
+                             for c in piece(v).replace('\n', '⏎').replace(' ', '·'))[:6] or '?'
     cells = []
     for k in range(K):
         row = []
