@@ -17,7 +17,8 @@ last finished cell):
                from mdlm_pre, sampled on seed 1, scored by one criterion fixed in advance (choose)
   4. train     mdlm_ft, dsl_ft: each arm's winner continued until its validation NELBO stops improving
                (--patience); dsl_atomic: the DSL recipe with atomic endpoints, as many steps (paper Fig. 4/5)
-  5. bounds    the NLL bounds of every model; ECE of the DSL models at several SNRs
+  5. bounds    the NLL bounds of every model; ECE of the DSL models at several SNRs; detect: error-detection
+               AUROC of uniform and plausible corruptions (one proposer for every model)
   6. sweep     every compared rule on both models at several T and top-p values, seed 0 (sweep.py)
   7. report    results/<corpus>/README.md: the verdict at matched entropy with bootstrap intervals, tables,
                figures, real samples; every number computed from the files the stages wrote
@@ -232,6 +233,15 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
         evaluate.write_atomic(os.path.join(res, 'calibration.json'), json.dumps(cal, indent=1))
     stage(res, 'bounds', bounds)
 
+    def detect():  # can a model find wrong visible tokens? the same corruptions for every model (one proposer)
+        prop = ck['mdlm_pre'] if os.path.isfile(ck['mdlm_pre']) else ck['mdlm_ft']
+        out = {}
+        for k in ('mdlm_ft', 'dsl_ft', 'dsl_atomic'):
+            log(f"error detection of {k}")
+            out[k] = probe.detect(ck[k], dd, P['eval_windows'], P['block_size'], proposer=prop)
+        evaluate.write_atomic(os.path.join(res, 'detect.json'), json.dumps(dict(proposer=prop, rows=out), indent=1))
+    stage(res, 'detect', detect)
+
     # the test sweep (seed 0): every compared rule over the top-p frontier; DSL's T up to dsl_steps (its 4T
     # comparison partners are MDLM's larger T); the atomic model at top-p 0.9 only, for the record
     fr = lambda ss: [f"{s}:top_p={P['top_ps']}" for s in ss]
@@ -322,6 +332,17 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen):
     md += [f"| {k} | {r['value']:g} | {r['ece']:.4f} | {r['accuracy']:.3f} | {r['confidence']:.3f} |"
            for k, v in cal.items() for r in v]
     md += ['', '![reliability, smoothed](reliability_dsl_ft.png) ![reliability, atomic](reliability_dsl_atomic.png)']
+    det = read_json(os.path.join(res, 'detect.json'))
+    if det:
+        who = os.path.basename(os.path.dirname(det['proposer']))  # mdlm_pre, the pre-train
+        md += ['', '## Error detection: AUROC of u = 1 - p(x_i | state) for corrupted vs true visible tokens', '',
+               f"{P['eval_windows']} validation windows; 25% of positions hidden, 10% of the visible ones replaced: "
+               f"'uniform' by a random token, 'plausible' by a draw from {who} given"
+               f" the rest. 0.5 = chance. A DSL model reads visible tokens at its endpoint and at the commit "
+               f"states of sample.py's --gamma_commit; an MDLM model reads them as ids.", '',
+               '| model | state | corruption | AUROC | mean u, wrong | mean u, true |', '|---|---|---|---|---|---|']
+        md += [f"| {k} | {r['state']} | {r['corruption']} | {r['auroc']:.3f} | {r['u_wrong']:.3f} | {r['u_true']:.3f} |"
+               for k, v in det['rows'].items() for r in v]
     lines, say, out = compare.verdict(rows, per, steps, dsl_steps, H_data, P['bootstrap'])
     md += ['', '## Verdict: generative NLL at matched entropy, DSL at T vs MDLM + ReMDM at T and 4T', '',
            f"Data entropy {H_data:.3f} nats (held-out windows). NFE = real denoiser calls per sample (a step that "

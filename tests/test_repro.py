@@ -14,7 +14,7 @@ def test_toy_protocol_end_to_end_and_resumes(tmp_path, monkeypatch, corpus, caps
     repro.repro('toy', text=corpus, results='res', runs='runs')
     res = tmp_path / 'res' / 'char'
     for f in ('README.md', 'results.csv', 'results.md', 'results.png', 'bounds.json', 'calibration.json',
-              'reliability_dsl_ft.png', 'reliability_dsl_atomic.png', 'trajectory_dsl_uncertainty.png',
+              'reliability_dsl_ft.png', 'reliability_dsl_atomic.png', 'detect.json', 'trajectory_dsl_uncertainty.png',
               'trajectory_mdlm_loop.png', 'samples.jsonl', 'stages.json', 'per_sample.jsonl', 'frontier.png',
               'curves.png', 'tuning.json', 'tuning/results.csv', 'tuning/per_sample.jsonl'):
         assert (res / f).stat().st_size > 0, f
@@ -38,8 +38,14 @@ def test_toy_protocol_end_to_end_and_resumes(tmp_path, monkeypatch, corpus, caps
     assert 'diffusion_bound' in bounds['dsl_ft'] and 'ar_nll' in bounds['ar']
     cal = json.loads((res / 'calibration.json').read_text())
     assert set(cal) == {'dsl_ft', 'dsl_atomic'} and all(0 <= r['ece'] <= 1 for v in cal.values() for r in v)
+    det = json.loads((res / 'detect.json').read_text())  # one proposer (the pre-train) for every model
+    assert det['proposer'].endswith('mdlm_pre/ckpt.pt') and set(det['rows']) == {'mdlm_ft', 'dsl_ft', 'dsl_atomic'}
+    assert {r['state'] for r in det['rows']['mdlm_ft']} == {'tokens'}
+    assert {'endpoint'} < {r['state'] for r in det['rows']['dsl_ft']}
+    assert all(0 <= r['auroc'] <= 1 and r['n_wrong'] > 0 for v in det['rows'].values() for r in v)
     readme = (res / 'README.md').read_text()
     assert '## Verdict' in readme and 'at equal T:' in readme and '| mdlm_ft | mdlm_bound |' in readme
+    assert '## Error detection' in readme and '| dsl_ft | endpoint | plausible |' in readme
     assert '## Recipe ablation' in readme and '**yes**' in readme
     # the tuning runs start from the pre-trained MDLM weights; each winner is continued (resumed), not restarted
     chosen = json.loads((res / 'tuning.json').read_text())
