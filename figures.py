@@ -160,7 +160,12 @@ def frontier(curves, path, title, ref_entropy=None, marks=()):
             if t == T:
                 ax.plot([h], [nll], marker='x', ms=8, color='k')
         ax.set(title=f'T = {T}', xlabel='unigram entropy (nats)', ylabel='generative NLL (nats/token)')
-    axes[0][-1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))
+    # one legend for every panel's lines: the last panel alone may lack some (e.g. no DSL cells at large T)
+    seen = {}
+    for ax in axes[0]:
+        for h, k in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(k, h)
+    axes[0][-1].legend(list(seen.values()), list(seen), fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))
     fig.suptitle(textwrap.fill(title, 160), fontsize=8)
     fig.tight_layout()
     return _save(fig, path, 90)

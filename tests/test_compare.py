@@ -89,6 +89,12 @@ def test_verdict_compares_at_the_datas_entropy_with_each_arms_best_rule():
     own = C.own_rules(rows, per, [8, 32], [8], 3.0, B=100)  # each DSL-only rule alone, at T and 4T
     assert [l.split(' | ')[:3] for l in own[2:]] == [['| uncertainty', '8', '8'], ['| uncertainty', '8', '32'],
                                                     ['| hybrid', '8', '8'], ['| hybrid', '8', '32']]
+    # against each MDLM rule alone: at T = 8 mdlm (3.1 at 3.0) as well as remdm-loop (3.0), both present
+    each = C.own_rules(rows, per, [8, 32], [8], 3.0, B=100, each=True)
+    rules = [(l.split(' | ')[0], l.split(' | ')[2], l.split(' | ')[5].split('(')[-1]) for l in each[2:]]
+    assert rules[:4] == [('| uncertainty', '8', 'mdlm)'), ('| uncertainty', '8', 'remdm-loop)'),
+                         ('| uncertainty', '32', 'mdlm)'), ('| uncertainty', '32', 'remdm-loop)')]
+    assert len(each) == 2 + 8 and '| 3.100 [' in each[2]
 
 
 def test_tuning_choice_is_made_at_matched_entropy_not_by_raw_nll():
@@ -116,3 +122,17 @@ def test_cli_reads_a_sweep_folder_and_fails_in_one_line(tmp_path, capsys):
             f.write(json.dumps(dict(ckpt=ck, sampler=s, steps=T, top_p=tp, **v)) + '\n')
     C.main([str(tmp_path)])
     assert '| 8 | 8 | 3.000 |' in capsys.readouterr().out
+
+
+def test_frontier_legend_names_every_panels_lines(tmp_path, monkeypatch):
+    """The legend sits on the last panel; it must name the lines of every panel (DSL has no cells at large T)."""
+    import matplotlib.axes
+    import figures
+    got, orig = [], matplotlib.axes.Axes.legend
+    monkeypatch.setattr(matplotlib.axes.Axes, 'legend',
+                        lambda self, *a, **kw: got.append(list(a[1])) or orig(self, *a, **kw))
+    pts = [(4.3, 5.5, 0.8), (4.4, 6.0, 1.0)]
+    curves = {8: {'dsl uncertainty': pts, 'mdlm mdlm': pts}, 32: {'mdlm mdlm': pts}}
+    figures.frontier(curves, str(tmp_path / 'f.png'), 'title', ref_entropy=4.35)
+    assert (tmp_path / 'f.png').stat().st_size > 0
+    assert got == [['dsl uncertainty', 'mdlm mdlm', 'data entropy']]
