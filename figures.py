@@ -32,10 +32,17 @@ def _plt():
     return plt
 
 
-def _save(fig, path, dpi):
+def _save(fig, path, dpi, colors=0):
+    """Atomic write. colors > 0: a palette PNG of that many colours (Pillow, a matplotlib dependency), for token
+    grids: a few flat colours, so the same pixels in a third of the bytes (a 128-token trajectory: 0.9 -> 0.3 MB)."""
     plt = _plt()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path + '.tmp.png', dpi=dpi)
+    if colors:
+        from PIL import Image
+        with Image.open(path + '.tmp.png') as im:
+            q = im.convert('RGB').quantize(colors=colors)
+        q.save(path + '.tmp.png', optimize=True)
     os.replace(path + '.tmp.png', path)
     plt.close(fig)
     return path
@@ -86,7 +93,7 @@ def trajectory(states, mask_id, piece, path, title=''):
     ax.set_yticks(range(0, K, max(1, K // 16)))
     ax.set_title(title + '\nbold = revealed now, red = remasked or replaced now, grey _ = hidden', fontsize=8)
     fig.tight_layout()
-    return _save(fig, path, 110)
+    return _save(fig, path, 110, colors=32)
 
 
 def toy_repair(panels, path, suptitle):
