@@ -3,7 +3,8 @@ The paper's claim at small scale, end to end (Wu et al., arXiv 2602.16169, §5):
 MDLM trained on from the same weights, generative NLL at matched diversity against real denoiser calls, and
 calibration with atomic vs smoothed endpoints. One resumable protocol per corpus:
 
-    python repro.py --preset cpu                          # shakespeare_char, ~2 h on 2 CPU cores
+    python repro.py --preset cpu                          # shakespeare_char, ~100 min on 2 CPU cores
+    python repro.py --preset cpu --recipe '' --results r  # the same with its own recipe ablation (results/char_recipe)
     python repro.py --preset cpu --corpora speech --text a.txt,b.txt   # a GPT-2-tokenised corpus
     python repro.py --preset cpu --corpora speech-bpe --text a.txt,b.txt   # word pieces: bpe:2048, L = 128
     python repro.py --preset gpu --launcher "torchrun --standalone --nproc_per_node=8"
@@ -46,13 +47,18 @@ import sweep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # a corpus may set preset keys of its own, for every preset or under a preset's name (a command-line override wins)
-CORPORA = {'char': dict(dataset='shakespeare_char', tokenizer='char'),
+# char, cpu: the recipe ablation of results/char_recipe (ten 500-step runs, 2 Dec) is reused, so that the budget
+# goes to continuations run to a plateau of the NELBO (min_delta over patience evals from step patience_from)
+CORPORA = {'char': dict(dataset='shakespeare_char', tokenizer='char',
+                        cpu=dict(recipe=os.path.join('results', 'char_recipe', 'tuning.json'))),
            'speech': dict(dataset='', tokenizer='gpt2'),       # local text files (--text), GPT-2 BPE
            # word pieces at near-character cost: a byte-level BPE of 2048 tokens trained on the training split. Here a
            # train.py step takes 160 ms (MDLM) and 420-434 ms (DSL + ROAR), a DSL eval 11 s (results/speed/
            # bpe2048_train_pilot.txt): shorter stages and N = 128 keep the cpu preset at 100 min (results/speech_bpe)
            'speech-bpe': dict(dataset='', tokenizer='bpe:2048', block_size=128, batch_size=16,
-                              cpu=dict(pre_iters=4000, ar_iters=3000, tune_iters=300, ft_iters=2000, num_samples=128)),
+                              # the protocol results/speech_bpe ran: DSL stopped on its diffusion bound
+                              cpu=dict(pre_iters=4000, ar_iters=3000, tune_iters=300, ft_iters=2000, num_samples=128,
+                                       stop_bound='own', min_delta=0.0, patience_from=0)),
            'owt': dict(dataset='openwebtext', tokenizer='gpt2')}
 # The recipe ablation (issue: DSL2's lever is the ROAR weight, its fine-tuning EMA starts at the loaded weights):
 # DSL around a base recipe, one knob changed at a time (lr 'alt' = the preset's alt_lr); MDLM over learning rate
@@ -62,23 +68,25 @@ DSL_GRID = [{}, dict(roar_weight=0.0), dict(roar_weight=0.5), dict(p_end=0.5), d
 MDLM_GRID = [dict(ema_warmup=False), dict(ema_warmup=False, lr='alt'), dict(ema_warmup=True),
              dict(ema_warmup=True, lr='alt')]
 PRESETS = dict(
-    # ~2 h on 2 CPU cores for the character corpus (measured stage by stage in results/char/README.md)
+    # ~100 min on 2 CPU cores for the character corpus (measured stage by stage in results/char/README.md)
     cpu=dict(corpora='char', preset='mini', block_size=64, batch_size=32, pre_iters=6000, ar_iters=4000,
-             lr=1e-3, ft_lr=1e-3, alt_lr=3e-4, warmup_iters=100, tune_iters=500, ft_iters=3000, ft_eval=100,
-             patience=5, dsl_grid=DSL_GRID, mdlm_grid=MDLM_GRID, tune_T=32, tune_n=128, tune_top_p='0.9,1.0',
+             lr=1e-3, ft_lr=1e-3, alt_lr=3e-4, warmup_iters=100, tune_iters=500, ft_iters=5000, ft_eval=100,
+             patience=5, stop_bound='mdlm', min_delta=0.005, patience_from=1000, recipe='',
+             dsl_grid=DSL_GRID, mdlm_grid=MDLM_GRID, tune_T=32, tune_n=128, tune_top_p='0.9,1.0',
              num_samples=256, steps='8,16,32,64,128', dsl_steps='8,16,32', top_ps='0.8,0.9,0.95,1.0',
              judge='ar', init_from='', eval_windows=64, val_windows=32, eval_grid=64, bootstrap=1000, compile=True),
     # the paper's setting (DESIGN.md §1): the published MDLM OWT model as mdlm_pre, ~10k steps at lr 3e-4 and batch
     # ~40 per GPU (per process here), L = 1024, N = 5000, gpt2-large as judge and featurizer; no tuning runs
     gpu=dict(corpora='owt', preset='small', block_size=1024, batch_size=40, pre_iters=0, ar_iters=0,
              lr=3e-4, ft_lr=3e-4, alt_lr=1e-4, warmup_iters=500, tune_iters=0, ft_iters=10000, ft_eval=500,
-             patience=0, dsl_grid=[{}], mdlm_grid=[{}], tune_T=0, tune_n=0, tune_top_p='',
+             patience=0, stop_bound='mdlm', min_delta=0.0, patience_from=0, recipe='', dsl_grid=[{}], mdlm_grid=[{}], tune_T=0, tune_n=0, tune_top_p='',
              num_samples=5000, steps='16,32,64,128,256,512,1024', dsl_steps='16,32,64,128,256',
              top_ps='0.8,0.9,0.95,1.0', judge='gpt2-large', init_from='kuleshov-group/mdlm-owt', eval_windows=256,
              val_windows=256, eval_grid=64, bootstrap=1000, compile=True),
     # the end-to-end test: tiny models, a few steps, two DSL variants and one MDLM variant
     toy=dict(corpora='char', preset='tiny', block_size=32, batch_size=8, pre_iters=20, ar_iters=30,
              lr=1e-3, ft_lr=1e-3, alt_lr=3e-4, warmup_iters=5, tune_iters=4, ft_iters=10, ft_eval=2, patience=2,
+             stop_bound='mdlm', min_delta=0.0, patience_from=0, recipe='',
              dsl_grid=[{}, dict(roar_weight=0.0)], mdlm_grid=[{}], tune_T=4, tune_n=8, tune_top_p='0.9,1.0',
              num_samples=8, steps='2,8', dsl_steps='2,8', top_ps='0.9,1.0', judge='ar', init_from='', eval_windows=8,
              val_windows=8, eval_grid=8, bootstrap=50, compile=False),
@@ -170,14 +178,20 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
     # every continuation starts from the pre-train; the tuning runs record the MDLM NELBO (one yardstick)
     ft = ['--init_from', pre, '--warmup_iters', str(P['warmup_iters']), '--eval_bound', 'mdlm',
           '--eval_interval', str(P['ft_eval'])]
-    # the winners run until their own val bound stops improving: MDLM's NELBO, DSL's diffusion bound (its NELBO
-    # starts at its best, the pre-train's, while the intermediate SNRs it is fine-tuned for are what improve)
-    own = dict(mdlm=['--eval_bound', 'mdlm', '--patience', str(P['patience'])],
-               dsl=['--eval_bound', '', '--patience', str(P['patience'])])
+    # the winners run until a val bound stops improving by min_delta for patience evals (counted from step
+    # patience_from: an EMA that starts at the loaded weights lags). stop_bound 'mdlm': both on the NELBO, the
+    # bound of the endpoint states every discrete sampler visits; 'own': DSL on its diffusion bound
+    stop = ['--patience', str(P['patience']), '--min_delta', str(P['min_delta']),
+            '--patience_from', str(P['patience_from'])]
+    own = dict(mdlm=['--eval_bound', 'mdlm'] + stop,
+               dsl=['--eval_bound', 'mdlm' if P['stop_bound'] == 'mdlm' else ''] + stop)
     judge = ck['ar'] if P['judge'] == 'ar' else P['judge']
-    chosen = read_json(os.path.join(res, 'tuning.json'), {})
+    recipe = P['recipe'] if not P['recipe'] or os.path.isabs(P['recipe']) else os.path.join(HERE, P['recipe'])
+    if recipe and not os.path.isfile(recipe):
+        raise FileNotFoundError(f"--recipe {recipe}: no such file (a tuning.json that repro.py wrote)")
+    chosen = read_json(recipe or os.path.join(res, 'tuning.json'), {})
     grids = dict(mdlm=[variant('mdlm', k, P) for k in P['mdlm_grid']], dsl=[variant('dsl', k, P) for k in P['dsl_grid']])
-    if P['tune_iters']:  # 1. the recipe ablation: equal, short runs; 2. its winner is continued to convergence
+    if P['tune_iters'] and not recipe:  # 1. the recipe ablation: equal, short runs; 2. its winner is continued
         tdir = lambda name: os.path.join(runs, 'tune', name)
         os.makedirs(os.path.join(res, 'tuning'), exist_ok=True)
         for kind, vs in grids.items():
@@ -199,11 +213,11 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
                 chosen[kind] = dict(winner=win.split(':')[1], H=H, gen_nll=at, ref_entropy=ref,
                                     args=dict(vs)[win.split(':')[1]])
             evaluate.write_atomic(os.path.join(res, 'tuning.json'), json.dumps(chosen, indent=1))
-    else:
+    elif not recipe:
         chosen = {kind: dict(winner=vs[0][0], args=vs[0][1]) for kind, vs in grids.items()}
     for k, kind in (('mdlm_ft', 'mdlm'), ('dsl_ft', 'dsl')):
         src = os.path.join(runs, 'tune', chosen[kind]['winner'], 'ckpt.pt')
-        if P['tune_iters'] and not os.path.isfile(ck[k]):  # the winner's run goes on: the same run, continued
+        if P['tune_iters'] and not recipe and not os.path.isfile(ck[k]):  # the winner's run goes on, continued
             os.makedirs(d[k], exist_ok=True)
             shutil.copyfile(src, ck[k])
         stage(res, f'train_{k}', lambda: train(d[k], common + ft + chosen[kind]['args'] + own[kind] + [
@@ -212,7 +226,7 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
     # atomic endpoints (paper Fig. 4/5): the chosen DSL recipe, as many steps as dsl_ft took (no patience: fewer evals)
     steps_dsl = torch.load(ck['dsl_ft'], map_location='cpu', weights_only=False, mmap=True)['step']
     stage(res, 'train_dsl_atomic', lambda: train(d['dsl_atomic'], common + ft + chosen['dsl']['args'] + [
-        '--eval_bound', '', '--eval_interval', '500', '--smooth_endpoints', 'False', '--max_iters', str(steps_dsl),
+        '--eval_bound', own['dsl'][1], '--eval_interval', '500', '--smooth_endpoints', 'False', '--max_iters', str(steps_dsl),
         '--out_dir', d['dsl_atomic']],
         steps_dsl, launcher,
         os.path.join(res, 'train_dsl_atomic.log')))
@@ -253,12 +267,15 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
                                             ck['dsl_atomic']: dsl_steps}, P['num_samples'], judge, dd, out_dir=res,
                                             L=P['block_size'], top_p=0.9, compile=P['compile']))
     ev = {k: torch.load(ck[k], map_location='cpu', weights_only=False, mmap=True).get('evals', []) for k in ck}
-    figures.curves({'MDLM continuation: val MDLM NELBO': {'mdlm_ft': ev['mdlm_ft']},
-                    'DSL continuations: val diffusion bound': {k: ev[k] for k in ('dsl_ft', 'dsl_atomic')}},
-                   os.path.join(res, 'curves.png'), f"the continuations' own validation bounds ({P['val_windows']} fixed "
-                   f"windows, every {P['ft_eval']} steps; --patience {P['patience']}); the tuning runs: tuning/*.log")
+    panels = {'MDLM continuation: val MDLM NELBO': {'mdlm_ft': ev['mdlm_ft']},
+              'DSL continuations: val diffusion bound': {k: ev[k] for k in ('dsl_ft', 'dsl_atomic')}}
+    if P['stop_bound'] == 'mdlm':  # one yardstick: one panel
+        panels = {'continuations: val MDLM NELBO': {k: ev[k] for k in ('mdlm_ft', 'dsl_ft', 'dsl_atomic')}}
+    figures.curves(panels, os.path.join(res, 'curves.png'), f"the stopping bound ({P['val_windows']} fixed windows, "
+                   f"every {P['ft_eval']} steps; --patience {P['patience']} --min_delta {P['min_delta']:g} "
+                   f"--patience_from {P['patience_from']})")
     trajectories(res, ck, min(dsl_steps, key=lambda T: abs(T - 32)), dd)
-    report(corpus, P, res, runs, steps, dsl_steps, chosen)
+    report(corpus, P, res, runs, steps, dsl_steps, chosen, recipe)
 
 
 def trajectories(res, ck, T, dd):
@@ -286,7 +303,7 @@ def frontier_figure(rows, res, steps, ref_entropy, marks=()):
                      '(labels); x: the matched-entropy estimate of each verdict row', ref_entropy, marks)
 
 
-def report(corpus, P, res, runs, steps, dsl_steps, chosen):
+def report(corpus, P, res, runs, steps, dsl_steps, chosen, recipe=''):
     rows = compare.rows_of(res)
     per = compare.per_sample_of(res)
     ref = next(r for r in rows if r['model'] == 'reference')
@@ -301,14 +318,20 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen):
     md = [f"# Results at small scale: {corpus}", '',
           f"Preset `{P['name']}`: {P['preset']} models, L = {P['block_size']}, batch {P['batch_size']}; MDLM "
           f"pre-training {P['pre_iters'] or P['init_from']} steps; each continuation from it at most "
-          f"{P['ft_iters']} steps, stopped once its own validation bound (MDLM: NELBO, DSL: diffusion bound) had "
-          f"not improved for {P['patience']} evals ({P['patience'] * P['ft_eval']} steps): MDLM {ft_steps['mdlm_ft']},"
-          f" DSL {ft_steps['dsl_ft']} steps. "
+          f"{P['ft_iters']} steps, stopped once its validation "
+          f"{'MDLM NELBO' if P['stop_bound'] == 'mdlm' else 'bound (MDLM: NELBO, DSL: diffusion bound)'} had not "
+          f"improved by more than {P['min_delta']:g} nats for {P['patience']} evals ({P['patience'] * P['ft_eval']} "
+          f"steps), counted from step {P['patience_from']}: MDLM {ft_steps['mdlm_ft']}, DSL {ft_steps['dsl_ft']} steps. "
           f"N = {P['num_samples']} samples per cell, top-p {P['top_ps']}, judge: an AR model of the same size "
           f"({P['ar_iters']} steps). Hardware: {hw}.", '', '| stage | wall time |', '|---|---|']
     md += [f"| {k} | {v['seconds'] / 60:.1f} min |" for k, v in st.items()]
     md += ['', f"Total: {sum(v['seconds'] for v in st.values()) / 60:.0f} min."]
-    if P['tune_iters']:
+    if recipe:
+        rel = os.path.relpath(os.path.dirname(recipe), res)
+        md += ['', '## Recipe', '', f"Reused from an earlier ablation run, [{rel}]({rel}/README.md) (its criterion: "
+               f"generative NLL at matched entropy, sample seed 1). The winners, continued here from this run's "
+               f"pre-train: " + '; '.join(f"**{k.upper()}** `{chosen[k]['winner']}`" for k in ('mdlm', 'dsl')) + '.']
+    elif P['tune_iters']:
         md += ['', '## Recipe ablation', '', f"Every variant: {P['tune_iters']} steps from the same pre-train. "
                f"Criterion, fixed before the test sweep: generative NLL at the entropy every variant's curve "
                f"reaches (the data's, clipped), sampled with hybrid (DSL) or remdm-loop (MDLM) at T = {P['tune_T']}, "
@@ -400,7 +423,7 @@ def repro(preset='cpu', corpora=None, text='', launcher='', results='results', r
 def parse_args(argv):
     ap = argparse.ArgumentParser(description="the paper's protocol at small scale: train, bounds, sweep, verdict")
     ap.error = lambda msg: die(msg)  # one line, no usage dump
-    ap.add_argument('--preset', default='cpu', help=f"{' | '.join(PRESETS)} (cpu: ~2 h on 2 cores)")
+    ap.add_argument('--preset', default='cpu', help=f"{' | '.join(PRESETS)} (cpu: ~100 min on 2 cores)")
     ap.add_argument('--corpora', default='', help="comma-separated: char, speech or speech-bpe (need --text), owt; "
                                                   "'' = the preset's")
     ap.add_argument('--text', default='', help='the speech corpora: comma-separated local .txt files')
@@ -412,6 +435,8 @@ def parse_args(argv):
         ap.add_argument(f'--{k}', type=int, default=None, help="default: the preset's")
     ap.add_argument('--steps', default=None, help="comma-separated; default: the preset's")
     ap.add_argument('--ft_lr', type=float, default=None, help="the tuning grid's base learning rate; default: the preset's")
+    ap.add_argument('--recipe', default=None, help="a tuning.json of an earlier run: its winners, no tuning runs; "
+                                                   "'' = tune here; default: the preset's")
     return ap.parse_args(argv)
 
 
@@ -425,7 +450,7 @@ def main(argv=None):
     try:
         repro(a.preset, a.corpora, a.text, a.launcher, a.results, a.runs, pre_iters=a.pre_iters, ft_iters=a.ft_iters,
               num_samples=a.num_samples, block_size=a.block_size, batch_size=a.batch_size, steps=a.steps,
-              ft_lr=a.ft_lr, tokenizer=a.tokenizer)
+              ft_lr=a.ft_lr, tokenizer=a.tokenizer, recipe=a.recipe)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as e:  # user errors: one line; bugs keep tracebacks
         die(str(e.args[0]) if e.args else type(e).__name__)
 

@@ -83,6 +83,8 @@ config = dict(
     eval_bound='',               # '' = the objective's (DSL diffusion bound, MDLM NELBO, AR NLL); mdlm = NELBO of any
                                  # diffusion model: one yardstick for MDLM and DSL continuations
     patience=0,                  # stop once the val bound has not improved for this many evals (max_iters := that step)
+    min_delta=0.0,               # ... improved by more than this (nats): a plateau, not only a stop, ends the run
+    patience_from=0,             # ... counting evals from this step on (an EMA from loaded weights lags 1/(1-decay))
     log_interval=50,             # steps between log lines
     ckpt_interval=250,           # steps between checkpoints (and at the end)
     out_dir='out',               # checkpoint folder: out_dir/ckpt.pt
@@ -106,7 +108,8 @@ RANGES = dict(n_layer=(1, INF, '[)'), n_embd=(1, INF, '[)'), n_head=(1, INF, '[)
               roar_weight=(0, INF, '[)'), max_iters=(0, INF, '[)'), lr=(0, INF, '()'), min_lr=(0, INF, '[)'),
               warmup_iters=(0, INF, '[)'), weight_decay=(0, INF, '[)'), beta1=(0, 1, '[)'), beta2=(0, 1, '[)'),
               grad_clip=(0, INF, '[)'), ema_decay=(0, 1, '[)'), seed=(0, INF, '[)'),  # numpy seeds are >= 0
-              grad_accum=(0, INF, '[)'), lookup_topk=(-1, INF, '[)'), patience=(0, INF, '[)'))
+              grad_accum=(0, INF, '[)'), lookup_topk=(-1, INF, '[)'), patience=(0, INF, '[)'),
+              min_delta=(0, INF, '[)'), patience_from=(0, INF, '[)'))
 SNR_KEYS = ('gamma_max', 'gamma_min', 'p_end', 'c', 'mu', 'sigma', 'jitter', 'smooth_endpoints')
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, '4090': 165e12}  # dense bf16
 
@@ -133,12 +136,9 @@ def convert(key, val):
     if config[key] is None and val.lower() in ('none', 'auto'):
         return None
     try:
-        if typ is bool:
-            if val.lower() not in ('true', 'false', '1', '0', 'yes', 'no'):
-                raise ValueError
-            v = val.lower() in ('true', '1', 'yes')
-        else:
-            v = typ(val)
+        if typ is bool and val.lower() not in ('true', 'false', '1', '0', 'yes', 'no'):
+            raise ValueError
+        v = val.lower() in ('true', '1', 'yes') if typ is bool else typ(val)
     except ValueError:
         die(f"--{key} expects {typ.__name__}, got '{val}'", 2)
     if key in POSITIVE and v < 1:
@@ -235,11 +235,9 @@ def setup_processes(cfg):
     """DDP when torchrun set RANK (DESIGN.md §8), else one process. Returns (ddp, rank, world, device,
     device_type, autocast): under DDP on CUDA, process LOCAL_RANK takes the GPU cuda:LOCAL_RANK."""
     ddp = 'RANK' in os.environ
+    rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
     if ddp:
-        rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
         dist.init_process_group('nccl' if torch.cuda.is_available() and cfg['device'] != 'cpu' else 'gloo')
-    else:
-        rank, world = 0, 1
     device = cfg['device'] if cfg['device'] != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu'
     if ddp and device.startswith('cuda'):
         device = f"cuda:{os.environ['LOCAL_RANK']}"
@@ -428,7 +426,9 @@ def main(argv):
             log(f"eval step {step} | val {bound_name} {nats:.4f} nats/token ({r['bits']:.4f} bits, "
                 f"ppl {r['ppl']:.2f}) | {time.time() - t:.1f}s", flush=True)
             t_log += time.time() - t  # keep eval time out of ms/step
-            best_at = min(range(len(evals)), key=lambda i: evals[i][1])
+            best_at, b = len(evals) - 1, INF  # the last counted eval that beat every earlier one by min_delta
+            for i, (at, v) in enumerate(evals):
+                best_at, b = (i, v) if at >= cfg['patience_from'] and v < b - cfg['min_delta'] else (best_at, b)
             if cfg['patience'] and len(evals) - 1 - best_at >= cfg['patience'] and step < cfg['max_iters']:
                 log(f"early stop: no better val {bound_name} in {cfg['patience']} evals; max_iters set to {step}")
                 cfg['max_iters'] = step  # stored: a resume stops here too unless given a larger --max_iters
