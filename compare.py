@@ -232,11 +232,21 @@ def own_rules(rows, per, steps, dsl_steps, ref_entropy, B=1000, each=False):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not os.path.isfile(os.path.join(argv[0], 'per_sample.jsonl')):
-        print("compare.py: error: pass one sweep folder holding results.csv and per_sample.jsonl", file=sys.stderr)
-        sys.exit(2)
-    rows, per = rows_of(argv[0]), per_sample_of(argv[0])
+    import argparse
+    ap = argparse.ArgumentParser(description='the verdict tables of a sweep folder, recomputed from its files')
+    ap.error = lambda msg: (print(f"compare.py: error: {msg}", file=sys.stderr), sys.exit(2))  # one line
+    ap.add_argument('folder', help='a sweep folder holding results.csv and per_sample.jsonl (e.g. results/char)')
+    ap.add_argument('--mdlm', default='', help="another sweep folder whose ':mdlm_ft' cells replace the MDLM arm's "
+                                               "(e.g. the MDLM continuation trained on for as many steps as DSL's)")
+    a = ap.parse_args(argv)
+    for d in filter(None, (a.folder, a.mdlm)):
+        if not os.path.isfile(os.path.join(d, 'per_sample.jsonl')):
+            ap.error(f"{d}: no results.csv and per_sample.jsonl (a sweep folder)")
+    rows, per = rows_of(a.folder), per_sample_of(a.folder)
+    if a.mdlm:  # the other arm's cells; the DSL cells and the reference stay
+        rows = [r for r in rows if not r['model'].endswith(':mdlm_ft')] + \
+            [r for r in rows_of(a.mdlm) if r['model'].endswith(':mdlm_ft')]
+        per.update(per_sample_of(a.mdlm))
     steps = sorted({int(r['steps']) for r in rows if r['model'].endswith(':mdlm_ft')})
     dsl_steps = sorted({int(r['steps']) for r in rows if r['model'].endswith(':dsl_ft')})
     H = float(next(r for r in rows if r['model'] == 'reference')['entropy'])

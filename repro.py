@@ -49,8 +49,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # a corpus may set preset keys of its own, for every preset or under a preset's name (a command-line override wins)
 # char, cpu: the recipe ablation of results/char_recipe (ten 500-step runs, 2 Dec) is reused, so that the budget
 # goes to continuations run to a plateau of the NELBO (min_delta over patience evals from step patience_from)
-CORPORA = {'char': dict(dataset='shakespeare_char', tokenizer='char',
-                        cpu=dict(recipe=os.path.join('results', 'char_recipe', 'tuning.json'))),
+PRESET_RECIPE = os.path.join('results', 'char_recipe', 'tuning.json')
+CORPORA = {'char': dict(dataset='shakespeare_char', tokenizer='char', cpu=dict(recipe=PRESET_RECIPE)),
            'speech': dict(dataset='', tokenizer='gpt2'),       # local text files (--text), GPT-2 BPE
            # word pieces at near-character cost: a byte-level BPE of 2048 tokens trained on the training split. Here a
            # train.py step takes 160 ms (MDLM) and 420-434 ms (DSL + ROAR), a DSL eval 11 s (results/speed/
@@ -79,7 +79,8 @@ PRESETS = dict(
     # ~40 per GPU (per process here), L = 1024, N = 5000, gpt2-large as judge and featurizer; no tuning runs
     gpu=dict(corpora='owt', preset='small', block_size=1024, batch_size=40, pre_iters=0, ar_iters=0,
              lr=3e-4, ft_lr=3e-4, alt_lr=1e-4, warmup_iters=500, tune_iters=0, ft_iters=10000, ft_eval=500,
-             patience=0, stop_bound='mdlm', min_delta=0.0, patience_from=0, recipe='', dsl_grid=[{}], mdlm_grid=[{}], tune_T=0, tune_n=0, tune_top_p='',
+             patience=0, stop_bound='mdlm', min_delta=0.0, patience_from=0, recipe='', dsl_grid=[{}],
+             mdlm_grid=[{}], tune_T=0, tune_n=0, tune_top_p='',
              num_samples=5000, steps='16,32,64,128,256,512,1024', dsl_steps='16,32,64,128,256',
              top_ps='0.8,0.9,0.95,1.0', judge='gpt2-large', init_from='kuleshov-group/mdlm-owt', eval_windows=256,
              val_windows=256, eval_grid=64, bootstrap=1000, compile=True),
@@ -156,6 +157,10 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
     c = CORPORA[corpus]
     if corpus.startswith('speech') and not text:
         raise ValueError(f"--corpora {corpus} needs --text: comma-separated local .txt files")
+    # the cpu preset's recipe is relative to this repository; a user's is relative to where they run
+    recipe = os.path.join(HERE, P['recipe']) if P['recipe'] and P['recipe'] == PRESET_RECIPE else P['recipe']
+    if recipe and not os.path.isfile(recipe):
+        raise FileNotFoundError(f"--recipe {recipe}: no such file (a tuning.json that repro.py wrote)")
     # --text: the speech corpus's files, or local files instead of a download (char, owt)
     dd, meta = data.ensure(c['dataset'] or 'shakespeare_char', text, P.get('tokenizer') or c['tokenizer'])
     log(f"{corpus}: data {dd} ({meta['tokenizer']}, V = {meta['vocab_size']})")
@@ -186,9 +191,6 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
     own = dict(mdlm=['--eval_bound', 'mdlm'] + stop,
                dsl=['--eval_bound', 'mdlm' if P['stop_bound'] == 'mdlm' else ''] + stop)
     judge = ck['ar'] if P['judge'] == 'ar' else P['judge']
-    recipe = P['recipe'] if not P['recipe'] or os.path.isabs(P['recipe']) else os.path.join(HERE, P['recipe'])
-    if recipe and not os.path.isfile(recipe):
-        raise FileNotFoundError(f"--recipe {recipe}: no such file (a tuning.json that repro.py wrote)")
     chosen = read_json(recipe or os.path.join(res, 'tuning.json'), {})
     grids = dict(mdlm=[variant('mdlm', k, P) for k in P['mdlm_grid']], dsl=[variant('dsl', k, P) for k in P['dsl_grid']])
     if P['tune_iters'] and not recipe:  # 1. the recipe ablation: equal, short runs; 2. its winner is continued
@@ -452,7 +454,7 @@ def main(argv=None):
               num_samples=a.num_samples, block_size=a.block_size, batch_size=a.batch_size, steps=a.steps,
               ft_lr=a.ft_lr, tokenizer=a.tokenizer, recipe=a.recipe)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as e:  # user errors: one line; bugs keep tracebacks
-        die(str(e.args[0]) if e.args else type(e).__name__)
+        die(e.args[0] if e.args and isinstance(e.args[0], str) else str(e) or type(e).__name__)  # OSError: errno first
 
 
 if __name__ == '__main__':

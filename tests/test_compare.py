@@ -110,18 +110,31 @@ def test_cli_reads_a_sweep_folder_and_fails_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         C.main([str(tmp_path)])
     assert e.value.code == 2 and capsys.readouterr().err.count('\n') == 1
-    rows, per = table({('mdlm:mdlm_ft', 'mdlm', 8): [(0.9, 2.9, 2.8, 8), (1.0, 3.3, 3.2, 8)],
-                       ('dsl:dsl_ft', 'hybrid', 8): [(0.9, 2.2, 2.6, 8), (1.0, 2.8, 3.2, 8)]})
     import csv
-    with open(tmp_path / 'results.csv', 'w') as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    with open(tmp_path / 'per_sample.jsonl', 'w') as f:
-        for (ck, s, T, tp), v in per.items():
-            f.write(json.dumps(dict(ckpt=ck, sampler=s, steps=T, top_p=tp, **v)) + '\n')
+
+    def write(folder, spec, ckpt=''):
+        rows, per = table(spec)
+        folder.mkdir(exist_ok=True)
+        with open(folder / 'results.csv', 'w') as f:
+            w = csv.DictWriter(f, list(rows[0]))
+            w.writeheader()
+            w.writerows([{**r, 'ckpt': ckpt + r['ckpt']} for r in rows])
+        with open(folder / 'per_sample.jsonl', 'w') as f:
+            for (ck, s, T, tp), v in per.items():
+                f.write(json.dumps(dict(ckpt=ckpt + ck, sampler=s, steps=T, top_p=tp, **v)) + '\n')
+    write(tmp_path, {('mdlm:mdlm_ft', 'mdlm', 8): [(0.9, 2.9, 2.8, 8), (1.0, 3.3, 3.2, 8)],
+                     ('dsl:dsl_ft', 'hybrid', 8): [(0.9, 2.2, 2.6, 8), (1.0, 2.8, 3.2, 8)]})
     C.main([str(tmp_path)])
-    assert '| 8 | 8 | 3.000 |' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '| 8 | 8 | 3.000 | 2.600 [' in out and '| 3.100 [' in out  # at 3.0: DSL 2.6, MDLM 3.1
+    # --mdlm: another MDLM continuation's cells (another checkpoint path) replace the MDLM arm's, DSL's stay
+    write(tmp_path / 'long', {('mdlm:mdlm_ft', 'mdlm', 8): [(0.9, 2.5, 2.8, 8), (1.0, 2.9, 3.2, 8)]}, 'long/')
+    C.main([str(tmp_path), '--mdlm', str(tmp_path / 'long')])
+    out = capsys.readouterr().out
+    assert '| 8 | 8 | 3.000 | 2.600 [' in out and '| 2.700 [' in out and '| -0.100 [' in out and '3.100' not in out
+    with pytest.raises(SystemExit) as e:
+        C.main([str(tmp_path), '--mdlm', str(tmp_path / 'none')])
+    assert e.value.code == 2 and capsys.readouterr().err.count('\n') == 1
 
 
 def test_frontier_legend_names_every_panels_lines(tmp_path, monkeypatch):

@@ -60,6 +60,16 @@ def test_toy_protocol_end_to_end_and_resumes(tmp_path, monkeypatch, corpus, caps
     repro.repro('toy', text=corpus, results='res', runs='runs')
     assert 'done earlier' in capsys.readouterr().out
     assert {f: (res / f).read_text() for f in before} == before
+    # --recipe: an earlier run's winners, no tuning runs; each continuation starts from this run's pre-train
+    repro.repro('toy', text=corpus, results='res2', runs='runs2', recipe=str(res / 'tuning.json'))
+    res2 = tmp_path / 'res2' / 'char'
+    assert not any(k.startswith('tune') for k in json.loads((res2 / 'stages.json').read_text()))
+    readme = (res2 / 'README.md').read_text()
+    assert '## Recipe\n' in readme and f"`{chosen['dsl']['winner']}`" in readme and '**yes**' not in readme
+    assert 'initialised from' in (res2 / 'train_dsl_ft.log').read_text() and not (tmp_path / 'runs2' / 'char' / 'tune').exists()
+    with pytest.raises(FileNotFoundError, match='--recipe nope.json: no such file'):
+        repro.repro('toy', text=corpus, results='res3', runs='runs3', recipe='nope.json')
+    assert not (tmp_path / 'runs3').exists()  # before any work
 
 
 def test_interrupted_training_stage_resumes_from_its_checkpoint(tmp_path, monkeypatch, corpus):

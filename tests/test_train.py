@@ -241,6 +241,22 @@ def test_fine_tuning_ema_starts_at_the_loaded_weights(data_dir, tmp_path, one_th
     assert max_diff(c['model'], w0) > 1e-3  # the step moved the weights: the two modes differ
 
 
+def test_a_plateau_stops_a_run_that_still_improves_a_little(data_dir, tmp_path, one_thread, capsys):
+    """--min_delta: an eval is a new best only if it beats the best by more than min_delta, so a run whose bound
+    still falls, by less, stops; --patience_from: evals before that step are not counted (an EMA that starts at
+    loaded weights lags), so the first counted eval (step 4) is the best and the stop comes 2 evals later."""
+    out = tmp_path / 'p'
+    train.main(SMALL + ['--data_dir', data_dir, '--max_iters', 50, '--eval_interval', 2, '--patience', 2,
+                        '--lr', 3e-3, '--min_delta', 100, '--patience_from', 4, '--out_dir', out, '--eval_bound', 'mdlm'])
+    assert 'early stop' in capsys.readouterr().out
+    c = ckpt(out)
+    assert c['step'] == 8 and c['config']['max_iters'] == 8 and [s for s, _ in c['evals']] == [0, 2, 4, 6, 8]
+    assert c['evals'][-1][1] < c['evals'][2][1]  # it was still improving, by less than min_delta
+    train.main(SMALL + ['--data_dir', data_dir, '--max_iters', 8, '--eval_interval', 2, '--patience', 2,
+                        '--lr', 3e-3, '--min_delta', 0, '--out_dir', tmp_path / 'q', '--eval_bound', 'mdlm'])
+    assert 'early stop' not in capsys.readouterr().out and ckpt(tmp_path / 'q')['step'] == 8  # every eval better
+
+
 def test_patience_stops_a_run_whose_val_bound_stops_improving(data_dir, tmp_path, one_thread, capsys):
     """lr 1e-30 (below float32 resolution): the val bound never improves, so --patience 2 stops at the second eval after the first, stores that
     step as max_iters (a resume stops there too), and repro's train() counts the run as finished."""
