@@ -7,6 +7,7 @@ cell (per_sample.jsonl: each sample's judge NLL, token count and unigram entropy
 
     python compare.py results/char      # the verdict table of a finished sweep folder
 """
+import argparse
 import csv
 import json
 import os
@@ -232,7 +233,6 @@ def own_rules(rows, per, steps, dsl_steps, ref_entropy, B=1000, each=False):
 
 
 def main(argv=None):
-    import argparse
     ap = argparse.ArgumentParser(description='the verdict tables of a sweep folder, recomputed from its files')
     ap.error = lambda msg: (print(f"compare.py: error: {msg}", file=sys.stderr), sys.exit(2))  # one line
     ap.add_argument('folder', help='a sweep folder holding results.csv and per_sample.jsonl (e.g. results/char)')

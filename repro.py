@@ -49,8 +49,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # a corpus may set preset keys of its own, for every preset or under a preset's name (a command-line override wins)
 # char, cpu: the recipe ablation of results/char_recipe (ten 500-step runs, 2 Dec) is reused, so that the budget
 # goes to continuations run to a plateau of the NELBO (min_delta over patience evals from step patience_from)
-PRESET_RECIPE = os.path.join('results', 'char_recipe', 'tuning.json')
-CORPORA = {'char': dict(dataset='shakespeare_char', tokenizer='char', cpu=dict(recipe=PRESET_RECIPE)),
+CORPORA = {'char': dict(dataset='shakespeare_char', tokenizer='char',
+                        cpu=dict(recipe=os.path.join(HERE, 'results', 'char_recipe', 'tuning.json'))),
            'speech': dict(dataset='', tokenizer='gpt2'),       # local text files (--text), GPT-2 BPE
            # word pieces at near-character cost: a byte-level BPE of 2048 tokens trained on the training split. Here a
            # train.py step takes 160 ms (MDLM) and 420-434 ms (DSL + ROAR), a DSL eval 11 s (results/speed/
@@ -157,8 +157,8 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
     c = CORPORA[corpus]
     if corpus.startswith('speech') and not text:
         raise ValueError(f"--corpora {corpus} needs --text: comma-separated local .txt files")
-    # the cpu preset's recipe is relative to this repository; a user's is relative to where they run
-    recipe = os.path.join(HERE, P['recipe']) if P['recipe'] and P['recipe'] == PRESET_RECIPE else P['recipe']
+    recipe = P['recipe']  # an earlier run's tuning.json: its winners are continued, no tuning runs here
+    tune = P['tune_iters'] and not recipe
     if recipe and not os.path.isfile(recipe):
         raise FileNotFoundError(f"--recipe {recipe}: no such file (a tuning.json that repro.py wrote)")
     # --text: the speech corpus's files, or local files instead of a download (char, owt)
@@ -193,7 +193,7 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
     judge = ck['ar'] if P['judge'] == 'ar' else P['judge']
     chosen = read_json(recipe or os.path.join(res, 'tuning.json'), {})
     grids = dict(mdlm=[variant('mdlm', k, P) for k in P['mdlm_grid']], dsl=[variant('dsl', k, P) for k in P['dsl_grid']])
-    if P['tune_iters'] and not recipe:  # 1. the recipe ablation: equal, short runs; 2. its winner is continued
+    if tune:  # 1. the recipe ablation: equal, short runs; 2. its winner is continued
         tdir = lambda name: os.path.join(runs, 'tune', name)
         os.makedirs(os.path.join(res, 'tuning'), exist_ok=True)
         for kind, vs in grids.items():
@@ -219,7 +219,7 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
         chosen = {kind: dict(winner=vs[0][0], args=vs[0][1]) for kind, vs in grids.items()}
     for k, kind in (('mdlm_ft', 'mdlm'), ('dsl_ft', 'dsl')):
         src = os.path.join(runs, 'tune', chosen[kind]['winner'], 'ckpt.pt')
-        if P['tune_iters'] and not recipe and not os.path.isfile(ck[k]):  # the winner's run goes on, continued
+        if tune and not os.path.isfile(ck[k]):  # the winner's run goes on: the same run, continued
             os.makedirs(d[k], exist_ok=True)
             shutil.copyfile(src, ck[k])
         stage(res, f'train_{k}', lambda: train(d[k], common + ft + chosen[kind]['args'] + own[kind] + [

@@ -83,7 +83,7 @@ config = dict(
     eval_bound='',               # '' = the objective's (DSL diffusion bound, MDLM NELBO, AR NLL); mdlm = NELBO of any
                                  # diffusion model: one yardstick for MDLM and DSL continuations
     patience=0,                  # stop once the val bound has not improved for this many evals (max_iters := that step)
-    min_delta=0.0,               # ... improved by more than this (nats): a plateau, not only a stop, ends the run
+    min_delta=0.0,               # ... improved by more than this (nats), so that a plateau ends the run too
     patience_from=0,             # ... counting evals from this step on (an EMA from loaded weights lags 1/(1-decay))
     log_interval=50,             # steps between log lines
     ckpt_interval=250,           # steps between checkpoints (and at the end)
