@@ -113,21 +113,43 @@ def sample_gamma(B, L, cfg, device, generator=None):
 # ---------------------------------------------------------------------------------------------
 # Training losses
 
+def roar_rows(B, roar_weight):
+    """How many of a micro-batch's B rows carry the ROAR corruption: the share q = w / (1 + w), rounded, at least
+    one row of each kind. With equal per-row variances s^2 of the two terms, the estimate's variance
+    s^2 (1 / n_mixed + w^2 / n_roar) is smallest at n_roar / n_mixed = w, i.e. q = w / (1 + w)."""
+    if roar_weight <= 0:
+        return 0
+    if B < 2:
+        raise ValueError("the ROAR term needs a micro-batch of at least 2 rows (one of each kind)")
+    return min(B - 1, max(1, round(B * roar_weight / (1 + roar_weight))))
+
+
 def dsl_loss(model, x, cfg, generator=None, roar_weight=0.0):
-    """Cross-entropy of x_theta(z) against x at every position, mean over tokens, z from the mixed
-    corruption. The optional ROAR term adds CE on the hidden positions of an atomic endpoint batch."""
+    """The DSL training loss in one denoiser call: CE_mixed + w * ROAR.
+
+    CE_mixed: cross-entropy of x_theta(z) against x at every position, z from the mixed corruption.
+    ROAR (any-order autoregression, weight w = roar_weight): CE at the hidden positions of a noiseless
+    endpoint state (k ~ U{0..L-1} tokens revealed at gamma_max, the rest at z = 0), averaged per sequence
+    over its hidden positions, as the authors' code (DSL2, dsl/metrics.py::nll_roar).
+    The first n_roar = roar_rows(B, w) rows of x get the ROAR state, the others the mixed one, and one
+    forward sees them all: the mean over mixed rows plus w times the mean over ROAR rows is an unbiased
+    estimate of CE_mixed + w * ROAR (the rows of x are exchangeable draws), at the cost of one MDLM step."""
     B, L = x.shape
-    gamma, _, _ = sample_gamma(B, L, cfg, x.device, generator)
-    e = model.E()[x]  # (B, L, d)
+    n_roar = roar_rows(B, roar_weight)
+    gamma, _, _ = sample_gamma(B - n_roar, L, cfg, x.device, generator)
+    e = model.E()[x[n_roar:]]  # (B - n_roar, L, d)
     z = localize(e, gamma.to(e.dtype), generator)
-    logits = model(z=z)
-    loss = F.cross_entropy(logits[..., :model.vocab_size].flatten(0, 1).float(), x.flatten())
-    if roar_weight > 0:
-        revealed = sample_endpoint_mask(B, L, x.device, generator)
-        xr = torch.where(revealed, x, torch.full_like(x, model.mask_id))
-        logp = token_logprobs(model(x=xr), x, model.vocab_size)
-        hidden = ~revealed
-        loss = loss + roar_weight * -(logp * hidden).sum() / hidden.sum().clamp(min=1)
+    if n_roar:
+        revealed = sample_endpoint_mask(n_roar, L, x.device, generator)  # (n_roar, L)
+        x_roar = torch.where(revealed, x[:n_roar], torch.full_like(x[:n_roar], model.mask_id))
+        z = torch.cat([model.endpoint_z(x_roar).to(z.dtype), z])  # (B, L, d)
+    logits = model(z=z)[..., :model.vocab_size]  # (B, L, V)
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction='none').view(B, L)
+    loss = ce[n_roar:].mean()
+    if n_roar:
+        hidden = ~revealed  # k <= L - 1, so every row has a hidden position
+        roar = ((ce[:n_roar] * hidden).sum(1) / hidden.sum(1)).mean()
+        loss = loss + roar_weight * roar
     return loss
 
 

@@ -352,6 +352,8 @@ def main(argv):
     if cfg['grad_accum'] % world:
         die(f"grad_accum={cfg['grad_accum']} must be divisible by the number of processes ({world})", 2)
     micro_steps = cfg['grad_accum'] // world  # the global batch stays batch_size * grad_accum
+    if cfg['objective'] == 'dsl' and cfg['roar_weight'] > 0 and cfg['batch_size'] < 2:
+        die("--roar_weight > 0 needs --batch_size >= 2: each micro-batch holds ROAR and mixed rows", 2)
     if master:  # rank 0 prepares the data (download, tokenize) while the others wait
         cfg['data_dir'], meta = data.ensure(cfg['dataset'], cfg['data'], cfg['tokenizer'], cfg['data_dir'])
     if ddp:
@@ -378,7 +380,7 @@ def main(argv):
         # broadcast_buffers off: the only buffer (rotary inv_freq) is constant
         model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if device_type == 'cuda' else None,
                     broadcast_buffers=False)
-        for name in ('E', 'vocab_size', 'mask_id', 'dsl', 'config'):  # what noise.loss_fn reads from the model
+        for name in ('E', 'endpoint_z', 'vocab_size', 'mask_id', 'dsl', 'config'):  # what noise.loss_fn reads from the model
             setattr(model, name, getattr(raw, name))
     eval_model = ema if ema is not None and cfg['eval_ema'] else raw
     val_x = data.get_batch(cfg['data_dir'], 'val', cfg['eval_windows'], L, np.random.default_rng(1234),
