@@ -20,6 +20,7 @@ import torch
 
 import model as modellib
 import noise
+import reference
 import sample
 
 
@@ -58,10 +59,11 @@ def weights(DiT, cfg):
 
 
 def train_step(args, mode, amp, compiled=False):
-    """A closure running one forward+backward of `mode` (mdlm, dsl, dsl-dense or ar) on a fixed random batch, the
-    model, and the loss at a fixed noise seed (the same weights for every `compiled`: a comparison of losses).
-    dsl uses the model's default soft lookup (top-k above 2048 tokens), dsl-dense the exact dense one, dsl-topk the
-    top-64 one at any vocabulary."""
+    """A closure running one forward+backward of `mode` (mdlm, dsl, dsl-dense, dsl-topk, dsl-two-pass or ar) on a
+    fixed random batch, the model, and the loss at a fixed noise seed (the same weights for every `compiled`: a
+    comparison of losses). dsl uses the model's default soft lookup (top-k above 2048 tokens), dsl-dense the exact
+    dense one, dsl-topk the top-64 one at any vocabulary; dsl-two-pass times reference.dsl_loss, the objective
+    with a second forward for the ROAR term (what noise.dsl_loss estimates in one)."""
     objective = mode.split('-')[0]
     extra = dict(lookup_topk=0) if mode == 'dsl-dense' else dict(lookup_topk=64) if mode == 'dsl-topk' else {}
     cfg = modellib.model_config(args.preset, args.vocab, dsl=objective == 'dsl', causal=objective == 'ar', **extra)
@@ -71,15 +73,20 @@ def train_step(args, mode, amp, compiled=False):
     x = torch.randint(0, args.vocab, (args.batch, args.block_size), device=args.device,
                       generator=g)
 
+    def loss(m, generator):
+        if mode == 'dsl-two-pass':  # the objective written plainly: a second forward for the ROAR term
+            return reference.dsl_loss(m, x, snr, args.roar_weight, generator)
+        return noise.loss_fn(objective, m, x, snr, generator=generator)
+
     def step(m=m):
         with amp:
-            loss = noise.loss_fn(objective, m, x, snr, generator=g)
-        loss.backward()
+            value = loss(m, g)
+        value.backward()
         m.zero_grad(set_to_none=True)
 
     def loss_at_seed():
         with amp:
-            return noise.loss_fn(objective, m, x, snr, generator=torch.Generator(args.device).manual_seed(1)).item()
+            return loss(m, torch.Generator(args.device).manual_seed(1)).item()
     if compiled:  # the first step compiles (in the warm-up, not timed)
         modellib.compile_forward(m, step)
     return step, m, loss_at_seed
@@ -197,9 +204,10 @@ def check_args(ap, args):
         ap.error(f"--peak_flops must be > 0, got {args.peak_flops}")
     if err := modellib.device_error(args.device):
         ap.error(err)
-    bad = [m for m in args.modes.split(',') if m and m not in ('mdlm', 'dsl', 'dsl-dense', 'dsl-topk', 'ar')]
+    modes = ('mdlm', 'dsl', 'dsl-dense', 'dsl-topk', 'dsl-two-pass', 'ar')
+    bad = [m for m in args.modes.split(',') if m and m not in modes]
     if bad:
-        ap.error(f"--modes: unknown mode '{bad[0]}': choose from mdlm, dsl, dsl-dense, dsl-topk, ar")
+        ap.error(f"--modes: unknown mode '{bad[0]}': choose from {', '.join(modes)}")
     if args.lookup_error and not args.data:
         ap.error("--lookup_error needs --data, the prepared folder whose val.bin it reads")
     for s in args.samplers.split(','):
@@ -224,7 +232,7 @@ def main(argv=None):
     ap.add_argument('--peak_flops', type=float, default=989e12, help='peak bf16 flop/s (H100 SXM dense: 989e12)')
     ap.add_argument('--compile', action='store_true',
                     help='also time every row with the forward torch.compiled (inductor), and print the speed-up')
-    ap.add_argument('--roar_weight', type=float, default=0.0, help="dsl modes: the ROAR term's weight (an extra forward)")
+    ap.add_argument('--roar_weight', type=float, default=0.0, help="dsl modes: the ROAR term's weight")
     ap.add_argument('--memory', action='store_true', help='also measure the activations kept for the backward')
     ap.add_argument('--json', default='', help='also write the results to this JSON file')
     ap.add_argument('--lookup_error', default='', metavar='CKPT',
@@ -232,7 +240,7 @@ def main(argv=None):
     ap.add_argument('--data', default='', help='--lookup_error: prepared data folder (its val.bin)')
     ap.add_argument('--topk', default='16,64,256', help='--lookup_error: the k to compare with the dense lookup')
     ap.add_argument('--grid', type=int, default=32, help='--lookup_error: SNR grid points of the diffusion bound')
-    ap.add_argument('--modes', default='mdlm,dsl', help='training modes to time (mdlm, dsl, dsl-dense, dsl-topk, ar)')
+    ap.add_argument('--modes', default='mdlm,dsl', help='training modes to time (mdlm, dsl, dsl-dense, dsl-topk, dsl-two-pass, ar)')
     ap.add_argument('--samplers', default='mdlm,uncertainty', help="samplers to time ('' skips sampling)")
     ap.add_argument('--sample_batches', default='1,32')
     ap.add_argument('--steps', type=int, default=32, help='sampling steps (NFE) per sample')
@@ -255,7 +263,7 @@ def main(argv=None):
     if rows:
         roar = f", roar_weight {args.roar_weight}" if args.roar_weight else ''
         print(f"\ntraining fwd+bwd, batch {args.batch} x {args.block_size}, {rows[0]['params'] / 1e6:.2f}M params{roar}")
-        print(f"{'mode':<9} {'compiled':>8} {'ms/iter':>9} {'tokens/s':>11} {'vs first':>9} {'vs eager':>9} {'MFU':>7} "
+        print(f"{'mode':<12} {'compiled':>8} {'ms/iter':>9} {'tokens/s':>11} {'vs first':>9} {'vs eager':>9} {'MFU':>7} "
               f"{'peak GB':>8} {'act KB/tok':>10} {'loss':>9}")
         eager = {r['mode']: r for r in rows if not r['compiled']}
         for r in rows:
@@ -263,7 +271,7 @@ def main(argv=None):
             peak = f"{r['peak_gb']:.1f}" if r['peak_gb'] is not None else '-'
             act = f"{r['act_kb_per_token']:.1f}" if r['act_kb_per_token'] is not None else '-'
             r['speedup'] = eager[r['mode']]['ms'] / r['ms']  # eager time / this row's time
-            print(f"{r['mode']:<9} {'yes' if r['compiled'] else 'no':>8} {r['ms']:>9.1f} {r['tok_s']:>11,.0f} "
+            print(f"{r['mode']:<12} {'yes' if r['compiled'] else 'no':>8} {r['ms']:>9.1f} {r['tok_s']:>11,.0f} "
                   f"{r['tok_s'] / rows[0]['tok_s']:>9.2f} {r['speedup']:>9.2f} {mfu:>7} {peak:>8} {act:>10} "
                   f"{r['loss']:>9.5f}")
         if args.compile:  # the same weights, batch and noise seed: the losses must agree to float rounding

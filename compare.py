@@ -232,12 +232,33 @@ def own_rules(rows, per, steps, dsl_steps, ref_entropy, B=1000, each=False):
     return lines
 
 
+def against(rows, per, base, ref_entropy, B=1000):
+    """Every other model of a sweep against model `base`, rule by rule at equal T: generative NLL at matched
+    entropy (the data's where both curves reach it), with 95% bootstrap intervals of each and of the difference."""
+    models = sorted({r['model'] for r in rows} - {base, 'reference'})
+    cells = sorted({(r['sampler'], int(r['steps'])) for r in rows if r['model'] == base})
+    lines = [f"| model | rule | T | entropy H | model: gen NLL at H | {base}: gen NLL at H | difference [95% CI] "
+             f"| model is | NFE (model, {base}) |", '|' + '---|' * 9]
+    for m in models:
+        for s, T in cells:
+            v = versus(rows, per, (m, [s], T), (base, [s], T), ref_entropy, B)
+            if v is None:
+                lines.append(f"| {m} | {s} | {T} | no common entropy | | | | | |")
+                continue
+            lines.append(f"| {m} | {s} | {T} | {v['H']:.3f} | {ci(v['a'])} | {ci(v['b'])} | {ci(v['diff'])} | "
+                         f"{call(v['diff'])} | {v['nfe_a']:.1f}, {v['nfe_b']:.1f} |")
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description='the verdict tables of a sweep folder, recomputed from its files')
     ap.error = lambda msg: (print(f"compare.py: error: {msg}", file=sys.stderr), sys.exit(2))  # one line
     ap.add_argument('folder', help='a sweep folder holding results.csv and per_sample.jsonl (e.g. results/char)')
     ap.add_argument('--mdlm', default='', help="another sweep folder whose ':mdlm_ft' cells replace the MDLM arm's "
                                                "(e.g. the MDLM continuation trained on for as many steps as DSL's)")
+    ap.add_argument('--against', default='', metavar='MODEL',
+                    help="instead of the verdict: every model of the folder against this one (a results.csv model "
+                         "label, e.g. dsl:two_pass), rule by rule at equal T")
     a = ap.parse_args(argv)
     for d in filter(None, (a.folder, a.mdlm)):
         if not os.path.isfile(os.path.join(d, 'per_sample.jsonl')):
@@ -247,9 +268,14 @@ def main(argv=None):
         rows = [r for r in rows if not r['model'].endswith(':mdlm_ft')] + \
             [r for r in rows_of(a.mdlm) if r['model'].endswith(':mdlm_ft')]
         per.update(per_sample_of(a.mdlm))
+    H = float(next(r for r in rows if r['model'] == 'reference')['entropy'])
+    if a.against:
+        if a.against not in {r['model'] for r in rows}:
+            ap.error(f"--against {a.against}: no such model in {a.folder}/results.csv")
+        print('\n'.join(against(rows, per, a.against, H)))
+        return
     steps = sorted({int(r['steps']) for r in rows if r['model'].endswith(':mdlm_ft')})
     dsl_steps = sorted({int(r['steps']) for r in rows if r['model'].endswith(':dsl_ft')})
-    H = float(next(r for r in rows if r['model'] == 'reference')['entropy'])
     lines, say, _ = verdict(rows, per, steps, dsl_steps, H)
     own = [own_rules(rows, per, steps, dsl_steps, H, each=e) for e in (False, True)]
     print('\n'.join(lines + ['', say, ''] + same_rule(rows, per, dsl_steps, H) + [''] + own[0] + [''] + own[1]))

@@ -492,7 +492,8 @@ def main(argv):
             mfu = f" | MFU {flops_per_token * tokens_per_step / dt / (peak * world):.1%}" if peak else ''
             log(f"step {step} | loss {lossf:.4f} | lr {lr:.2e} | grad norm {gnorm:.3f} | {dt * 1000:.1f} ms/step"
                 f" | {tokens_per_step / dt:,.0f} tok/s{mfu}", flush=True)
-    log(f"done: {step} steps, best val {bound_name} {best_val:.4f} nats/token, checkpoint {ckpt_path}")
+    mem = f", peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device_type == 'cuda' else ''
+    log(f"done: {step} steps, best val {bound_name} {best_val:.4f} nats/token, checkpoint {ckpt_path}{mem}")
     if ddp:  # wait for rank 0's last save: a gloo peer torn down early can abort the other (seen in CI)
         dist.barrier()
         dist.destroy_process_group()

@@ -18,12 +18,16 @@ def test_bench_gpu_cpu_smoke_writes_every_number(tmp_path):
     r = subprocess.run(['bash', 'bench_gpu.sh', '--cpu-smoke'], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    d = json.load(open(out))['eager']
+    result = json.load(open(out))
+    d = result['eager']
     assert [t['mode'] for t in d['train']] == ['mdlm', 'dsl', 'dsl-dense']
     assert all(t['tok_s'] > 0 and t['act_kb_per_token'] > 0 for t in d['train'])
     assert [(s['sampler'], s['batch']) for s in d['sample']] == [('mdlm', 1), ('mdlm', 2), ('uncertainty', 1),
                                                                   ('uncertainty', 2)]
     assert all(s['samples_s'] > 0 and s['nfe_s'] > 0 and 0 <= s['outside'] <= 1 for s in d['sample'])
+    # the real entry points ran: train.py's last logged step and sample.py's profile line were read
+    assert result['train_py']['last_step'] == 3 and result['train_py']['tok_s'] > 0
+    assert result['sample_py']['samples_s'] > 0 and 0 <= result['sample_py']['outside_pct'] <= 100
     r = subprocess.run(['bash', 'bench_gpu.sh', '--fast'], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count('\n') == 1
 

@@ -1,24 +1,10 @@
-"""The one-pass DSL loss against the plainly written two-pass objective it estimates."""
+"""The one-pass DSL loss against the plainly written two-pass objective it estimates (reference.py)."""
 import torch
 import torch.nn.functional as F
 
 import model as M
 import noise
-
-
-def reference_dsl_objective(m, x, cfg, roar_weight, generator):
-    """CE_mixed + w * ROAR with two denoiser calls on all rows: the mixed corruption's cross-entropy at every
-    position, and the any-order AR cross-entropy averaged per sequence over its hidden positions (DSL2's nll_roar)."""
-    B, L = x.shape
-    gamma = noise.sample_gamma(B, L, cfg, x.device, generator)[0]
-    z = noise.localize(m.E()[x], gamma, generator)
-    ce_mixed = F.cross_entropy(m(z=z)[..., :m.vocab_size].flatten(0, 1), x.flatten())
-    revealed = noise.sample_endpoint_mask(B, L, x.device, generator)
-    x_roar = torch.where(revealed, x, torch.full_like(x, m.mask_id))
-    logp = noise.token_logprobs(m(x=x_roar), x, m.vocab_size)  # (B, L)
-    hidden = ~revealed
-    roar = (-(logp * hidden).sum(1) / hidden.sum(1)).mean()
-    return ce_mixed + roar_weight * roar
+import reference
 
 
 def perturbed_model(V=7):
@@ -54,12 +40,12 @@ def test_one_pass_loss_and_gradient_are_unbiased_for_the_two_pass_objective():
     cfg = noise.snr_config(7)
     pool = torch.randint(0, 7, (24, 16), generator=torch.Generator().manual_seed(1))
     one = draws(lambda m, x, g: noise.dsl_loss(m, x, cfg, g, w), m, pool, B, 600, seed=2)
-    ref = draws(lambda m, x, g: reference_dsl_objective(m, x, cfg, w, g), m, pool, B, 600, seed=3)
+    ref = draws(lambda m, x, g: reference.dsl_loss(m, x, cfg, w, g), m, pool, B, 600, seed=3)
     assert abs(z_score(one[0], ref[0])) < 4, (one[0].mean(), ref[0].mean())
     assert abs(z_score(one[1], ref[1])) < 4, (one[1].mean(), ref[1].mean())
     # the same test tells a wrong weight apart: with w = 0.72 the two-pass objective and its gradient are many
     # standard errors away
-    half = draws(lambda m, x, g: reference_dsl_objective(m, x, cfg, w / 2, g), m, pool, B, 600, seed=4)
+    half = draws(lambda m, x, g: reference.dsl_loss(m, x, cfg, w / 2, g), m, pool, B, 600, seed=4)
     assert abs(z_score(one[0], half[0])) > 8 and abs(z_score(one[1], half[1])) > 8
 
 
