@@ -156,7 +156,11 @@ def lookup_error(args):
     error of h, and the change of the DSL training loss and of the diffusion bound. Prints a table."""
     import numpy as np
     import data
-    m = modellib.load_mdlm(args.lookup_error).to(args.device).eval()
+    # keys or shapes that do not fit, or a file that needs --trust_checkpoint: one line, as ap.error writes it
+    try:
+        m = modellib.load_mdlm(args.lookup_error, trust=args.trust_checkpoint).to(args.device).eval()
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"bench.py: error: {e.args[0] if e.args else e}")
     meta = data.load_meta(args.data)
     x = data.get_batch(args.data, 'val', args.batch, args.block_size, np.random.default_rng(0), meta['dtype'],
                        args.device)  # (B, L)
@@ -237,6 +241,9 @@ def main(argv=None):
     ap.add_argument('--json', default='', help='also write the results to this JSON file')
     ap.add_argument('--lookup_error', default='', metavar='CKPT',
                     help='instead of timing: the top-k soft lookup against the dense one on this DSL checkpoint')
+    ap.add_argument('--trust_checkpoint', action='store_true',
+                    help='unpickle --lookup_error in full, which can run code in it: only for files from a source '
+                         'you trust')
     ap.add_argument('--data', default='', help='--lookup_error: prepared data folder (its val.bin)')
     ap.add_argument('--topk', default='16,64,256', help='--lookup_error: the k to compare with the dense lookup')
     ap.add_argument('--grid', type=int, default=32, help='--lookup_error: SNR grid points of the diffusion bound')

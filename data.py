@@ -25,6 +25,8 @@ import urllib.request
 import numpy as np
 import torch
 
+import checkpoint_io
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 TEXT8_URL = 'http://mattmahoney.net/dc/text8.zip'
@@ -106,11 +108,12 @@ def get_tokenizer(meta):
     return encode, (lambda ids: ''.join(itos[int(i)] for i in ids))
 
 
-def checkpoint_codec(ckpt_path, vocab_size, meta_path=''):
+def checkpoint_codec(ckpt_path, vocab_size, meta_path='', trust=False):
     """(encode, decode, train config) of a checkpoint: the tokenizer of its data (the meta dict train.py stores in
-    it, or the meta.json at meta_path), GPT-2 BPE for 50257-token models, else (None, None, config): ids only."""
+    it, or the meta.json at meta_path), GPT-2 BPE for 50257-token models, else (None, None, config): ids only.
+    trust: as checkpoint_io.load."""
     try:  # mmap: reading the dicts does not load the weights a second time
-        ck = torch.load(ckpt_path, map_location='cpu', weights_only=False, mmap=True)
+        ck = checkpoint_io.load(ckpt_path, trust, mmap=True)
     except Exception:  # MDLM .safetensors / hub ids carry no meta
         ck = {}
     ck = ck if isinstance(ck, dict) else {}

@@ -22,6 +22,7 @@ import sys
 import numpy as np
 import torch
 
+import checkpoint_io
 import data
 import model as modellib
 import noise
@@ -66,18 +67,21 @@ def write_atomic(path, text):
 # ---------------------------------------------------------------------------------------------
 # Inputs: checkpoints, sample files, reference chunks
 
-def load(path, device='cpu'):
-    """(model in eval mode, meta of its data or None, train config) of a train.py / MDLM checkpoint."""
+def load(path, device='cpu', trust=False):
+    """(model in eval mode, meta of its data or None, train config) of a train.py / MDLM checkpoint. trust:
+    unpickle it in full (checkpoint_io.load), only for files from a source you trust."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        m = modellib.load_mdlm(path)
+        m = modellib.load_mdlm(path, trust=trust)
+    except checkpoint_io.Refused:
+        raise
     except (KeyError, ValueError) as e:
         raise ValueError(f"{path}: {e.args[0] if e.args else e}") from None
     except Exception as e:
         raise ValueError(f"{path} is not a checkpoint ({type(e).__name__})") from None
     try:  # mmap: the dicts, without loading the weights twice
-        ck = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
+        ck = checkpoint_io.load(path, trust, mmap=True)
     except Exception:  # MDLM .safetensors carry no meta
         ck = {}
     ck = ck if isinstance(ck, dict) else {}
@@ -140,8 +144,8 @@ def chunks(tokens, L, n, seed=0, skip=0):
 # ---------------------------------------------------------------------------------------------
 # Judges: a dict {kind, name, model, ...}; 'ar' reads token ids, 'hf' reads retokenized text
 
-def ar_judge(path, pool='mean'):
-    m, meta, cfg = load(path)
+def ar_judge(path, pool='mean', trust=False):
+    m, meta, cfg = load(path, trust=trust)
     if not m.config.get('causal'):
         raise ValueError(f"judge {path} is not an autoregressive checkpoint (train.py --objective ar)")
     enc, dec = data.get_tokenizer(meta) if meta else (None, None)
@@ -174,8 +178,10 @@ def hf_judge(name='gpt2-large', model=None, encode=None, eos=GPT2_EOS, device='c
                 max_len=GPT2_CONTEXT)
 
 
-def get_judge(spec, pool='mean'):
-    return ar_judge(spec, pool) if os.path.exists(spec) or spec.endswith(('.pt', '.ckpt')) else hf_judge(spec)
+def get_judge(spec, pool='mean', trust=False):
+    if os.path.exists(spec) or spec.endswith(('.pt', '.ckpt')):
+        return ar_judge(spec, pool, trust)
+    return hf_judge(spec)
 
 
 def judge_inputs(judge, x, texts, where):
@@ -344,12 +350,14 @@ def references(refs, judge, L, n, seed=0, skip=0):
     return x, [dec(r) for r in x.tolist()]
 
 
-def metrics(sample_paths, refs, judge='gpt2-large', featurizer=None, seed=0, out='', pool='mean'):
-    """One row per sample file: MAUVE, generative perplexity, entropy, distinct-n. Writes JSON to out."""
+def metrics(sample_paths, refs, judge='gpt2-large', featurizer=None, seed=0, out='', pool='mean', trust=False):
+    """One row per sample file: MAUVE, generative perplexity, entropy, distinct-n. Writes JSON to out.
+    trust: unpickle the judge's and featurizer's checkpoints in full (checkpoint_io.load)."""
     need('mauve', 'mauve-text', 'MAUVE', check=True)  # bad input fails before any model is loaded or any work is done
     files = {p: read_samples(p) for p in sample_paths}
-    J = get_judge(judge, pool) if isinstance(judge, str) else judge
-    F = J if featurizer in (None, judge) else get_judge(featurizer, pool) if isinstance(featurizer, str) else featurizer
+    J = get_judge(judge, pool, trust) if isinstance(judge, str) else judge
+    F = J if featurizer in (None, judge) else \
+        get_judge(featurizer, pool, trust) if isinstance(featurizer, str) else featurizer
     for p, (recs, x) in files.items():
         for K in {id(J): J, id(F): F}.values():
             judge_inputs(K, x, [r.get('text') for r in recs], p)
@@ -393,6 +401,9 @@ def parse_args(argv):
     ap.add_argument('--pool', default='mean', choices=['mean', 'last'], help='AR featurizer: mean or last hidden state')
     ap.add_argument('--out', default='metrics.json')
     ap.add_argument('--seed', type=int, default=0, help='which reference chunks')
+    ap.add_argument('--trust_checkpoint', action='store_true',
+                    help='unpickle checkpoints in full, which can run code in them: only for files from a source '
+                         'you trust')
     return ap.parse_args(argv)
 
 
@@ -404,7 +415,7 @@ def die(msg):
 def main(argv=None):
     a = parse_args(argv)
     try:
-        rep = metrics(a.samples, a.refs, a.judge, a.featurizer, a.seed, a.out, a.pool)
+        rep = metrics(a.samples, a.refs, a.judge, a.featurizer, a.seed, a.out, a.pool, a.trust_checkpoint)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as e:  # user errors: one line; bugs keep tracebacks
         die(str(e.args[0]) if e.args else type(e).__name__)
     print(f"judge {rep['judge']}, featurizer {rep['featurizer']}, refs {a.refs} (seed {a.seed}), MAUVE seed {MAUVE_SEED}")

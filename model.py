@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+import checkpoint_io
+
 DENSE_LOOKUP_MAX = 2048  # dense soft lookup up to here (11% faster than top-64 at 2048, 18% slower at 4096)
 # n_layer, n_embd, n_head, cond_dim. `small` is MDLM's OWT model (~170M params with GPT-2 vocab).
 PRESETS = {
@@ -437,7 +439,7 @@ def load_backbone(model, sd):
     return model
 
 
-def _read_mdlm_file(path, use_ema=True):
+def _read_mdlm_file(path, use_ema=True, trust=False):
     """Returns (backbone state dict, config or None) from a .safetensors, Lightning .ckpt or our .pt."""
     if path.endswith('.safetensors'):
         try:
@@ -445,7 +447,7 @@ def _read_mdlm_file(path, use_ema=True):
         except ImportError:
             raise SystemExit("reading .safetensors needs the optional package: pip install safetensors")
         return _backbone_state(load_file(path)), None
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    ckpt = checkpoint_io.load(path, trust)
     if 'model_config' in ckpt and 'model' in ckpt:  # this project's checkpoint (train.py)
         key = 'ema' if use_ema and ckpt.get('ema') is not None else 'model'
         return ckpt[key], ckpt['model_config']
@@ -480,10 +482,8 @@ def convert_to_dsl(model, **overrides):
     return load_backbone(DiT(cfg).to(model.vocab_embed.embedding.device), model.state_dict())
 
 
-def load_mdlm(path, dsl=False, use_ema=True, **overrides):
-    """Load an MDLM model (or this project's checkpoint) from a local file or a hub id, optionally
-    turned into a DSL model: every backbone weight is kept (vocab_embed becomes the converter's value
-    matrix unchanged) and the converter's E, beta, b are added at their init (DESIGN.md §3)."""
+def load_mdlm(path, dsl=False, use_ema=True, trust=False, **overrides):
+    """An MDLM model or ours, from a local file or a hub id; dsl: as convert_to_dsl; trust: checkpoint_io.load."""
     if not os.path.exists(path):
         if path.count('/') != 1 or path.startswith(('.', '/')):
             raise FileNotFoundError(f"checkpoint '{path}' not found (pass a local .safetensors/.ckpt/.pt file or a hub id)")
@@ -495,6 +495,6 @@ def load_mdlm(path, dsl=False, use_ema=True, **overrides):
         except Exception as e:
             raise SystemExit(f"could not download '{path}' from the hub ({type(e).__name__}); "
                              f"offline, pass a local model.safetensors or .ckpt file instead")
-    sd, cfg = _read_mdlm_file(path, use_ema)
+    sd, cfg = _read_mdlm_file(path, use_ema, trust)
     dsl = dsl or bool(cfg and cfg.get('dsl'))  # a DSL checkpoint stays DSL
     return load_backbone(DiT({**(cfg or infer_config(sd)), **overrides, 'dsl': dsl}), sd)

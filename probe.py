@@ -64,10 +64,10 @@ def corrupted_predictions(m, x, level, g):
     return conf, (pred == x[where]).double()
 
 
-def calibration(ckpt, data_dir, levels=None, n=64, L=None, seed=0, out=''):
+def calibration(ckpt, data_dir, levels=None, n=64, L=None, seed=0, out='', trust=False):
     """ECE at each level (DSL: SNRs, default gamma_max x {0.03, 0.1, 0.3, 1}; MDLM: mask rates {0.15, 0.5, 0.85})
-    and a reliability diagram PNG (out). Returns rows."""
-    m, _, cfg = evaluate.load(ckpt)
+    and a reliability diagram PNG (out). Returns rows. trust, here and below: as evaluate.load."""
+    m, _, cfg = evaluate.load(ckpt, trust=trust)
     if m.config.get('causal'):
         raise ValueError(f"{ckpt}: calibration needs a DSL or MDLM checkpoint, not an autoregressive one")
     x, meta = windows(data_dir, n, L or cfg.get('block_size') or 64, seed)
@@ -162,15 +162,16 @@ def detect_auroc(m, x, states, hows=('uniform', 'plausible'), hide=0.25, frac=0.
     return rows
 
 
-def detect(ckpt, data_dir, n=64, L=None, hide=0.25, frac=0.1, proposer='', seed=0, gamma_commit=None):
+def detect(ckpt, data_dir, n=64, L=None, hide=0.25, frac=0.1, proposer='', seed=0, gamma_commit=None,
+           trust=False):
     """Error-detection AUROC for every state a sampler can present visible tokens in: DSL models at the endpoint
     and at the commit states of gamma_commit (default gamma_max / 3 and / 10), MDLM models as ids."""
-    m, _, cfg = evaluate.load(ckpt)
+    m, _, cfg = evaluate.load(ckpt, trust=trust)
     if m.config.get('causal'):
         raise ValueError(f"{ckpt}: detect needs a DSL or MDLM checkpoint, not an autoregressive one")
     x, meta = windows(data_dir, n, L or cfg.get('block_size') or 64, seed)
     check_data(m, meta, ckpt)
-    prop = evaluate.load(proposer)[0] if proposer else m
+    prop = evaluate.load(proposer, trust=trust)[0] if proposer else m
     if prop.config.get('causal') or prop.vocab_size != m.vocab_size:
         raise ValueError(f"--proposer {proposer} must be a DSL or MDLM checkpoint with the model's vocabulary")
     gmax = m.config['gamma_max']
@@ -182,10 +183,10 @@ def detect(ckpt, data_dir, n=64, L=None, hide=0.25, frac=0.1, proposer='', seed=
 
 
 @torch.no_grad()
-def bounds(ckpt, data_dir, n=64, L=None, seed=0, batch_size=16, grid=64):
+def bounds(ckpt, data_dir, n=64, L=None, seed=0, batch_size=16, grid=64, trust=False):
     """NLL bounds on fixed windows, nats/token: MDLM NELBO and any-order AR for every diffusion model, the
     diffusion (I-MMSE) bound for DSL models; an AR model's exact NLL. Each with bits and perplexity."""
-    m, _, cfg = evaluate.load(ckpt)
+    m, _, cfg = evaluate.load(ckpt, trust=trust)
     x, meta = windows(data_dir, n, L or cfg.get('block_size') or 64, seed)
     check_data(m, meta, ckpt)
     xs, out = x.split(batch_size), {}
@@ -218,6 +219,9 @@ def parse_args(argv):
         p.add_argument('--num_windows', type=int, default=64)
         p.add_argument('--seq_len', type=int, default=0, help="0 = the checkpoint's block_size")
         p.add_argument('--seed', type=int, default=0, help='windows and corruptions')
+        p.add_argument('--trust_checkpoint', action='store_true',
+                       help='unpickle checkpoints in full, which can run code in them: only for files from a '
+                            'source you trust')
         if name == 'calibration':
             p.add_argument('--levels', default='', help='comma-separated SNRs (DSL) or mask rates (MDLM)')
             p.add_argument('--out', default='reliability.png')
@@ -244,15 +248,16 @@ def floats(s, flag):
 
 def run(a):
     if a.cmd == 'calibration':
-        rows = calibration(a.ckpt, a.data, floats(a.levels, '--levels'), a.num_windows, a.seq_len, a.seed, a.out)
+        levels = floats(a.levels, '--levels')
+        rows = calibration(a.ckpt, a.data, levels, a.num_windows, a.seq_len, a.seed, a.out, a.trust_checkpoint)
         print(evaluate.table(rows, ['level', 'value', 'ece', 'accuracy', 'confidence', 'n']))
         print(f"wrote {a.out}", file=sys.stderr)
     elif a.cmd == 'detect':
         rows = detect(a.ckpt, a.data, a.num_windows, a.seq_len, a.hide, a.frac, a.proposer, a.seed,
-                      floats(a.gamma_commit, '--gamma_commit') or None)
+                      floats(a.gamma_commit, '--gamma_commit') or None, trust=a.trust_checkpoint)
         print(evaluate.table(rows, ['state', 'corruption', 'auroc', 'u_wrong', 'u_true', 'n_wrong', 'n_true']))
     else:
-        for k, r in bounds(a.ckpt, a.data, a.num_windows, a.seq_len, a.seed).items():
+        for k, r in bounds(a.ckpt, a.data, a.num_windows, a.seq_len, a.seed, trust=a.trust_checkpoint).items():
             print(f"{k:>16}: {r['nats']:.4f} nats/token, {r['bits']:.4f} bits/token, perplexity {r['ppl']:.2f}")
 
 

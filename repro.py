@@ -37,6 +37,7 @@ import time
 
 import torch
 
+import checkpoint_io
 import compare
 import data
 import evaluate
@@ -121,7 +122,7 @@ def train(out_dir, args, max_iters, launcher, log_path, resume_args=()):
     checkpoint exists. A run that stopped early (--patience: its stored max_iters is its last step) is finished."""
     ck = os.path.join(out_dir, 'ckpt.pt')
     if os.path.isfile(ck):
-        c = torch.load(ck, map_location='cpu', weights_only=False, mmap=True)
+        c = checkpoint_io.load(ck, mmap=True)
         stored = c.get('config', {})
         if c['step'] >= max_iters or stored.get('patience') and c['step'] >= stored.get('max_iters', max_iters):
             return
@@ -226,7 +227,7 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
             '--max_iters', str(P['ft_iters']), '--out_dir', d[k]], P['ft_iters'], launcher,
             os.path.join(res, f'train_{k}.log'), own[kind]))
     # atomic endpoints (paper Fig. 4/5): the chosen DSL recipe, as many steps as dsl_ft took (no patience: fewer evals)
-    steps_dsl = torch.load(ck['dsl_ft'], map_location='cpu', weights_only=False, mmap=True)['step']
+    steps_dsl = checkpoint_io.load(ck['dsl_ft'], mmap=True)['step']
     stage(res, 'train_dsl_atomic', lambda: train(d['dsl_atomic'], common + ft + chosen['dsl']['args'] + [
         '--eval_bound', own['dsl'][1], '--eval_interval', '500', '--smooth_endpoints', 'False', '--max_iters', str(steps_dsl),
         '--out_dir', d['dsl_atomic']],
@@ -268,7 +269,7 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
     stage(res, 'sweep', lambda: sweep.sweep(list(samplers), samplers, {ck['mdlm_ft']: steps, ck['dsl_ft']: dsl_steps,
                                             ck['dsl_atomic']: dsl_steps}, P['num_samples'], judge, dd, out_dir=res,
                                             L=P['block_size'], top_p=0.9, compile=P['compile']))
-    ev = {k: torch.load(ck[k], map_location='cpu', weights_only=False, mmap=True).get('evals', []) for k in ck}
+    ev = {k: checkpoint_io.load(ck[k], mmap=True).get('evals', []) for k in ck}
     panels = {'MDLM continuation: val MDLM NELBO': {'mdlm_ft': ev['mdlm_ft']},
               'DSL continuations: val diffusion bound': {k: ev[k] for k in ('dsl_ft', 'dsl_atomic')}}
     if P['stop_bound'] == 'mdlm':  # one yardstick: one panel
@@ -315,8 +316,8 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen, recipe=''):
     cal = read_json(os.path.join(res, 'calibration.json'), {})
     hw = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}" + \
         (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else '')
-    ft_steps = {k: torch.load(os.path.join(runs, k, 'ckpt.pt'), map_location='cpu', weights_only=False,
-                              mmap=True)['step'] for k in ('mdlm_ft', 'dsl_ft')}
+    ft_steps = {k: checkpoint_io.load(os.path.join(runs, k, 'ckpt.pt'), mmap=True)['step']
+                for k in ('mdlm_ft', 'dsl_ft')}
     md = [f"# Results at small scale: {corpus}", '',
           f"Preset `{P['name']}`: {P['preset']} models, L = {P['block_size']}, batch {P['batch_size']}; MDLM "
           f"pre-training {P['pre_iters'] or P['init_from']} steps; each continuation from it at most "
@@ -343,8 +344,7 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen, recipe=''):
             c = chosen[kind]
             for m, g in c['gen_nll'].items():
                 n = m.split(':')[1]
-                ev = torch.load(os.path.join(runs, 'tune', n, 'ckpt.pt'), map_location='cpu',
-                                weights_only=False, mmap=True).get('evals', [])
+                ev = checkpoint_io.load(os.path.join(runs, 'tune', n, 'ckpt.pt'), mmap=True).get('evals', [])
                 H = f"{c['H']:.3f}" if c['H'] is not None else 'nearest'
                 md.append(f"| {n} | {ev[-1][1]:.4f} | {g:.3f} | {H} | {'**yes**' if n == c['winner'] else ''} |")
         md += ['', "H 'nearest': the variants' curves share no entropy, so each is read at its point nearest the data's "

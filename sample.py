@@ -376,6 +376,7 @@ def parse_args(argv):
     ap.error = lambda msg: _die(msg)  # one line, no usage dump
     add = ap.add_argument
     add('--ckpt', required=True, help='train.py checkpoint, MDLM .ckpt/.safetensors or hub id')
+    add('--trust_checkpoint', action='store_true', help='unpickle in full: only for files from a source you trust')
     add('--sampler', default='', help=', '.join(SAMPLERS) + " ('remdm-' prefix accepted); '' = uncertainty for DSL "
         "models (the best measured, README), mdlm for MDLM, ar for AR")
     add('--steps', type=int, default=128, help='sampler steps T (the denoiser calls per sample are at most T)')
@@ -424,8 +425,7 @@ def check_cli(args, sampler, kw):
     if err := modellib.device_error(args.device):
         raise ValueError(err)
     if os.path.isdir(args.ckpt):
-        raise ValueError(f"--ckpt {args.ckpt} is a folder: pass the checkpoint file in it "
-                         f"(e.g. {os.path.join(args.ckpt, 'ckpt.pt')})")
+        raise ValueError(f"--ckpt {args.ckpt} is a folder: pass a file, e.g. {os.path.join(args.ckpt, 'ckpt.pt')}")
     if args.meta and not os.path.isfile(args.meta):
         raise ValueError(f"--meta {args.meta}: no such file (pass the meta.json of the prepared data folder)")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)),
@@ -444,7 +444,7 @@ def run(args):
     kw = {k: getattr(args, k) for k in rules.KNOBS if getattr(args, k) is not None}
     out = check_cli(args, sampler or 'auto', kw)
     try:
-        model = modellib.load_mdlm(args.ckpt, use_ema=not args.no_ema)
+        model = modellib.load_mdlm(args.ckpt, use_ema=not args.no_ema, trust=args.trust_checkpoint)
     except (FileNotFoundError, KeyError, ValueError):  # not found, or keys/shapes that do not fit: clear already
         raise
     except Exception as e:  # torch.load of a truncated file, a text file, a pickle of something else
@@ -455,7 +455,7 @@ def run(args):
         sampler = 'ar' if model.config.get('causal') else 'uncertainty' if model.dsl else 'mdlm'
         out = args.out or out.replace('samples_auto_', f'samples_{sampler}_')
     _check(model, sampler, args.steps, args.top_p, kw)
-    encode, decode, train_cfg = data.checkpoint_codec(args.ckpt, model.vocab_size, args.meta)
+    encode, decode, train_cfg = data.checkpoint_codec(args.ckpt, model.vocab_size, args.meta, args.trust_checkpoint)
     L = args.seq_len or train_cfg.get('block_size') or (1024 if model.vocab_size == 50257 else 0)
     if not L:
         raise ValueError("sequence length unknown: pass --seq_len")

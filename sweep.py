@@ -72,7 +72,7 @@ def split_top_p(spec, top_ps):
 
 
 def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, out_dir='sweep', L=None, seed=0,
-          top_p=0.9, batch_size=64, pool='mean', debug_kill_after=-1, keep_texts=4, compile=False):
+          top_p=0.9, batch_size=64, pool='mean', debug_kill_after=-1, keep_texts=4, compile=False, trust=False):
     """Sample and score every valid cell; results.csv is rewritten atomically after each cell, and cells already
     in it (same key) are read back instead of recomputed. samplers: one list for every checkpoint, or a dict
     {ckpt: list}; a sampler may carry knobs ('uncertainty:gamma_commit=10') and its own top-p values, last
@@ -81,7 +81,7 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
     count and entropy go to per_sample.jsonl (for a bootstrap). Adds a 'reference' row (held-out chunks vs other
     held-out chunks) and, with an AR judge, the AR model's own samples. Writes results.csv, .md, .png.
     compile: torch.compile each diffusion model's forward (dynamic shapes: the batch of a chunk and the head's rows
-    change)."""
+    change). trust: unpickle the checkpoints (the judge's too) in full, as evaluate.load."""
     from tqdm import tqdm
     need('mauve', 'mauve-text', 'MAUVE', check=True)
     figures.check()
@@ -94,12 +94,12 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
             sample.sampler_name(name)
             for tp in tps:
                 rules.check_options(tp, kw)
-    models = {p: load(p) for p in ckpts}
+    models = {p: load(p, trust=trust) for p in ckpts}
     for p, (m, meta, cfg) in models.items() if compile else ():
         if not m.config.get('causal'):  # the AR model's own samples are one cell: not worth a compile
             M.compile_forward(m, lambda m: sample.generate(m, 2, L or cfg.get('block_size'), 2, 'mdlm'), dynamic=True)
-    J = get_judge(judge, pool)
-    F = J if featurizer in (None, judge) else get_judge(featurizer, pool)
+    J = get_judge(judge, pool, trust)
+    F = J if featurizer in (None, judge) else get_judge(featurizer, pool, trust)
     cfg0 = models[ckpts[0]][2]
     refs = refs or cfg0.get('data_dir') or ''
     L = L or cfg0.get('block_size')
@@ -201,6 +201,9 @@ def parse_args(argv):
     ap.add_argument('--out_dir', default='sweep')
     ap.add_argument('--seed', type=int, default=0, help='references and samples')
     ap.add_argument('--compile', action='store_true', help="torch.compile the models' forward (sampling)")
+    ap.add_argument('--trust_checkpoint', action='store_true',
+                    help='unpickle checkpoints in full, which can run code in them: only for files from a source '
+                         'you trust')
     ap.add_argument('--debug_kill_after', type=int, default=-1, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -216,7 +219,7 @@ def main(argv=None):
         steps = [int(s) for s in a.steps.split(',') if s]
         sweep(a.ckpt, [s for s in a.samplers.split(',') if s], steps, a.num_samples, a.judge, a.refs, a.featurizer,
               a.out_dir, a.seq_len, a.seed, [float(v) for v in a.top_p.split(',') if v], a.batch_size, a.pool,
-              a.debug_kill_after, compile=a.compile)
+              a.debug_kill_after, compile=a.compile, trust=a.trust_checkpoint)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as e:  # user errors: one line; bugs keep tracebacks
         die(str(e.args[0]) if e.args else type(e).__name__)
     print(open(os.path.join(a.out_dir, 'results.md')).read())

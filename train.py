@@ -17,7 +17,6 @@ import contextlib
 import copy
 import math
 import os
-import random
 import re
 import signal
 import sys
@@ -28,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import checkpoint_io
 import data
 import model as M
 import noise
@@ -42,6 +42,8 @@ config = dict(
     # objective and model
     objective='dsl',             # dsl | mdlm | ar
     init_from='scratch',         # scratch | resume (out_dir/ckpt.pt) | an MDLM or train.py checkpoint, or hub id
+    trust_checkpoint=False,      # unpickle the checkpoint (--init_from's file, or resume's) in full, which can run
+                                 # code in it: only for files from a source you trust. Else tensors and plain types only
     preset='mini',               # model.PRESETS: tiny (2x64) | mini (4x128) | small (MDLM OWT, 12x768)
     n_layer=None,                # None = the preset's
     n_embd=None,                 # None = the preset's
@@ -214,8 +216,10 @@ def resume_config(cfg, given, log):
     if not os.path.isfile(path):
         die(f"no checkpoint at {path} to resume from (train with --init_from scratch first, or set --out_dir)")
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=False)
+        ckpt = checkpoint_io.load(path, cfg['trust_checkpoint'])
         missing = [k for k in ('model', 'model_config', 'optimizer', 'config', 'step') if k not in ckpt]
+    except checkpoint_io.Refused as e:
+        die(e)
     except Exception as e:
         die(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}); delete it, or resume from a copy")
     if missing:
@@ -270,7 +274,8 @@ def build_model(cfg, ckpt, V, log):
         extra = {k: cfg[k] for k in ('gamma_max', 'noise_dim') if cfg[k]}  # else the checkpoint's / auto
         try:
             raw = M.load_mdlm(cfg['init_from'], dsl=dsl, dropout=cfg['dropout'], causal=ar,
-                              freeze_noise=cfg['freeze_noise'], lookup_topk=cfg['lookup_topk'], **extra)
+                              freeze_noise=cfg['freeze_noise'], lookup_topk=cfg['lookup_topk'],
+                              trust=cfg['trust_checkpoint'], **extra)
         except (KeyError, ValueError, FileNotFoundError) as e:  # missing file, mismatched keys or shapes
             die(f"cannot initialise from {cfg['init_from']}: {e.args[0] if e.args else e}")
         except Exception as e:
@@ -301,21 +306,16 @@ def restore(ckpt, opt, ema, device_type):
     opt.load_state_dict(state)
     if ema is not None:
         ema.load_state_dict(ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model'])
-    rng = ckpt.get('rng', {})  # batches and noise are reseeded per micro-step; these cover everything else
-    if rng:
-        torch.set_rng_state(rng['torch'])
-        np.random.set_state(rng['numpy'])
-        random.setstate(rng['python'])
-        if device_type == 'cuda' and rng['cuda'] is not None:  # a CPU run leaves a CUDA run's state alone
-            torch.cuda.set_rng_state_all(rng['cuda'])
+    if ckpt.get('rng'):  # batches and noise are reseeded per micro-step; these cover everything else
+        checkpoint_io.set_rng_state(ckpt['rng'], device_type == 'cuda')
     return ckpt['step'], ckpt.get('best_val', float('inf')), list(ckpt.get('evals', []))
 
 
 def make_save(path, raw, ema, opt, cfg, snr, meta, device_type, evals):
     """save(step, best_val) writes all an exact resume needs (and sample.py reads); evals: [(step, val bound)]."""
     def save(step, best_val):
-        rng = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
-                   cuda=torch.cuda.get_rng_state_all() if device_type == 'cuda' else None)
+        # the global RNG streams as tensors and plain types, as all of the file: it loads with weights_only=True
+        rng = checkpoint_io.rng_state(device_type == 'cuda')
         state = dict(model=raw.state_dict(), ema=ema.state_dict() if ema is not None else None,
                      model_config=raw.config, optimizer=opt.state_dict(), config=cfg, snr_config=snr, meta=meta,
                      step=step, best_val=best_val, rng=rng, data=dict(seed=cfg['seed'], step=step), evals=evals)

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import checkpoint_io
 import data
 import model as M
 import train
@@ -43,7 +44,7 @@ def run(args, torchrun=False, timeout=120):
 
 
 def ckpt(out):
-    return torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu', weights_only=False)
+    return checkpoint_io.load(os.path.join(out, 'ckpt.pt'))  # weights_only: what every command reads
 
 
 def max_diff(a, b):
