@@ -1,5 +1,5 @@
 """
-Datasets -> token files, and random-window batches (DESIGN.md §7).
+Datasets -> token files, and random-window batches (docs/method.md §18).
 
     python data.py                                  # shakespeare_char (the quick start), char vocabulary
     python data.py text8                            # 27 characters, 90M / 5M / 5M split

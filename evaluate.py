@@ -1,5 +1,5 @@
 """
-Scoring generated text (DESIGN.md §6): is a sample set any good? MAUVE, generative perplexity under a judge, unigram
+Scoring generated text (docs/evaluation.md §1-3): is a sample set any good? MAUVE, generative perplexity under a judge, unigram
 entropy, distinct-n. Probing a model on held-out data (bounds, calibration, error detection) is probe.py; the
 step sweep is sweep.py.
 
@@ -242,7 +242,7 @@ def _pad(seqs, pad):
 
 @torch.no_grad()
 def hf_nll(m, seqs, eos, batch_size=8):
-    """Generative NLL of a Hugging Face causal LM (DESIGN.md §6, ReMDM's compute_generative_perplexity): targets
+    """Generative NLL of a Hugging Face causal LM (docs/evaluation.md §2, ReMDM's compute_generative_perplexity): targets
     x_1..x_{n-1} (the first token is not scored: nothing precedes it), every non-EOS token plus the first EOS of the
     sequence (later EOS are padding-like filler). Returns (nll (N,), scored tokens (N,)), float64."""
     nll, cnt = [], []
@@ -392,7 +392,7 @@ def table(rows, cols):
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description='score sample files: MAUVE, generative perplexity, entropy, distinct-n '
-                                             '(DESIGN.md §6)')
+                                             '(docs/evaluation.md §3)')
     ap.error = lambda msg: die(msg)  # one line, no usage dump
     ap.add_argument('--samples', nargs='+', required=True, help='sample.py JSONL files')
     ap.add_argument('--refs', required=True, help='prepared data folder (its val split) or a text file')

@@ -4,7 +4,7 @@ The denoiser: MDLM's diffusion transformer (DiT) with an optional DSL input conv
 One backbone serves three objectives:
   - token mode (MDLM, AR): h = vocab_embed[x], a plain row lookup (mask_id = V is a row too);
   - DSL mode: noisy vectors z (B, L, d) become a distribution p over the V+1 slots,
-      p = softmax(beta * z @ [E; 0]^T + b),  h = p @ vocab_embed      (DESIGN.md §3)
+      p = softmax(beta * z @ [E; 0]^T + b),  h = p @ vocab_embed      (docs/method.md §3)
     so a DSL model is an MDLM model with a soft, evidence-weighted embedding lookup;
   - causal: the same blocks with a causal attention mask (autoregressive baseline).
 There is no time/SNR input: the conditioning vector is the constant SiLU(sigma_map(0)).
@@ -81,7 +81,7 @@ def model_config(preset='tiny', vocab_size=65, **overrides):
         if k not in cfg:
             raise ValueError(f"unknown model config key '{k}': valid keys are {sorted(cfg)}")
         cfg[k] = v
-    if cfg['noise_dim'] == 0:  # DESIGN.md §3's d ~ 16 ln V / ln 35 to a power of two: 16/32/64 at V = 65/2048/50257
+    if cfg['noise_dim'] == 0:  # docs/method.md §3: d ~ 16 ln V / ln 35 to a power of two: 16/32/64 at V = 65/2048/50257
         cfg['noise_dim'] = max(16, 2 ** round(math.log2(16 * math.log(max(vocab_size, 2)) / math.log(35))))
     if cfg['gamma_max'] is None:  # 100 for every vocabulary, as the authors' code (DSL2's snr_max=100)
         cfg['gamma_max'] = 100.0
@@ -189,7 +189,7 @@ class FinalLayer(nn.Module):
 
 
 class Converter(nn.Module):
-    """DSL input converter: p = softmax(beta * z @ [E; 0]^T + b) over the V+1 slots (DESIGN.md §3).
+    """DSL input converter: p = softmax(beta * z @ [E; 0]^T + b) over the V+1 slots (docs/method.md §3).
 
     With unit-norm codes, log N(z; gamma e_v, gamma I) = <z, e_v> + const(z, gamma), so the
     single-token posterior over v is softmax(<z, e_v>) for every gamma: beta = 1 is exact at init.
@@ -253,7 +253,7 @@ class DiT(nn.Module):
         V = config['vocab_size']
         D, H, C = config['n_embd'], config['n_head'], config['cond_dim']
         self.vocab_size, self.mask_id, self.dsl = V, V, config['dsl']
-        if self.config.get('lookup_topk', 0) < 0:  # auto: dense where it is as fast as top-64 (README, Speed)
+        if self.config.get('lookup_topk', 0) < 0:  # auto: dense where it is as fast as top-64 (results/speed/README.md)
             self.config['lookup_topk'] = 64 if V > DENSE_LOOKUP_MAX else 0
         if D // H % 2:
             raise ValueError(f"head dim n_embd/n_head = {D // H} must be even for rotary embeddings")
@@ -338,7 +338,7 @@ class DiT(nn.Module):
             h ~= sum_{v in top-k} p_v W_v + p_mask W_mask + r Wbar,   r = 1 - sum_top p_v - p_mask.
         It is exact when r = 0 and when the tail's rows average to Wbar; the V-wide part left is the d-wide
         score matmul and its logsumexp (V d instead of V (d + D) multiply-adds per token). The error is
-        measured against the dense form in the README and tests (bench.py --lookup_error)."""
+        measured against the dense form in results/speed/README.md and the tests (bench.py --lookup_error)."""
         conv, W = self.converter, self.vocab_embed.embedding
         V, zf, out = self.vocab_size, z.reshape(-1, z.shape[-1]).float(), []  # (N, d)
         with torch.autocast(z.device.type, enabled=False):  # scores reach ~gamma_max: bf16 would be off by ~0.5
@@ -477,7 +477,7 @@ def infer_config(sd, **overrides):
 
 def convert_to_dsl(model, **overrides):
     """An MDLM (token-mode) model turned into a DSL model: every backbone weight is kept, vocab_embed
-    becomes the converter's value matrix unchanged, and E, beta, b are added at their init (DESIGN.md §3)."""
+    becomes the converter's value matrix unchanged, and E, beta, b are added at their init (docs/method.md §3)."""
     cfg = dict(model.config, dsl=True, **overrides)
     return load_backbone(DiT(cfg).to(model.vocab_embed.embedding.device), model.state_dict())
 

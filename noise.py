@@ -1,5 +1,5 @@
 """
-Corruption processes, training losses and NLL bounds (DESIGN.md §4).
+Corruption processes, training losses and NLL bounds (docs/method.md §5-9).
 
 Notation: x (B, L) int64 token ids, V real tokens, mask_id = V.
   MDLM:  each token is masked with probability t, t ~ U(eps, 1) stratified over the global batch;
@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-# mixed-corruption defaults (DESIGN.md §4); char vocabularies override mu, sigma (DSL2's text8 lognormal).
+# mixed-corruption defaults (docs/method.md §5); char vocabularies override mu, sigma (DSL2's text8 lognormal).
 # gamma_max is 100 at every vocabulary (DSL2: ROARSNRPath(snr_max=100.)); 30 made ~3% of the revealed
 # endpoint tokens of a 65-character model read as another token
 SNR_DEFAULTS = dict(p_end=0.25,          # fraction of sequences at (smoothed) endpoints
@@ -91,7 +91,7 @@ def sample_endpoint_mask(B, L, device, generator=None):
 
 
 def sample_gamma(B, L, cfg, device, generator=None):
-    """Per-token SNRs (B, L) from the mixture of DSL training (DESIGN.md §4).
+    """Per-token SNRs (B, L) from the mixture of DSL training (docs/method.md §5).
     Returns (gamma, is_end (B,) bool, revealed (B, L) bool; revealed is meaningful on endpoint rows)."""
     gmax = cfg['gamma_max']
     is_end = _rand(B, generator, device) < cfg['p_end']

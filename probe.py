@@ -1,5 +1,5 @@
 """
-Probing a model on held-out data, teacher-forced on fixed validation windows (DESIGN.md §6): its NLL bounds, its
+Probing a model on held-out data, teacher-forced on fixed validation windows (docs/evaluation.md §4): its NLL bounds, its
 calibration (ECE, reliability diagram) and whether it can find its own wrong tokens (error-detection AUROC).
 Scoring generated text is evaluate.py.
 

@@ -76,7 +76,7 @@ PRESETS = dict(
              dsl_grid=DSL_GRID, mdlm_grid=MDLM_GRID, tune_T=32, tune_n=128, tune_top_p='0.9,1.0',
              num_samples=256, steps='8,16,32,64,128', dsl_steps='8,16,32', top_ps='0.8,0.9,0.95,1.0',
              judge='ar', init_from='', eval_windows=64, val_windows=32, eval_grid=64, bootstrap=1000, compile=True),
-    # the paper's setting (DESIGN.md §1): the published MDLM OWT model as mdlm_pre, ~10k steps at lr 3e-4 and batch
+    # the paper's setting (Wu et al. 2026 §5; docs/method.md §18): the published MDLM OWT model as mdlm_pre, ~10k steps at lr 3e-4 and batch
     # ~40 per GPU (per process here), L = 1024, N = 5000, gpt2-large as judge and featurizer; no tuning runs
     gpu=dict(corpora='owt', preset='small', block_size=1024, batch_size=40, pre_iters=0, ar_iters=0,
              lr=3e-4, ft_lr=3e-4, alt_lr=1e-4, warmup_iters=500, tune_iters=0, ft_iters=10000, ft_eval=500,
@@ -168,7 +168,7 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
     launcher = launcher or shlex.quote(sys.executable)
     d = {k: os.path.join(runs, k) for k in ('mdlm_pre', 'mdlm_ft', 'dsl_ft', 'dsl_atomic', 'ar')}
     ck = {k: os.path.join(v, 'ckpt.pt') for k, v in d.items()}
-    # the training loop's evals follow a trend on fixed windows: val_windows (README, Speed); bounds use eval_windows
+    # the training loop's evals follow a trend on fixed windows: val_windows (results/speed/README.md); bounds use eval_windows
     common = ['--data_dir', dd, '--preset', P['preset'], '--block_size', str(P['block_size']),
               '--batch_size', str(P['batch_size']), '--eval_windows', str(P['val_windows']),
               '--eval_grid', str(P['eval_grid']), '--ckpt_interval', '250', '--log_interval', '100',

@@ -1,6 +1,6 @@
 """
 What one discrete sampling step does, as pure functions of the step and the state (no model): the remasking rules,
-the loop schedule, the moves they imply, and the token draws (DESIGN.md §5). sample.py's loops call these.
+the loop schedule, the moves they imply, and the token draws (docs/method.md §10, §11, §15). sample.py's loops call these.
 
 Discrete step t -> s on alpha_t, the revealed fraction of free tokens (alpha_t = 1 - t for MDLM; ReMDM, Wang et al.
 2025, eqs. 8-9):

@@ -1,5 +1,5 @@
 """
-Sampling: one loop over per-token SNR states, many paths (DESIGN.md §5).
+Sampling: one loop over per-token SNR states, many paths (docs/method.md §10-16).
 
     python sample.py --ckpt out/ckpt.pt --steps 128 --sampler remdm-loop --num_samples 64
     python sample.py --ckpt out/ckpt.pt --steps 48 --sampler hybrid --prompt "ROMEO:" --seed 1
@@ -81,7 +81,7 @@ def table_gamma(model, kn):
 def present(model, x, commit, gamma_commit, eps=None):
     """Model input of a discrete state: hidden tokens at z = 0, prompt tokens at gamma_max e_x, and the revealed
     free tokens (commit (B, L) bool) at z = gamma_commit e_x, or with eps (B, L, d) the channel sample
-    z = gamma_commit e_x + sqrt(gamma_commit) eps (DESIGN.md §1). The deterministic state is a row of the
+    z = gamma_commit e_x + sqrt(gamma_commit) eps (docs/method.md §1). The deterministic state is a row of the
     commit table (no converter); the noisy one goes through the z path: a V-wide softmax at every position."""
     if eps is None and getattr(model, 'commit_gamma', None) == gamma_commit:
         return dict(x=x, commit=commit)
@@ -314,7 +314,7 @@ def generate(model, num_samples, L, steps, sampler='mdlm', top_p=0.9, prompt=Non
 
 def repair(model, draft, steps, sampler='uncertainty', alpha=None, top_p=1.0, generator=None, trajectory=False,
            **kw):
-    """Draft repair (DESIGN.md §5): draft (B, L) ids, mask_id at hidden positions, the rest visible (possibly
+    """Draft repair (docs/method.md §11): draft (B, L) ids, mask_id at hidden positions, the rest visible (possibly
     wrong) and remaskable. Runs the rule at frozen alpha (float or (B,); default: each draft's revealed
     fraction) for `steps` calls, then reveals what is left with the last call's argmax. Returns (x, info)."""
     sampler, kn = _check(model, sampler, steps, top_p, kw)
@@ -372,13 +372,13 @@ def draw(model, n, L, steps, sampler='mdlm', top_p=0.9, prompt=None, generator=N
 # CLI
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description='sample from a DSL / MDLM / AR checkpoint (DESIGN.md §5)')
+    ap = argparse.ArgumentParser(description='sample from a DSL / MDLM / AR checkpoint (docs/method.md §10-16)')
     ap.error = lambda msg: _die(msg)  # one line, no usage dump
     add = ap.add_argument
     add('--ckpt', required=True, help='train.py checkpoint, MDLM .ckpt/.safetensors or hub id')
     add('--trust_checkpoint', action='store_true', help='unpickle in full: only for files from a source you trust')
     add('--sampler', default='', help=', '.join(SAMPLERS) + " ('remdm-' prefix accepted); '' = uncertainty for DSL "
-        "models (the best measured, README), mdlm for MDLM, ar for AR")
+        "models (the best measured, results/quickstart/README.md), mdlm for MDLM, ar for AR")
     add('--steps', type=int, default=128, help='sampler steps T (the denoiser calls per sample are at most T)')
     add('--num_samples', type=int, default=16)
     add('--batch_size', type=int, default=16)

@@ -1,5 +1,5 @@
 """
-Step sweeps (DESIGN.md §6): sample every valid (checkpoint, sampler, steps) cell with sample.generate, score it
+Step sweeps (docs/evaluation.md §5): sample every valid (checkpoint, sampler, steps) cell with sample.generate, score it
 with evaluate.py's metrics (MAUVE, generative perplexity, entropy, distinct-n), and write results.csv, results.md
 and a plot of quality against NFE. Resumable: finished cells are read back from results.csv, which is rewritten
 atomically after each cell.

@@ -1,5 +1,5 @@
 """
-The cyclic toy (DESIGN.md §9): vocabulary A..G, L = 7, the data are the 7 cyclic shifts of ABCDEFG.
+The cyclic toy (docs/method.md §17): vocabulary A..G, L = 7, the data are the 7 cyclic shifts of ABCDEFG.
 
     python toy.py                 # about a minute on a laptop CPU (one thread), no data, no GPU
     python toy.py --no_plot --steps_train 600 --seeds 50 --seed 1   # quicker, another training seed
@@ -34,7 +34,7 @@ ALPHABET = 'ABCDEFG'
 V = L = 7
 DRAFT, TARGET = '__CDBFF', 'ABCDEFG'
 
-# SNR mixture of the DSL arm: the char-vocabulary defaults of DESIGN.md §4, unchanged (p_end 0.25,
+# SNR mixture of the DSL arm: the char-vocabulary defaults of docs/method.md §5, unchanged (p_end 0.25,
 # smoothed endpoints, no jitter). With orthonormal codes a token at gamma_max = 30 is unambiguous, and
 # LogNormal(1.4, 0.55) puts intermediate sequences around gamma ~ 4, where single tokens are often misread
 # and only the context can fix them: those are the states that teach the model to doubt a visible token.
@@ -131,7 +131,7 @@ def train_toy(objective, steps=1500, batch=64, lr=2e-3, seed=0):
 # At frozen alpha ReMDM's reveal probability (eq. 9) of a hidden token is sigma * alpha / (1 - alpha): 0 under
 # conf (hidden tokens have weight 0), ~0.02 under cap, 0.05 under loop, 0.25 under budget (eta = 1/T), so with
 # conf hidden tokens wait for the final call's argmax whatever the model. `uncertainty` instead reveals, in
-# expectation, as many tokens as it remasked (DESIGN.md §5).
+# expectation, as many tokens as it remasked (docs/method.md §12).
 MODELS = dict(oracle='oracle', dsl='DSL', mdlm='MDLM')
 RULES = ('uncertainty', 'conf', 'cap', 'loop', 'budget')
 FIG_ARMS = [('oracle', 'conf'), ('dsl', 'uncertainty'), ('dsl', 'conf'), ('mdlm', 'conf'), ('dsl', 'budget'),

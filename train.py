@@ -1,5 +1,5 @@
 """
-Train a DSL (default), MDLM or autoregressive denoiser (DESIGN.md §8). nanoGPT style: one config dict,
+Train a DSL (default), MDLM or autoregressive denoiser (docs/method.md §18). nanoGPT style: one config dict,
 a CLI generated from it, one straight-line loop.
 
     python train.py                                         # quick start: DSL on shakespeare_char, 2 CPU cores
@@ -236,7 +236,7 @@ def resume_config(cfg, given, log):
 
 
 def setup_processes(cfg):
-    """DDP when torchrun set RANK (DESIGN.md §8), else one process. Returns (ddp, rank, world, device,
+    """DDP when torchrun set RANK (docs/method.md §18), else one process. Returns (ddp, rank, world, device,
     device_type, autocast): under DDP on CUDA, process LOCAL_RANK takes the GPU cuda:LOCAL_RANK."""
     ddp = 'RANK' in os.environ
     rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)

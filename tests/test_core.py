@@ -1,5 +1,5 @@
 """Core: the DiT, the DSL converter, the corruption processes and the NLL bounds (issue #2).
-The bounds are checked against the exact Bayes denoiser of the cyclic toy (DESIGN.md §9)."""
+The bounds are checked against the exact Bayes denoiser of the cyclic toy (docs/method.md §17)."""
 import math
 import os
 

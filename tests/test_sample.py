@@ -1,5 +1,5 @@
-"""Samplers (issue #4): the exact Bayes oracle of the cyclic toy (DESIGN.md §9), the rules' reveal/remask
-frequencies against DESIGN.md §5's formulas, invariants of every sampler, and the CLI's error lines."""
+"""Samplers (issue #4): the exact Bayes oracle of the cyclic toy (docs/method.md §17), the rules' reveal/remask
+frequencies against the formulas of docs/method.md §10-12, invariants of every sampler, and the CLI's error lines."""
 import json
 import math
 
@@ -148,7 +148,7 @@ def remdm_reveal(sig, a_t, a_s):
 
 
 def expected(rule, a_t, a_s, T, kw):
-    """(sigma, reveal) per position from DESIGN.md §5, written independently of sample.py."""
+    """(sigma, reveal) per position from docs/method.md §10 and §12, written independently of sample.py."""
     sm = smax(a_t, a_s)
     elig = (~FIXED & ~HIDDEN).float()
     if rule == 'uncertainty':
