@@ -9,6 +9,7 @@ code it carries: only for files from a source you trust.
 The global RNG streams a checkpoint stores (rng_state) are plain types too: numpy's key array as a list of
 ints. Checkpoints written before held the ndarray itself; they still load, through OLD_NUMPY_RNG.
 """
+
 import pickle
 import random
 import re
@@ -19,11 +20,13 @@ import torch
 # What unpickling np.random.get_state()'s ndarray needs, and nothing more: numpy's array rebuilder (named
 # numpy._core... by numpy 2, numpy.core... by numpy 1), the array type, np.dtype and the uint32 dtype's class
 _reconstruct = np.zeros(0).__reduce__()[0]
-OLD_NUMPY_RNG = [(_reconstruct, 'numpy._core.multiarray._reconstruct'),
-                 (_reconstruct, 'numpy.core.multiarray._reconstruct'),
-                 np.ndarray,
-                 np.dtype,
-                 type(np.dtype(np.uint32))]
+OLD_NUMPY_RNG = [
+    (_reconstruct, 'numpy._core.multiarray._reconstruct'),
+    (_reconstruct, 'numpy.core.multiarray._reconstruct'),
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+]
 
 
 class Refused(ValueError):
@@ -45,9 +48,11 @@ def load(path, trust=False, mmap=False):
             # nothing named beyond the allowed types: a damaged file or no checkpoint, not a foreign one
             if not needs:
                 raise
-            raise Refused(f"{path} is not a plain checkpoint: unpickling it needs {', '.join(needs)}, which "
-                          f"can run code from the file; pass --trust_checkpoint only for a file from a source "
-                          f"you trust") from None
+            raise Refused(
+                f"{path} is not a plain checkpoint: unpickling it needs {', '.join(needs)}, which "
+                f"can run code from the file; pass --trust_checkpoint only for a file from a source "
+                f"you trust"
+            ) from None
         except KeyError as e:
             # the weights-only reader of torch's legacy format meets some bytes that are no pickle (a text
             # file) with a KeyError; callers take a KeyError for keys that do not match, so say what it is

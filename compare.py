@@ -7,6 +7,7 @@ cell (per_sample.jsonl: each sample's judge NLL, token count and unigram entropy
 
     python compare.py results/char      # the verdict table of a finished sweep folder
 """
+
 import argparse
 import csv
 import json
@@ -80,13 +81,23 @@ def bootstrap_matched(arms, H, B=1000, seed=0):
     names = list(arms)
     if len(names) == 2:
         a, b = names
-        draws[f'{a}-{b}'] = [u - v if u is not None and v is not None else None for u, v in zip(draws[a], draws[b])]
+        draws[f'{a}-{b}'] = [
+            u - v if u is not None and v is not None else None for u, v in zip(draws[a], draws[b])
+        ]
     out = {'dropped': {k: sum(v is None for v in d) for k, d in draws.items()}}
     for k, d in draws.items():
         d = np.array([v for v in d if v is not None])
-        out[k] = (float(np.median(d)), float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))) if len(d) else None
-    point = {name: at_entropy([(float(np.mean(c['H'])), float(np.sum(c['nll']) / np.sum(c['cnt']))) for c in cells], H)
-             for name, cells in arms.items()}  # the point estimate from all samples, not the bootstrap median
+        out[k] = (
+            (float(np.median(d)), float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5)))
+            if len(d)
+            else None
+        )
+    point = {
+        name: at_entropy(
+            [(float(np.mean(c['H'])), float(np.sum(c['nll']) / np.sum(c['cnt']))) for c in cells], H
+        )
+        for name, cells in arms.items()
+    }  # the point estimate from all samples, not the bootstrap median
     if len(names) == 2 and None not in point.values():
         point[f'{a}-{b}'] = point[a] - point[b]
     for k, p in point.items():
@@ -129,7 +140,9 @@ def choose(rows, models, sampler, T, ref_entropy):
     tuning top-p values on the tuning seed. Returns (winner, H, {model: gen NLL at H})."""
     H, use = match({m: curve_of(rows, m, sampler, T)[0] for m in models}, ref_entropy)
     if H is None:  # no common entropy: fall back to each curve's value nearest the data's entropy
-        use = {m: [min(curve_of(rows, m, sampler, T)[0], key=lambda p: abs(p[0] - ref_entropy))] for m in models}
+        use = {
+            m: [min(curve_of(rows, m, sampler, T)[0], key=lambda p: abs(p[0] - ref_entropy))] for m in models
+        }
     at = {m: at_entropy(c, H) if H is not None else c[0][1] for m, c in use.items()}
     return min(at, key=at.get), H, at
 
@@ -156,12 +169,25 @@ def versus(rows, per, a, b, ref_entropy, B=1000):
     if {k[0] for k in use} != {'a', 'b'}:
         return None
     pick = {arm: min((k for k in use if k[0] == arm), key=lambda k: at_entropy(use[k], H)) for arm in 'ab'}
-    arms = {arm: [per[(r['ckpt'], r['sampler'], r['steps'], r['top_p'])] for r in curves[pick[arm]][1]]
-            for arm in 'ab'}
+    arms = {
+        arm: [per[(r['ckpt'], r['sampler'], r['steps'], r['top_p'])] for r in curves[pick[arm]][1]]
+        for arm in 'ab'
+    }
     bs = bootstrap_matched(arms, H, B)
-    nfe = {arm: sum(float(r['nfe']) for r in curves[pick[arm]][1]) / len(curves[pick[arm]][1]) for arm in 'ab'}
-    return dict(H=H, rule_a=pick['a'][1], rule_b=pick['b'][1], a=bs['a'], b=bs['b'], diff=bs['a-b'], nfe_a=nfe['a'],
-                nfe_b=nfe['b'], dropped=bs['dropped'])
+    nfe = {
+        arm: sum(float(r['nfe']) for r in curves[pick[arm]][1]) / len(curves[pick[arm]][1]) for arm in 'ab'
+    }
+    return dict(
+        H=H,
+        rule_a=pick['a'][1],
+        rule_b=pick['b'][1],
+        a=bs['a'],
+        b=bs['b'],
+        diff=bs['a-b'],
+        nfe_a=nfe['a'],
+        nfe_b=nfe['b'],
+        dropped=bs['dropped'],
+    )
 
 
 def call(diff):
@@ -176,8 +202,11 @@ def verdict(rows, per, steps, dsl_steps, ref_entropy, B=1000):
     """Per DSL T: the DSL model (its best of every rule) against MDLM + ReMDM's rules (its best) at T and at 4T,
     generative NLL at matched entropy with bootstrap intervals. Returns (markdown lines, summary, comparisons)."""
     mdlm, dsl = models_of(rows)
-    lines = ['| DSL T | MDLM T | entropy H | DSL: gen NLL at H [95% CI] (rule, NFE) | MDLM: gen NLL at H [95% CI] '
-             '(rule, NFE) | DSL - MDLM [95% CI] | DSL is |', '|' + '---|' * 7]
+    lines = [
+        '| DSL T | MDLM T | entropy H | DSL: gen NLL at H [95% CI] (rule, NFE) | MDLM: gen NLL at H [95% CI] '
+        '(rule, NFE) | DSL - MDLM [95% CI] | DSL is |',
+        '|' + '---|' * 7,
+    ]
     out = []
     for T in dsl_steps:
         for k in (1, 4):
@@ -189,29 +218,39 @@ def verdict(rows, per, steps, dsl_steps, ref_entropy, B=1000):
                 continue
             v.update(T=T, vs=k * T, call=call(v['diff']))
             out.append(v)
-            lines.append(f"| {T} | {k * T} | {v['H']:.3f} | {ci(v['a'])} ({v['rule_a']}, {v['nfe_a']:.1f}) | "
-                         f"{ci(v['b'])} ({v['rule_b']}, {v['nfe_b']:.1f}) | {ci(v['diff'])} | {v['call']} |")
-    count = lambda k: ', '.join(f"{c} in {sum(v['call'] == c for v in out if v['vs'] == k * v['T'])}"
-                                for c in ('better', 'tie', 'worse'))
-    say = (f"At matched entropy, DSL at T steps against MDLM + ReMDM at 4T: {count(4)} of "
-           f"{sum(v['vs'] == 4 * v['T'] for v in out)} comparisons; at equal T: {count(1)} of "
-           f"{sum(v['vs'] == v['T'] for v in out)} ('better' = the whole 95% interval of the generative NLL "
-           f"difference below 0). Each arm takes its best rule at the compared entropy: DSL of "
-           f"{', '.join(BASELINE + DSL_EXTRA)}; MDLM of {', '.join(BASELINE)}.")
+            lines.append(
+                f"| {T} | {k * T} | {v['H']:.3f} | {ci(v['a'])} ({v['rule_a']}, {v['nfe_a']:.1f}) | "
+                f"{ci(v['b'])} ({v['rule_b']}, {v['nfe_b']:.1f}) | {ci(v['diff'])} | {v['call']} |"
+            )
+    count = lambda k: ', '.join(
+        f"{c} in {sum(v['call'] == c for v in out if v['vs'] == k * v['T'])}"
+        for c in ('better', 'tie', 'worse')
+    )
+    say = (
+        f"At matched entropy, DSL at T steps against MDLM + ReMDM at 4T: {count(4)} of "
+        f"{sum(v['vs'] == 4 * v['T'] for v in out)} comparisons; at equal T: {count(1)} of "
+        f"{sum(v['vs'] == v['T'] for v in out)} ('better' = the whole 95% interval of the generative NLL "
+        f"difference below 0). Each arm takes its best rule at the compared entropy: DSL of "
+        f"{', '.join(BASELINE + DSL_EXTRA)}; MDLM of {', '.join(BASELINE)}."
+    )
     return lines, say, out
 
 
 def same_rule(rows, per, dsl_steps, ref_entropy, B=1000):
     """ReMDM's rules on both models at equal T and matched entropy: what fine-tuning with DSL did to a sampler."""
     mdlm, dsl = models_of(rows)
-    lines = ['| rule | T | entropy H | gen NLL, MDLM model | gen NLL, DSL model | DSL - MDLM [95% CI] | DSL is |',
-             '|' + '---|' * 7]
+    lines = [
+        '| rule | T | entropy H | gen NLL, MDLM model | gen NLL, DSL model | DSL - MDLM [95% CI] | DSL is |',
+        '|' + '---|' * 7,
+    ]
     for s in BASELINE:
         for T in dsl_steps:
             v = versus(rows, per, (dsl, [s], T), (mdlm, [s], T), ref_entropy, B)
             if v:
-                lines.append(f"| {s} | {T} | {v['H']:.3f} | {ci(v['b'])} | {ci(v['a'])} | {ci(v['diff'])} | "
-                             f"{call(v['diff'])} |")
+                lines.append(
+                    f"| {s} | {T} | {v['H']:.3f} | {ci(v['b'])} | {ci(v['a'])} | {ci(v['diff'])} | "
+                    f"{call(v['diff'])} |"
+                )
     return lines
 
 
@@ -221,14 +260,23 @@ def own_rules(rows, per, steps, dsl_steps, ref_entropy, B=1000, each=False):
     each: against every MDLM rule alone, each pair at its own entropy. A best-of-rules arm drops a rule whose curve
     stops short of the compared entropy, however little; this table shows what that choice did."""
     mdlm, dsl = models_of(rows)
-    lines = ['| DSL rule | DSL T | MDLM T | entropy H | DSL | MDLM + ReMDM (rule) | DSL - MDLM [95% CI] | DSL is |',
-             '|' + '---|' * 8]
-    for s, T, k, b in ((s, T, k, b) for s in DSL_EXTRA for T in dsl_steps for k in (1, 4)
-                       for b in ([[r] for r in BASELINE] if each else [BASELINE])):
+    lines = [
+        '| DSL rule | DSL T | MDLM T | entropy H | DSL | MDLM + ReMDM (rule) | DSL - MDLM [95% CI] | DSL is |',
+        '|' + '---|' * 8,
+    ]
+    for s, T, k, b in (
+        (s, T, k, b)
+        for s in DSL_EXTRA
+        for T in dsl_steps
+        for k in (1, 4)
+        for b in ([[r] for r in BASELINE] if each else [BASELINE])
+    ):
         v = versus(rows, per, (dsl, [s], T), (mdlm, b, k * T), ref_entropy, B) if k * T in steps else None
         if v:
-            lines.append(f"| {s} | {T} | {k * T} | {v['H']:.3f} | {ci(v['a'])} | {ci(v['b'])} ({v['rule_b']}) "
-                         f"| {ci(v['diff'])} | {call(v['diff'])} |")
+            lines.append(
+                f"| {s} | {T} | {k * T} | {v['H']:.3f} | {ci(v['a'])} | {ci(v['b'])} ({v['rule_b']}) "
+                f"| {ci(v['diff'])} | {call(v['diff'])} |"
+            )
     return lines
 
 
@@ -237,36 +285,54 @@ def against(rows, per, base, ref_entropy, B=1000):
     entropy (the data's where both curves reach it), with 95% bootstrap intervals of each and of the difference."""
     models = sorted({r['model'] for r in rows} - {base, 'reference'})
     cells = sorted({(r['sampler'], int(r['steps'])) for r in rows if r['model'] == base})
-    lines = [f"| model | rule | T | entropy H | model: gen NLL at H | {base}: gen NLL at H | difference [95% CI] "
-             f"| model is | NFE (model, {base}) |", '|' + '---|' * 9]
+    lines = [
+        f"| model | rule | T | entropy H | model: gen NLL at H | {base}: gen NLL at H | difference [95% CI] "
+        f"| model is | NFE (model, {base}) |",
+        '|' + '---|' * 9,
+    ]
     for m in models:
         for s, T in cells:
             v = versus(rows, per, (m, [s], T), (base, [s], T), ref_entropy, B)
             if v is None:
                 lines.append(f"| {m} | {s} | {T} | no common entropy | | | | | |")
                 continue
-            lines.append(f"| {m} | {s} | {T} | {v['H']:.3f} | {ci(v['a'])} | {ci(v['b'])} | {ci(v['diff'])} | "
-                         f"{call(v['diff'])} | {v['nfe_a']:.1f}, {v['nfe_b']:.1f} |")
+            lines.append(
+                f"| {m} | {s} | {T} | {v['H']:.3f} | {ci(v['a'])} | {ci(v['b'])} | {ci(v['diff'])} | "
+                f"{call(v['diff'])} | {v['nfe_a']:.1f}, {v['nfe_b']:.1f} |"
+            )
     return lines
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description='the verdict tables of a sweep folder, recomputed from its files')
+    ap = argparse.ArgumentParser(
+        description='the verdict tables of a sweep folder, recomputed from its files'
+    )
     ap.error = lambda msg: (print(f"compare.py: error: {msg}", file=sys.stderr), sys.exit(2))  # one line
-    ap.add_argument('folder', help='a sweep folder holding results.csv and per_sample.jsonl (e.g. results/char)')
-    ap.add_argument('--mdlm', default='', help="another sweep folder whose ':mdlm_ft' cells replace the MDLM arm's "
-                                               "(e.g. the MDLM continuation trained on for as many steps as DSL's)")
-    ap.add_argument('--against', default='', metavar='MODEL',
-                    help="instead of the verdict: every model of the folder against this one (a results.csv model "
-                         "label, e.g. dsl:two_pass), rule by rule at equal T")
+    ap.add_argument(
+        'folder', help='a sweep folder holding results.csv and per_sample.jsonl (e.g. results/char)'
+    )
+    ap.add_argument(
+        '--mdlm',
+        default='',
+        help="another sweep folder whose ':mdlm_ft' cells replace the MDLM arm's "
+        "(e.g. the MDLM continuation trained on for as many steps as DSL's)",
+    )
+    ap.add_argument(
+        '--against',
+        default='',
+        metavar='MODEL',
+        help="instead of the verdict: every model of the folder against this one (a results.csv model "
+        "label, e.g. dsl:two_pass), rule by rule at equal T",
+    )
     a = ap.parse_args(argv)
     for d in filter(None, (a.folder, a.mdlm)):
         if not os.path.isfile(os.path.join(d, 'per_sample.jsonl')):
             ap.error(f"{d}: no results.csv and per_sample.jsonl (a sweep folder)")
     rows, per = rows_of(a.folder), per_sample_of(a.folder)
     if a.mdlm:  # the other arm's cells; the DSL cells and the reference stay
-        rows = [r for r in rows if not r['model'].endswith(':mdlm_ft')] + \
-            [r for r in rows_of(a.mdlm) if r['model'].endswith(':mdlm_ft')]
+        rows = [r for r in rows if not r['model'].endswith(':mdlm_ft')] + [
+            r for r in rows_of(a.mdlm) if r['model'].endswith(':mdlm_ft')
+        ]
         per.update(per_sample_of(a.mdlm))
     H = float(next(r for r in rows if r['model'] == 'reference')['entropy'])
     if a.against:
@@ -278,7 +344,9 @@ def main(argv=None):
     dsl_steps = sorted({int(r['steps']) for r in rows if r['model'].endswith(':dsl_ft')})
     lines, say, _ = verdict(rows, per, steps, dsl_steps, H)
     own = [own_rules(rows, per, steps, dsl_steps, H, each=e) for e in (False, True)]
-    print('\n'.join(lines + ['', say, ''] + same_rule(rows, per, dsl_steps, H) + [''] + own[0] + [''] + own[1]))
+    print(
+        '\n'.join(lines + ['', say, ''] + same_rule(rows, per, dsl_steps, H) + [''] + own[0] + [''] + own[1])
+    )
 
 
 if __name__ == '__main__':

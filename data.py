@@ -17,6 +17,7 @@ Token stream: documents (or files) are concatenated, with EOS after each one for
 vocabularies have no EOS). Training windows are random length-L slices of that stream, so a window
 may straddle a document boundary (nanoGPT-style); MDLM's [BOS] + 1022 + [EOS] wrapping is not used.
 """
+
 import hashlib
 import json
 import os
@@ -42,13 +43,17 @@ def default_dir(dataset):
 # ---------------------------------------------------------------------------------------------
 # Tokenizers: encode(str) -> list[int], decode(ids) -> str
 
+
 def gpt2_encoding():
     import tiktoken
+
     try:
         return tiktoken.get_encoding('gpt2')
     except Exception as e:  # offline: tiktoken tries to download vocab.bpe / encoder.json
-        raise SystemExit(f"data: cannot load the gpt2 BPE files ({type(e).__name__}); offline, set "
-                         f"TIKTOKEN_CACHE_DIR to a writable folder holding tiktoken's cached GPT-2 BPE files")
+        raise SystemExit(
+            f"data: cannot load the gpt2 BPE files ({type(e).__name__}); offline, set "
+            f"TIKTOKEN_CACHE_DIR to a writable folder holding tiktoken's cached GPT-2 BPE files"
+        )
 
 
 def tokenizer_error(spec):
@@ -68,23 +73,30 @@ def train_bpe(texts, size):
     pre-tokenizer (its regex, bytes shown as unicode) and decoder, the 256 bytes first, no special tokens (texts
     are joined without EOS, as char vocabularies), so decoding is exact for any text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=size, show_progress=False,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=size, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return tok
 
 
 def bpe_codec(meta):
     """(encode, decode) of a bpe:N meta; [MASK] (id V) decodes as '_' between the decoded runs."""
     from tokenizers import Tokenizer
+
     tok, V = Tokenizer.from_str(json.dumps(meta['bpe'])), meta['vocab_size']
 
     def decode(ids):  # each run between [MASK]s decoded whole: a token may be half of a UTF-8 character
         ids = [int(i) for i in ids]
         cuts = [-1] + [k for k, i in enumerate(ids) if i >= V] + [len(ids)]
-        return '_'.join(tok.decode(ids[a + 1:b]) for a, b in zip(cuts, cuts[1:]))
+        return '_'.join(tok.decode(ids[a + 1 : b]) for a, b in zip(cuts, cuts[1:]))
+
     return (lambda s: tok.encode(s).ids), decode
 
 
@@ -102,9 +114,12 @@ def get_tokenizer(meta):
         bad = next((ch for ch in s if ch not in stoi), None)
         if bad is not None:  # name the character: a bare KeyError would print just the character
             vocab = ''.join(meta['chars'])
-            raise ValueError(f"character {bad!r} (U+{ord(bad):04X}) is not in this model's {len(vocab)}-character "
-                             f"vocabulary; use only these characters: {vocab!r}")
+            raise ValueError(
+                f"character {bad!r} (U+{ord(bad):04X}) is not in this model's {len(vocab)}-character "
+                f"vocabulary; use only these characters: {vocab!r}"
+            )
         return [stoi[ch] for ch in s]
+
     return encode, (lambda ids: ''.join(itos[int(i)] for i in ids))
 
 
@@ -131,7 +146,9 @@ def prompt_ids(encode, prompt, suffix, L, mask_id):
     if not (prompt or suffix):
         return None
     if encode is None:
-        raise ValueError("cannot encode --prompt/--suffix: no tokenizer found (pass --meta path/to/meta.json)")
+        raise ValueError(
+            "cannot encode --prompt/--suffix: no tokenizer found (pass --meta path/to/meta.json)"
+        )
     try:
         pre, suf = encode(prompt), encode(suffix)
     except ValueError as e:  # a character outside a char vocabulary
@@ -139,9 +156,9 @@ def prompt_ids(encode, prompt, suffix, L, mask_id):
     if len(pre) + len(suf) > L:
         raise ValueError(f"the prompt ({len(pre) + len(suf)} tokens) is longer than the sequence (L = {L})")
     x = torch.full((L,), mask_id, dtype=torch.long)
-    x[:len(pre)] = torch.tensor(pre, dtype=torch.long)
+    x[: len(pre)] = torch.tensor(pre, dtype=torch.long)
     if suf:
-        x[L - len(suf):] = torch.tensor(suf, dtype=torch.long)
+        x[L - len(suf) :] = torch.tensor(suf, dtype=torch.long)
     return x
 
 
@@ -166,13 +183,19 @@ def load_meta(data_dir):
 # ---------------------------------------------------------------------------------------------
 # Preparation
 
+
 def _fetch(url, dest, offline_hint):
     """Download url to dest; offline (or any failure) is one line naming the file to provide."""
     try:
         from tqdm import tqdm
+
         with urllib.request.urlopen(url, timeout=15) as r, open(dest + '.tmp', 'wb') as f:
-            bar = tqdm(total=int(r.headers.get('Content-Length') or 0), unit='B', unit_scale=True,
-                       desc=f'download {os.path.basename(url)}')
+            bar = tqdm(
+                total=int(r.headers.get('Content-Length') or 0),
+                unit='B',
+                unit_scale=True,
+                desc=f'download {os.path.basename(url)}',
+            )
             while chunk := r.read(1 << 20):
                 f.write(chunk)
                 bar.update(len(chunk))
@@ -200,8 +223,10 @@ def _write(out_dir, splits, meta):
         meta[f'{name}_tokens'] = int(len(ids))
     meta.update(mask_id=meta['vocab_size'], dtype=np.dtype(dtype).name)
     _write_meta(out_dir, meta)
-    print(f"data: {out_dir}: vocab {meta['vocab_size']}, " +
-          ', '.join(f"{k} {len(v):,} tokens" for k, v in splits.items()))
+    print(
+        f"data: {out_dir}: vocab {meta['vocab_size']}, "
+        + ', '.join(f"{k} {len(v):,} tokens" for k, v in splits.items())
+    )
     return meta
 
 
@@ -209,15 +234,18 @@ def _encode_texts(texts, tokenizer, chars=None, desc='encode', bpe=None):
     """Concatenate and encode a list of texts. char: ids into `chars`; gpt2: EOS after each text; bpe: the
     trained tokenizer `bpe`, each text whole (so the ids are exactly those of encode(text))."""
     from tqdm import tqdm
+
     if bpe is not None:
-        return np.array([i for t in tqdm(texts, desc=desc, disable=len(texts) < 100) for i in bpe.encode(t).ids],
-                        dtype=np.int64)
+        return np.array(
+            [i for t in tqdm(texts, desc=desc, disable=len(texts) < 100) for i in bpe.encode(t).ids],
+            dtype=np.int64,
+        )
     if tokenizer == 'char':
         table = {ch: i for i, ch in enumerate(chars)}
         out = []
         for t in texts:
             for i in tqdm(range(0, len(t), 1 << 20), desc=desc, disable=len(t) < 1 << 22):
-                out.append(np.fromiter((table[ch] for ch in t[i:i + (1 << 20)]), dtype=np.int64))
+                out.append(np.fromiter((table[ch] for ch in t[i : i + (1 << 20)]), dtype=np.int64))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
     enc = gpt2_encoding()
     ids = []
@@ -241,8 +269,14 @@ def prepare_text(texts, out_dir, tokenizer='char', source='', val_frac=0.1, char
         bpe = train_bpe(train, int(tokenizer[4:]))
         os.makedirs(out_dir, exist_ok=True)
         bpe.save(os.path.join(out_dir, 'tokenizer.json'))
-        meta = dict(tokenizer=tokenizer, vocab_size=bpe.get_vocab_size(), eos=None, bos=None,
-                    tokenizer_file='tokenizer.json', bpe=json.loads(bpe.to_str()))
+        meta = dict(
+            tokenizer=tokenizer,
+            vocab_size=bpe.get_vocab_size(),
+            eos=None,
+            bos=None,
+            tokenizer_file='tokenizer.json',
+            bpe=json.loads(bpe.to_str()),
+        )
         if meta['vocab_size'] < int(tokenizer[4:]):  # a small corpus runs out of pairs to merge
             print(f"data: {tokenizer}: the training split allows only {meta['vocab_size']} tokens")
     elif tokenizer == 'char':
@@ -251,8 +285,10 @@ def prepare_text(texts, out_dir, tokenizer='char', source='', val_frac=0.1, char
     else:
         meta = dict(tokenizer='gpt2', vocab_size=50257, eos=50256, bos=None)  # MDLM: V+1 = 50258 with [MASK]
     meta.update(source=source, sha256=sha)
-    splits = dict(train=_encode_texts(train, tokenizer, chars, 'encode train', bpe),
-                  val=_encode_texts(val, tokenizer, chars, 'encode val', bpe))
+    splits = dict(
+        train=_encode_texts(train, tokenizer, chars, 'encode train', bpe),
+        val=_encode_texts(val, tokenizer, chars, 'encode val', bpe),
+    )
     return _write(out_dir, splits, meta)
 
 
@@ -264,7 +300,9 @@ def read_files(paths):
             raise SystemExit(f"data: {what} (--data takes comma-separated local text files)")
         with open(p, encoding='utf-8', errors='replace') as f:
             texts.append(f.read())
-        if not texts[-1]:  # checked before anything is written: an empty vocabulary fails much later, unclearly
+        if not texts[
+            -1
+        ]:  # checked before anything is written: an empty vocabulary fails much later, unclearly
             raise SystemExit(f"data: {p} is empty; --data needs text files with something to train on")
     return texts
 
@@ -275,6 +313,7 @@ def files_sha256(paths):
 
 def prepare_text8(out_dir):
     import zipfile
+
     raw = os.path.join(out_dir, 'text8')
     if not os.path.exists(raw):
         os.makedirs(out_dir, exist_ok=True)
@@ -289,32 +328,55 @@ def prepare_text8(out_dir):
     ids = lut[data]
     if (ids == 255).any():
         raise SystemExit(f"data: {raw} is not text8 (characters outside ' a-z')")
-    meta = dict(tokenizer='char', vocab_size=27, chars=list(chars), eos=None, bos=None, source=TEXT8_URL,
-                sha256=hashlib.sha256(data.tobytes()).hexdigest())
-    return _write(out_dir, dict(train=ids[:90_000_000], val=ids[90_000_000:95_000_000], test=ids[95_000_000:]), meta)
+    meta = dict(
+        tokenizer='char',
+        vocab_size=27,
+        chars=list(chars),
+        eos=None,
+        bos=None,
+        source=TEXT8_URL,
+        sha256=hashlib.sha256(data.tobytes()).hexdigest(),
+    )
+    return _write(
+        out_dir, dict(train=ids[:90_000_000], val=ids[90_000_000:95_000_000], test=ids[95_000_000:]), meta
+    )
 
 
 def prepare_openwebtext(out_dir, num_proc=8):
     """Hugging Face openwebtext, last 100k documents = validation (MDLM's openwebtext-split); GPT-2 BPE
     with EOS after every document. Tokens are streamed into the .bin files in shards (nanoGPT)."""
     from tqdm import tqdm
+
     try:
         from datasets import load_dataset
+
         ds = load_dataset(OWT_HF, split='train', num_proc=num_proc)
     except Exception as e:
-        raise SystemExit(f"data: could not load the Hugging Face dataset {OWT_HF} ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:120] if str(e) else ''}); offline, set HF_DATASETS_OFFLINE=1 "
-                         f"with a populated HF_HOME cache, or pass --data with local .txt files")
+        raise SystemExit(
+            f"data: could not load the Hugging Face dataset {OWT_HF} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120] if str(e) else ''}); offline, set HF_DATASETS_OFFLINE=1 "
+            f"with a populated HF_HOME cache, or pass --data with local .txt files"
+        )
     enc = gpt2_encoding()
     n = len(ds)
     parts = dict(train=ds.select(range(n - OWT_VAL_DOCS)), val=ds.select(range(n - OWT_VAL_DOCS, n)))
     os.makedirs(out_dir, exist_ok=True)
-    meta = dict(tokenizer='gpt2', vocab_size=50257, eos=50256, bos=None, source=OWT_HF, sha256=None,
-                mask_id=50257, dtype='uint16')
+    meta = dict(
+        tokenizer='gpt2',
+        vocab_size=50257,
+        eos=50256,
+        bos=None,
+        source=OWT_HF,
+        sha256=None,
+        mask_id=50257,
+        dtype='uint16',
+    )
     for name, part in parts.items():
+
         def tokenize(ex):
             ids = enc.encode_ordinary(ex['text']) + [enc.eot_token]
             return {'ids': ids, 'len': len(ids)}
+
         tok = part.map(tokenize, remove_columns=['text'], num_proc=num_proc, desc=f'tokenize {name}')
         lens = np.asarray(tok['len'], dtype=np.int64)
         path = os.path.join(out_dir, f'{name}.bin')
@@ -323,7 +385,7 @@ def prepare_openwebtext(out_dir, num_proc=8):
         for i in tqdm(range(shards), desc=f'write {name}.bin'):
             shard = tok.shard(num_shards=shards, index=i, contiguous=True).with_format('numpy')
             ids = np.concatenate(shard['ids'])
-            arr[pos:pos + len(ids)] = ids
+            arr[pos : pos + len(ids)] = ids
             pos += len(ids)
         arr.flush()
         del arr
@@ -341,20 +403,28 @@ def prepare(dataset='shakespeare_char', data='', tokenizer='', out_dir=''):
     tokenizer = tokenizer or DEFAULT_TOKENIZER.get(dataset, 'char')
     if data:
         paths = [p for p in data.split(',') if p]
-        return prepare_text(read_files(paths), out_dir, tokenizer, source=','.join(os.path.abspath(p) for p in paths))
+        return prepare_text(
+            read_files(paths), out_dir, tokenizer, source=','.join(os.path.abspath(p) for p in paths)
+        )
     if dataset == 'shakespeare_char':
         raw = os.path.join(out_dir, 'input.txt')
         if not os.path.exists(raw):
             os.makedirs(out_dir, exist_ok=True)
-            _fetch(SHAKESPEARE_URL, raw, f"copy tinyshakespeare.txt (any tiny-shakespeare input.txt) "
-                                         f"to {raw}, or pass --data path/to/file.txt")
+            _fetch(
+                SHAKESPEARE_URL,
+                raw,
+                f"copy tinyshakespeare.txt (any tiny-shakespeare input.txt) "
+                f"to {raw}, or pass --data path/to/file.txt",
+            )
         return prepare_text(read_files([raw]), out_dir, tokenizer, source=SHAKESPEARE_URL)
     if dataset == 'text8':
         return prepare_text8(out_dir)
     if dataset == 'openwebtext':
         return prepare_openwebtext(out_dir)
-    raise SystemExit(f"data: unknown dataset '{dataset}': choose shakespeare_char, text8, openwebtext, "
-                     f"or pass local files with --data a.txt[,b.txt]")
+    raise SystemExit(
+        f"data: unknown dataset '{dataset}': choose shakespeare_char, text8, openwebtext, "
+        f"or pass local files with --data a.txt[,b.txt]"
+    )
 
 
 def resolve_dir(dataset='shakespeare_char', data='', tokenizer='', data_dir=''):
@@ -373,8 +443,9 @@ def ensure(dataset='shakespeare_char', data='', tokenizer='', data_dir=''):
     data_dir = resolve_dir(dataset, data, tokenizer, data_dir)
     if os.path.exists(os.path.join(data_dir, 'meta.json')):
         meta = load_meta(data_dir)
-        fresh = (not data or meta.get('sha256') == files_sha256([p for p in data.split(',') if p])) and \
-                (not tokenizer or meta['tokenizer'] == tokenizer)
+        fresh = (not data or meta.get('sha256') == files_sha256([p for p in data.split(',') if p])) and (
+            not tokenizer or meta['tokenizer'] == tokenizer
+        )
         if fresh:
             return data_dir, meta
     return data_dir, prepare(dataset, data, tokenizer, data_dir)
@@ -382,6 +453,7 @@ def ensure(dataset='shakespeare_char', data='', tokenizer='', data_dir=''):
 
 # ---------------------------------------------------------------------------------------------
 # Batches
+
 
 def get_batch(data_dir, split, batch_size, block_size, rng, dtype='uint16', device='cpu'):
     """(batch_size, block_size) int64 random windows of split.bin. The memmap is reopened on every call
@@ -391,7 +463,7 @@ def get_batch(data_dir, split, batch_size, block_size, rng, dtype='uint16', devi
     if len(data) < block_size:
         raise SystemExit(f"data: {split}.bin has {len(data)} tokens, fewer than block_size={block_size}")
     ix = rng.integers(0, len(data) - block_size + 1, size=batch_size)
-    x = torch.from_numpy(np.stack([data[i:i + block_size].astype(np.int64) for i in ix]))  # (B, L)
+    x = torch.from_numpy(np.stack([data[i : i + block_size].astype(np.int64) for i in ix]))  # (B, L)
     if device != 'cpu' and torch.device(device).type == 'cuda':
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
@@ -399,11 +471,17 @@ def get_batch(data_dir, split, batch_size, block_size, rng, dtype='uint16', devi
 
 if __name__ == '__main__':
     import argparse
+
     ap = argparse.ArgumentParser(description='prepare a dataset into train.bin / val.bin / meta.json')
-    ap.add_argument('dataset', nargs='?', default='shakespeare_char', help='shakespeare_char | text8 | openwebtext')
+    ap.add_argument(
+        'dataset', nargs='?', default='shakespeare_char', help='shakespeare_char | text8 | openwebtext'
+    )
     ap.add_argument('--data', default='', help='comma-separated local text files (override the download)')
-    ap.add_argument('--tokenizer', default='', help="char | gpt2 | bpe:N (trained on the training split); '' = the "
-                                                     "dataset's default")
+    ap.add_argument(
+        '--tokenizer',
+        default='',
+        help="char | gpt2 | bpe:N (trained on the training split); '' = the dataset's default",
+    )
     ap.add_argument('--out_dir', default='', help="'' = data/<dataset>")
     ap.error = lambda msg: ap.exit(2, f"data.py: error: {msg}\n")  # one line, no usage dump
     a = ap.parse_args()

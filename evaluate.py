@@ -13,6 +13,7 @@ token-weighted mean then exp. A path to this project's AR checkpoint is the offl
 teacher-forced likelihood exactly as trained (noise.ar_loss: a [MASK] start token, all L tokens scored) and MAUVE
 features are its final hidden states (mean-pooled by default). Numbers made that way compare only among themselves.
 """
+
 import argparse
 import json
 import math
@@ -35,6 +36,7 @@ def need(module, pip, what, check=False):
     one line saying what to install."""
     import importlib
     import importlib.util
+
     try:
         if check:
             if sys.modules.get(module, 0) is None or importlib.util.find_spec(module) is None:
@@ -47,6 +49,7 @@ def need(module, pip, what, check=False):
 
 def versions():
     import importlib.metadata as md
+
     out = dict(python=sys.version.split()[0], torch=torch.__version__, numpy=np.__version__)
     for pkg in ('mauve-text', 'transformers', 'tiktoken'):
         try:
@@ -66,6 +69,7 @@ def write_atomic(path, text):
 
 # ---------------------------------------------------------------------------------------------
 # Inputs: checkpoints, sample files, reference chunks
+
 
 def load(path, device='cpu', trust=False):
     """(model in eval mode, meta of its data or None, train config) of a train.py / MDLM checkpoint. trust:
@@ -99,12 +103,18 @@ def read_samples(path):
                 continue
             try:
                 r = json.loads(line)
-                ok = isinstance(r, dict) and isinstance(r.get('ids'), list) and len(r['ids']) > 0 and \
-                    all(isinstance(i, int) and i >= 0 for i in r['ids'])
+                ok = (
+                    isinstance(r, dict)
+                    and isinstance(r.get('ids'), list)
+                    and len(r['ids']) > 0
+                    and all(isinstance(i, int) and i >= 0 for i in r['ids'])
+                )
             except json.JSONDecodeError:
                 ok = False
             if not ok:
-                raise ValueError(f"{path}:{k}: not a sample record (a JSON object with a non-empty list of token 'ids')")
+                raise ValueError(
+                    f"{path}:{k}: not a sample record (a JSON object with a non-empty list of token 'ids')"
+                )
             records.append(r)
     if not records:
         raise ValueError(f"{path}: no samples (empty file)")
@@ -121,13 +131,17 @@ def ref_tokens(refs, encode, meta=None):
         toks = np.memmap(os.path.join(refs, 'val.bin'), dtype=m.get('dtype', 'uint16'), mode='r')
         return toks, data.get_tokenizer(m)[1], m
     if not os.path.isfile(refs):
-        raise FileNotFoundError(f"--refs {refs} is neither a prepared data folder (meta.json) nor a text file")
+        raise FileNotFoundError(
+            f"--refs {refs} is neither a prepared data folder (meta.json) nor a text file"
+        )
     with open(refs, encoding='utf-8', errors='replace') as f:
         text = f.read()
     try:
         return np.array(encode(text), dtype=np.int64), None, None
     except KeyError as e:
-        raise ValueError(f"--refs {refs} has characters outside the judge's vocabulary ({e.args[0]!r})") from None
+        raise ValueError(
+            f"--refs {refs} has characters outside the judge's vocabulary ({e.args[0]!r})"
+        ) from None
 
 
 def chunks(tokens, L, n, seed=0, skip=0):
@@ -135,22 +149,33 @@ def chunks(tokens, L, n, seed=0, skip=0):
     are the same in every run and never overlap each other); skip: take the n after the first `skip`."""
     k = len(tokens) // L
     if k < n + skip:
-        raise ValueError(f"only {k} reference chunks of {L} tokens, fewer than the {n + skip} needed "
-                         f"({n} samples{' x 2 for the reference row' if skip else ''})")
-    idx = np.random.default_rng(seed).permutation(k)[skip:skip + n]
-    return torch.from_numpy(np.stack([np.asarray(tokens[i * L:(i + 1) * L], dtype=np.int64) for i in idx]))
+        raise ValueError(
+            f"only {k} reference chunks of {L} tokens, fewer than the {n + skip} needed "
+            f"({n} samples{' x 2 for the reference row' if skip else ''})"
+        )
+    idx = np.random.default_rng(seed).permutation(k)[skip : skip + n]
+    return torch.from_numpy(np.stack([np.asarray(tokens[i * L : (i + 1) * L], dtype=np.int64) for i in idx]))
 
 
 # ---------------------------------------------------------------------------------------------
 # Judges: a dict {kind, name, model, ...}; 'ar' reads token ids, 'hf' reads retokenized text
+
 
 def ar_judge(path, pool='mean', trust=False):
     m, meta, cfg = load(path, trust=trust)
     if not m.config.get('causal'):
         raise ValueError(f"judge {path} is not an autoregressive checkpoint (train.py --objective ar)")
     enc, dec = data.get_tokenizer(meta) if meta else (None, None)
-    return dict(kind='ar', name=path, model=m, meta=meta, encode=enc, decode=dec, pool=pool,
-                block_size=cfg.get('block_size'))
+    return dict(
+        kind='ar',
+        name=path,
+        model=m,
+        meta=meta,
+        encode=enc,
+        decode=dec,
+        pool=pool,
+        block_size=cfg.get('block_size'),
+    )
 
 
 def gpt2_encode():
@@ -167,15 +192,25 @@ def hf_judge(name='gpt2-large', model=None, encode=None, eos=GPT2_EOS, device='c
         try:
             model = tf.AutoModelForCausalLM.from_pretrained(name)
         except Exception as e:
-            raise ValueError(f"cannot load judge '{name}' ({type(e).__name__}); offline, pass --judge path/to/ar.pt") from None
+            raise ValueError(
+                f"cannot load judge '{name}' ({type(e).__name__}); offline, pass --judge path/to/ar.pt"
+            ) from None
     if encode is None:
         try:
-            tok = need('transformers', 'transformers', 'a Hugging Face tokenizer').AutoTokenizer.from_pretrained(name)
+            tok = need(
+                'transformers', 'transformers', 'a Hugging Face tokenizer'
+            ).AutoTokenizer.from_pretrained(name)
             encode, eos = (lambda t: tok(t)['input_ids']), tok.eos_token_id
         except Exception:  # offline: the GPT-2 family shares tiktoken's BPE
             encode = gpt2_encode()
-    return dict(kind='hf', name=name, model=model.float().to(device).eval(), encode=encode, eos=eos,
-                max_len=GPT2_CONTEXT)
+    return dict(
+        kind='hf',
+        name=name,
+        model=model.float().to(device).eval(),
+        encode=encode,
+        eos=eos,
+        max_len=GPT2_CONTEXT,
+    )
 
 
 def get_judge(spec, pool='mean', trust=False):
@@ -190,14 +225,20 @@ def judge_inputs(judge, x, texts, where):
     if judge['kind'] == 'hf':
         if any(t is None for t in texts):
             raise ValueError(f"{where}: samples without text; judge '{judge['name']}' reads decoded text")
-        return [judge['encode'](t)[:judge['max_len']] for t in texts]
+        return [judge['encode'](t)[: judge['max_len']] for t in texts]
     V, dec = judge['model'].vocab_size, judge['decode']
-    if int(x.max()) >= V or (dec and any(t is not None and dec(row) != t for row, t in zip(x.tolist(), texts))):
-        raise ValueError(f"{where}: the samples' tokenizer differs from judge {judge['name']}'s "
-                         f"({judge['meta']['tokenizer'] if judge['meta'] else '?'}, V={V}): use a judge trained on the same data")
+    if int(x.max()) >= V or (
+        dec and any(t is not None and dec(row) != t for row, t in zip(x.tolist(), texts))
+    ):
+        raise ValueError(
+            f"{where}: the samples' tokenizer differs from judge {judge['name']}'s "
+            f"({judge['meta']['tokenizer'] if judge['meta'] else '?'}, V={V}): use a judge trained on the same data"
+        )
     if judge['block_size'] and x.shape[1] > judge['block_size']:
-        raise ValueError(f"{where}: samples of L={x.shape[1]} are longer than judge {judge['name']}'s context "
-                         f"({judge['block_size']})")
+        raise ValueError(
+            f"{where}: samples of L={x.shape[1]} are longer than judge {judge['name']}'s context "
+            f"({judge['block_size']})"
+        )
     return x
 
 
@@ -247,7 +288,7 @@ def hf_nll(m, seqs, eos, batch_size=8):
     sequence (later EOS are padding-like filler). Returns (nll (N,), scored tokens (N,)), float64."""
     nll, cnt = [], []
     for i in range(0, len(seqs), batch_size):
-        ids, valid = _pad(seqs[i:i + batch_size], eos)
+        ids, valid = _pad(seqs[i : i + batch_size], eos)
         logits = m(input_ids=ids, attention_mask=valid.long()).logits.float()  # (B, L, V) fp32
         lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0].double()  # (B, L-1)
         is_eos = (ids == eos) & valid
@@ -263,7 +304,7 @@ def hf_features(m, seqs, batch_size=8):
     """MAUVE's featurizer: the last layer's hidden state (after the final LayerNorm) at the last token."""
     feats = []
     for i in range(0, len(seqs), batch_size):
-        ids, valid = _pad(seqs[i:i + batch_size], 0)
+        ids, valid = _pad(seqs[i : i + batch_size], 0)
         h = m(input_ids=ids, attention_mask=valid.long(), output_hidden_states=True).hidden_states[-1]
         feats.append(h[torch.arange(len(ids)), valid.sum(1) - 1].double())  # (B, D)
     return torch.cat(feats).numpy()
@@ -281,7 +322,11 @@ def gen_nll(judge, inp):
 
 
 def features(judge, inp):
-    return ar_features(judge['model'], inp, judge['pool']) if judge['kind'] == 'ar' else hf_features(judge['model'], inp)
+    return (
+        ar_features(judge['model'], inp, judge['pool'])
+        if judge['kind'] == 'ar'
+        else hf_features(judge['model'], inp)
+    )
 
 
 def mauve(p_feats, q_feats, seed=MAUVE_SEED):
@@ -289,8 +334,14 @@ def mauve(p_feats, q_feats, seed=MAUVE_SEED):
     the divergence frontier with scaling factor 5. ReMDM/DSL settings."""
     mv = need('mauve', 'mauve-text', 'MAUVE')
     n = min(len(p_feats), len(q_feats))
-    out = mv.compute_mauve(p_features=p_feats, q_features=q_feats, num_buckets=max(2, round(n / 10)),
-                           mauve_scaling_factor=MAUVE_SCALE, seed=seed, verbose=False)
+    out = mv.compute_mauve(
+        p_features=p_feats,
+        q_features=q_feats,
+        num_buckets=max(2, round(n / 10)),
+        mauve_scaling_factor=MAUVE_SCALE,
+        seed=seed,
+        verbose=False,
+    )
     return float(out.mauve)
 
 
@@ -313,7 +364,7 @@ def distinct(x, n):
     """distinct-n (Li et al. 2016), per sample: unique n-grams / n-grams, averaged over samples."""
     out = []
     for row in x.tolist():
-        grams = [tuple(row[i:i + n]) for i in range(len(row) - n + 1)]
+        grams = [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
         out.append(len(set(grams)) / len(grams) if grams else 0.0)
     return float(np.mean(out))
 
@@ -326,13 +377,24 @@ def score(x, texts, judge, featurizer, q_feats, where='samples', per_sample=Fals
     nll, cnt = judge_nll(judge, jin)
     H = entropies(x)
     nats = (nll.sum() / cnt.sum()).item()
-    row = dict(n=len(x), L=x.shape[1], mauve=mauve(features(featurizer, fin), q_feats), gen_nll=nats,
-               gen_ppl=math.exp(min(nats, 700)), entropy=float(H.mean()))
+    row = dict(
+        n=len(x),
+        L=x.shape[1],
+        mauve=mauve(features(featurizer, fin), q_feats),
+        gen_nll=nats,
+        gen_ppl=math.exp(min(nats, 700)),
+        entropy=float(H.mean()),
+    )
     row.update({f'distinct_{k}': distinct(x, k) for k in (1, 2, 3, 4)})
     if per_sample:
-        c = cnt.tolist()  # one number when every sample scores the same count (an AR judge: L); results stay small
-        row['per_sample'] = dict(nll=[round(v, 2) for v in nll.tolist()], cnt=int(c[0]) if len(set(c)) == 1 else c,
-                                 H=[round(v, 3) for v in H.tolist()])
+        c = (
+            cnt.tolist()
+        )  # one number when every sample scores the same count (an AR judge: L); results stay small
+        row['per_sample'] = dict(
+            nll=[round(v, 2) for v in nll.tolist()],
+            cnt=int(c[0]) if len(set(c)) == 1 else c,
+            H=[round(v, 3) for v in H.tolist()],
+        )
     return row
 
 
@@ -343,21 +405,35 @@ def references(refs, judge, L, n, seed=0, skip=0):
         raise ValueError(f"judge {judge['name']} has no tokenizer (no meta in the checkpoint)")
     toks, dec, meta = ref_tokens(refs, enc)
     codec = lambda mt: (mt['tokenizer'], mt['vocab_size'], mt.get('chars'), mt.get('bpe'))  # what decodes ids
-    if judge['kind'] == 'ar' and meta is not None and judge['meta'] is not None and codec(meta) != codec(judge['meta']):
+    if (
+        judge['kind'] == 'ar'
+        and meta is not None
+        and judge['meta'] is not None
+        and codec(meta) != codec(judge['meta'])
+    ):
         raise ValueError(f"--refs {refs} uses a different tokenizer than judge {judge['name']}")
     x = chunks(toks, L, n, seed, skip)
     dec = dec or judge.get('decode') or (lambda ids: data.gpt2_encoding().decode(list(ids)))
     return x, [dec(r) for r in x.tolist()]
 
 
-def metrics(sample_paths, refs, judge='gpt2-large', featurizer=None, seed=0, out='', pool='mean', trust=False):
+def metrics(
+    sample_paths, refs, judge='gpt2-large', featurizer=None, seed=0, out='', pool='mean', trust=False
+):
     """One row per sample file: MAUVE, generative perplexity, entropy, distinct-n. Writes JSON to out.
     trust: unpickle the judge's and featurizer's checkpoints in full (checkpoint_io.load)."""
-    need('mauve', 'mauve-text', 'MAUVE', check=True)  # bad input fails before any model is loaded or any work is done
+    need(
+        'mauve', 'mauve-text', 'MAUVE', check=True
+    )  # bad input fails before any model is loaded or any work is done
     files = {p: read_samples(p) for p in sample_paths}
     J = get_judge(judge, pool, trust) if isinstance(judge, str) else judge
-    F = J if featurizer in (None, judge) else \
-        get_judge(featurizer, pool, trust) if isinstance(featurizer, str) else featurizer
+    F = (
+        J
+        if featurizer in (None, judge)
+        else get_judge(featurizer, pool, trust)
+        if isinstance(featurizer, str)
+        else featurizer
+    )
     for p, (recs, x) in files.items():
         for K in {id(J): J, id(F): F}.values():
             judge_inputs(K, x, [r.get('text') for r in recs], p)
@@ -370,12 +446,27 @@ def metrics(sample_paths, refs, judge='gpt2-large', featurizer=None, seed=0, out
         q[L] = features(F, judge_inputs(F, rx, rt, f'--refs {refs}'))
     rows = []
     for p, (recs, x) in files.items():
-        row = dict(file=p, sampler=recs[0].get('sampler'), steps=recs[0].get('steps'), nfe=recs[0].get('nfe'),
-                   seeds=sorted({r.get('seed') for r in recs}, key=str), top_p=recs[0].get('top_p'))
+        row = dict(
+            file=p,
+            sampler=recs[0].get('sampler'),
+            steps=recs[0].get('steps'),
+            nfe=recs[0].get('nfe'),
+            seeds=sorted({r.get('seed') for r in recs}, key=str),
+            top_p=recs[0].get('top_p'),
+        )
         row.update(score(x, [r.get('text') for r in recs], J, F, q[x.shape[1]], p))
         rows.append(row)
-    report = dict(judge=J['name'], featurizer=F['name'], pool=F.get('pool', 'last'), refs=refs, ref_seed=seed, mauve_seed=MAUVE_SEED,
-                  mauve_scaling=MAUVE_SCALE, versions=versions(), rows=rows)
+    report = dict(
+        judge=J['name'],
+        featurizer=F['name'],
+        pool=F.get('pool', 'last'),
+        refs=refs,
+        ref_seed=seed,
+        mauve_seed=MAUVE_SEED,
+        mauve_scaling=MAUVE_SCALE,
+        versions=versions(),
+        rows=rows,
+    )
     if out:
         write_atomic(out, json.dumps(report, indent=1))
     return report
@@ -384,6 +475,7 @@ def metrics(sample_paths, refs, judge='gpt2-large', featurizer=None, seed=0, out
 # ---------------------------------------------------------------------------------------------
 # CLI
 
+
 def table(rows, cols):
     cells = [[f'{r[c]:.4f}' if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
     w = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]  # fit the widest cell
@@ -391,19 +483,26 @@ def table(rows, cols):
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description='score sample files: MAUVE, generative perplexity, entropy, distinct-n '
-                                             '(docs/evaluation.md §3)')
+    ap = argparse.ArgumentParser(
+        description='score sample files: MAUVE, generative perplexity, entropy, distinct-n '
+        '(docs/evaluation.md §3)'
+    )
     ap.error = lambda msg: die(msg)  # one line, no usage dump
     ap.add_argument('--samples', nargs='+', required=True, help='sample.py JSONL files')
     ap.add_argument('--refs', required=True, help='prepared data folder (its val split) or a text file')
     ap.add_argument('--judge', default='gpt2-large', help="'gpt2-large' (Hugging Face) or an AR checkpoint")
     ap.add_argument('--featurizer', default=None, help='MAUVE features (default: the judge)')
-    ap.add_argument('--pool', default='mean', choices=['mean', 'last'], help='AR featurizer: mean or last hidden state')
+    ap.add_argument(
+        '--pool', default='mean', choices=['mean', 'last'], help='AR featurizer: mean or last hidden state'
+    )
     ap.add_argument('--out', default='metrics.json')
     ap.add_argument('--seed', type=int, default=0, help='which reference chunks')
-    ap.add_argument('--trust_checkpoint', action='store_true',
-                    help='unpickle checkpoints in full, which can run code in them: only for files from a source '
-                         'you trust')
+    ap.add_argument(
+        '--trust_checkpoint',
+        action='store_true',
+        help='unpickle checkpoints in full, which can run code in them: only for files from a source '
+        'you trust',
+    )
     return ap.parse_args(argv)
 
 
@@ -416,9 +515,16 @@ def main(argv=None):
     a = parse_args(argv)
     try:
         rep = metrics(a.samples, a.refs, a.judge, a.featurizer, a.seed, a.out, a.pool, a.trust_checkpoint)
-    except (ValueError, FileNotFoundError, KeyError, ImportError) as e:  # user errors: one line; bugs keep tracebacks
+    except (
+        ValueError,
+        FileNotFoundError,
+        KeyError,
+        ImportError,
+    ) as e:  # user errors: one line; bugs keep tracebacks
         die(str(e.args[0]) if e.args else type(e).__name__)
-    print(f"judge {rep['judge']}, featurizer {rep['featurizer']}, refs {a.refs} (seed {a.seed}), MAUVE seed {MAUVE_SEED}")
+    print(
+        f"judge {rep['judge']}, featurizer {rep['featurizer']}, refs {a.refs} (seed {a.seed}), MAUVE seed {MAUVE_SEED}"
+    )
     print(table(rep['rows'], ['n', 'L', 'nfe', 'mauve', 'gen_ppl', 'entropy', 'distinct_2']))
     print(f"wrote {a.out}", file=sys.stderr)
 

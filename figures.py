@@ -10,6 +10,7 @@ need it; each figure is written to a temporary file and renamed, so a kill never
     curves       validation bounds during training, one line per run (repro.py: convergence)
     reliability  a reliability diagram per SNR or mask rate (probe.py calibration)
 """
+
 import importlib.util
 import os
 import sys
@@ -27,8 +28,10 @@ def check():
 def _plt():
     check()
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -40,6 +43,7 @@ def _save(fig, path, dpi, colors=0):
     fig.savefig(path + '.tmp.png', dpi=dpi)
     if colors:
         from PIL import Image
+
         with Image.open(path + '.tmp.png') as im:
             q = im.convert('RGB').quantize(colors=colors)
         q.save(path + '.tmp.png', optimize=True)
@@ -55,10 +59,19 @@ def _token_grid(ax, cells, fontsize=7):
     for k, row in enumerate(cells):
         for i, (text, colour, shade, bold) in enumerate(row):
             if shade:
-                ax.add_patch(plt.Rectangle((i - .5, k - .5), 1, 1, color=PINK, lw=0))
-            ax.text(i, k, text, ha='center', va='center', fontsize=fontsize, family='monospace', color=colour,
-                    weight='bold' if bold else 'normal')
-    ax.set(xlim=(-.5, L - .5), ylim=(K - .5, -.5))
+                ax.add_patch(plt.Rectangle((i - 0.5, k - 0.5), 1, 1, color=PINK, lw=0))
+            ax.text(
+                i,
+                k,
+                text,
+                ha='center',
+                va='center',
+                fontsize=fontsize,
+                family='monospace',
+                color=colour,
+                weight='bold' if bold else 'normal',
+            )
+    ax.set(xlim=(-0.5, L - 0.5), ylim=(K - 0.5, -0.5))
     ax.tick_params(length=0, labelsize=7)
     for sp in ax.spines.values():
         sp.set_visible(False)
@@ -72,8 +85,10 @@ def trajectory(states, mask_id, piece, path, title=''):
     S = [[int(v) for v in s] for s in states]  # (K, L)
     K, L = len(S), len(S[0])
     # a byte-level token can be a control byte or half of a UTF-8 character: shown as '?', never a missing glyph
-    show = lambda v: ''.join(c if c.isprintable() else '?'
-                             for c in piece(v).replace('\n', '⏎').replace(' ', '·'))[:6] or '?'
+    show = lambda v: (
+        ''.join(c if c.isprintable() else '?' for c in piece(v).replace('\n', '⏎').replace(' ', '·'))[:6]
+        or '?'
+    )
     cells = []
     for k in range(K):
         row = []
@@ -120,10 +135,14 @@ def sweep(rows, path, title):
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     # one top-p per line (the reference row's: the sweep's first); the others belong to the frontier figure
-    main_tp = next((r.get('top_p') for r in rows if r['model'] == 'reference'), rows[0].get('top_p') if rows else None)
+    main_tp = next(
+        (r.get('top_p') for r in rows if r['model'] == 'reference'), rows[0].get('top_p') if rows else None
+    )
     rows = [r for r in rows if r.get('top_p') == main_tp or r['model'] == 'reference' or r['sampler'] == 'ar']
     title = f"{title}, top-p {main_tp}" if main_tp is not None else title
-    names = list(dict.fromkeys(r['model'] for r in rows if r['model'] != 'reference' and r['sampler'] != 'ar'))
+    names = list(
+        dict.fromkeys(r['model'] for r in rows if r['model'] != 'reference' and r['sampler'] != 'ar')
+    )
     samplers = list(dict.fromkeys(r['sampler'] for r in rows))
     colour = lambda s: plt.cm.tab20(samplers.index(s) % 20)
     style = lambda name: ('-', '--', ':', '-.')[names.index(name) % 4]
@@ -133,10 +152,17 @@ def sweep(rows, path, title):
             series.setdefault((r['model'], r['sampler']), []).append((float(r['nfe']), float(r[col])))
         for (name, s), pts in series.items():
             if name == 'reference' or s == 'ar':
-                ax.axhline(pts[0][1], ls='--', lw=1, color='k' if name == 'reference' else 'gray',
-                           label='reference data' if name == 'reference' else f'{name} (AR, {pts[0][0]:g} NFE)')
+                ax.axhline(
+                    pts[0][1],
+                    ls='--',
+                    lw=1,
+                    color='k' if name == 'reference' else 'gray',
+                    label='reference data' if name == 'reference' else f'{name} (AR, {pts[0][0]:g} NFE)',
+                )
             else:
-                ax.plot(*zip(*sorted(pts)), marker='o', ms=3, color=colour(s), ls=style(name), label=f'{name} {s}')
+                ax.plot(
+                    *zip(*sorted(pts)), marker='o', ms=3, color=colour(s), ls=style(name), label=f'{name} {s}'
+                )
         ax.set(xscale='log', xlabel='NFE (denoiser calls)', ylabel=col.replace('_', ' '))
         if col == 'gen_ppl':
             ax.set_yscale('log')
@@ -157,8 +183,14 @@ def frontier(curves, path, title, ref_entropy=None, marks=()):
     for ax, T in zip(axes[0], Ts):
         for k, pts in curves[T].items():
             pts = sorted(pts)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker='o', ms=3, label=k,
-                    color=plt.cm.tab10(labels.index(k) % 10))
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker='o',
+                ms=3,
+                label=k,
+                color=plt.cm.tab10(labels.index(k) % 10),
+            )
             for h, nll, tp in pts:
                 ax.annotate(f'{tp:g}', (h, nll), fontsize=6, xytext=(2, 2), textcoords='offset points')
         if ref_entropy is not None:
@@ -172,7 +204,9 @@ def frontier(curves, path, title, ref_entropy=None, marks=()):
     for ax in axes[0]:
         for h, k in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(k, h)
-    axes[0][-1].legend(list(seen.values()), list(seen), fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1))
+    axes[0][-1].legend(
+        list(seen.values()), list(seen), fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1)
+    )
     fig.suptitle(textwrap.fill(title, 160), fontsize=8)
     fig.tight_layout()
     return _save(fig, path, 90)
@@ -199,8 +233,13 @@ def reliability(rows, path, title=''):
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], 'k:', lw=1)
     for r in rows:
-        ax.plot([b[3] for b in r['bins']], [b[4] for b in r['bins']], 'o-', ms=3,
-                label=f"{r['level']} = {r['value']:g}: ECE {r['ece']:.3f}")
+        ax.plot(
+            [b[3] for b in r['bins']],
+            [b[4] for b in r['bins']],
+            'o-',
+            ms=3,
+            label=f"{r['level']} = {r['value']:g}: ECE {r['ece']:.3f}",
+        )
     ax.set(xlabel='confidence (max probability)', ylabel='accuracy', title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()

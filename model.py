@@ -12,6 +12,7 @@ There is no time/SNR input: the conditioning vector is the constant SiLU(sigma_m
 Module names follow the MDLM OpenWebText checkpoint (Sahoo et al. 2024,
 kuleshov-group/mdlm, models/dit.py) so its weights load without renaming.
 """
+
 import math
 import os
 
@@ -26,8 +27,8 @@ DENSE_LOOKUP_MAX = 2048  # dense soft lookup up to here (11% faster than top-64 
 # n_layer, n_embd, n_head, cond_dim. `small` is MDLM's OWT model (~170M params with GPT-2 vocab).
 PRESETS = {
     'small': dict(n_layer=12, n_embd=768, n_head=12, cond_dim=128),
-    'mini': dict(n_layer=4, n_embd=128, n_head=4, cond_dim=64),   # nanoGPT's CPU shakespeare size
-    'tiny': dict(n_layer=2, n_embd=64, n_head=2, cond_dim=32),    # unit tests and the cyclic toy
+    'mini': dict(n_layer=4, n_embd=128, n_head=4, cond_dim=64),  # nanoGPT's CPU shakespeare size
+    'tiny': dict(n_layer=2, n_embd=64, n_head=2, cond_dim=32),  # unit tests and the cyclic toy
 }
 
 
@@ -60,8 +61,12 @@ def compile_forward(m, trial, log=print, **kw):
         trial(m)
     except Exception as e:
         del m.forward  # the class's eager forward again
-        e = getattr(e, 'inner_exception', None) or e  # dynamo's BackendCompilerFailed wraps the compiler's error
-        log(f"torch.compile failed, running eager ({type(e).__name__}: {(str(e).strip() or '?').splitlines()[0][:160]})")
+        e = (
+            getattr(e, 'inner_exception', None) or e
+        )  # dynamo's BackendCompilerFailed wraps the compiler's error
+        log(
+            f"torch.compile failed, running eager ({type(e).__name__}: {(str(e).strip() or '?').splitlines()[0][:160]})"
+        )
     return m
 
 
@@ -69,19 +74,26 @@ def model_config(preset='tiny', vocab_size=65, **overrides):
     """The model's config dict: everything needed to rebuild it (stored in checkpoints)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset '{preset}': choose one of {sorted(PRESETS)}")
-    cfg = dict(preset=preset, vocab_size=vocab_size, dropout=0.0, causal=False,
-               dsl=False,            # True: input is z through the converter (or endpoint ids)
-               noise_dim=0,          # d of the noise embeddings E; 0 = auto (16 chars, 32 at 2k tokens, 64 GPT-2)
-               gamma_max=None,       # SNR of a fully visible token; endpoint ids map to z = gamma_max e_x
-               freeze_noise=False,   # keep E fixed (random unit codes) instead of learning it
-               lookup_topk=-1)       # DSL soft lookup: 0 = dense (the reference); k > 0 = the k most likely tokens
-                                     # exactly + the tail's mass on the mean row; -1 = auto (dense to 2048, else 64)
+    cfg = dict(
+        preset=preset,
+        vocab_size=vocab_size,
+        dropout=0.0,
+        causal=False,
+        dsl=False,  # True: input is z through the converter (or endpoint ids)
+        noise_dim=0,  # d of the noise embeddings E; 0 = auto (16 chars, 32 at 2k tokens, 64 GPT-2)
+        gamma_max=None,  # SNR of a fully visible token; endpoint ids map to z = gamma_max e_x
+        freeze_noise=False,  # keep E fixed (random unit codes) instead of learning it
+        lookup_topk=-1,
+    )  # DSL soft lookup: 0 = dense (the reference); k > 0 = the k most likely tokens
+    # exactly + the tail's mass on the mean row; -1 = auto (dense to 2048, else 64)
     cfg.update(PRESETS[preset])
     for k, v in overrides.items():
         if k not in cfg:
             raise ValueError(f"unknown model config key '{k}': valid keys are {sorted(cfg)}")
         cfg[k] = v
-    if cfg['noise_dim'] == 0:  # docs/method.md §3: d ~ 16 ln V / ln 35 to a power of two: 16/32/64 at V = 65/2048/50257
+    if (
+        cfg['noise_dim'] == 0
+    ):  # docs/method.md §3: d ~ 16 ln V / ln 35 to a power of two: 16/32/64 at V = 65/2048/50257
         cfg['noise_dim'] = max(16, 2 ** round(math.log2(16 * math.log(max(vocab_size, 2)) / math.log(35))))
     if cfg['gamma_max'] is None:  # 100 for every vocabulary, as the authors' code (DSL2's snr_max=100)
         cfg['gamma_max'] = 100.0
@@ -92,6 +104,7 @@ def model_config(preset='tiny', vocab_size=65, **overrides):
 
 class LayerNorm(nn.Module):
     """Bias-free LayerNorm computed in fp32 (as MDLM), whatever the autocast dtype."""
+
     def __init__(self, dim):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -113,6 +126,7 @@ def rotate_half(x):
 
 class Rotary(nn.Module):
     """Rotary position embedding, non-interleaved ("rotate_half") convention, base 10000."""
+
     def __init__(self, head_dim, base=10000):
         super().__init__()
         # persistent, because MDLM's checkpoints carry it (rotary_emb.inv_freq)
@@ -131,6 +145,7 @@ class Rotary(nn.Module):
 
 class TimestepEmbedder(nn.Module):
     """MDLM's sigma_map: sinusoidal features of sigma (256) -> MLP -> cond_dim."""
+
     def __init__(self, cond_dim, freq_dim=256):
         super().__init__()
         self.freq_dim = freq_dim
@@ -138,13 +153,16 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, sigma):  # (B,) -> (B, cond_dim)
         half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
+        freqs = torch.exp(
+            -math.log(10000) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half
+        )
         args = sigma[:, None].float() * freqs[None]
         return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
 
 
 class Block(nn.Module):
     """MDLM's DDiTBlock: adaLN-modulated pre-norm attention + GELU-tanh MLP, gated residuals."""
+
     def __init__(self, n_embd, n_head, cond_dim, dropout, causal):
         super().__init__()
         self.n_head, self.causal, self.dropout = n_head, causal, dropout
@@ -152,8 +170,9 @@ class Block(nn.Module):
         self.attn_qkv = nn.Linear(n_embd, 3 * n_embd, bias=False)
         self.attn_out = nn.Linear(n_embd, n_embd, bias=False)
         self.norm2 = LayerNorm(n_embd)
-        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(approximate='tanh'),
-                                 nn.Linear(4 * n_embd, n_embd))
+        self.mlp = nn.Sequential(
+            nn.Linear(n_embd, 4 * n_embd), nn.GELU(approximate='tanh'), nn.Linear(4 * n_embd, n_embd)
+        )
         self.adaLN_modulation = nn.Linear(cond_dim, 6 * n_embd)
         for p in self.adaLN_modulation.parameters():  # adaLN-zero (DiT, Peebles & Xie 2023)
             nn.init.zeros_(p)
@@ -195,9 +214,12 @@ class Converter(nn.Module):
     single-token posterior over v is softmax(<z, e_v>) for every gamma: beta = 1 is exact at init.
     The all-zero key is [MASK]; b_mask = ln(99 V) reads z = 0 as [MASK] with probability 0.99.
     """
+
     def __init__(self, V, d, freeze):
         super().__init__()
-        self.noise_embed = nn.Parameter(torch.randn(V, d), requires_grad=not freeze)  # directions; normalised on use
+        self.noise_embed = nn.Parameter(
+            torch.randn(V, d), requires_grad=not freeze
+        )  # directions; normalised on use
         self.beta = nn.Parameter(torch.ones(()))
         self.bias = nn.Parameter(torch.cat([torch.zeros(V), torch.full((1,), math.log(99 * V))]))
 
@@ -227,13 +249,15 @@ class TopKSoftmax(torch.autograd.Function):
         lse = torch.logaddexp(torch.logsumexp(s, -1), bias[V])  # (n,) the exact normaliser over V+1 slots
         top, idx = s.topk(k, -1)  # (n, k)
         p_top, p_mask = (top - lse[:, None]).exp(), (bias[V] - lse).exp()
-        ctx.save_for_backward(z, E, beta, bias, lse, idx, p_top, p_mask)  # Eb, zb are rebuilt: no (V, d) copy kept
+        ctx.save_for_backward(
+            z, E, beta, bias, lse, idx, p_top, p_mask
+        )  # Eb, zb are rebuilt: no (V, d) copy kept
         return p_top, p_mask, idx
 
     @staticmethod
     def backward(ctx, a_top, a_mask, _):
         z, E, beta, bias, lse, idx, p_top, p_mask = ctx.saved_tensors
-        Eb = torch.cat([E, bias[:E.shape[0], None]], 1)  # (V, d+1)
+        Eb = torch.cat([E, bias[: E.shape[0], None]], 1)  # (V, d+1)
         zb = torch.cat([z * beta, torch.ones_like(z[:, :1])], 1)  # (n, d+1)
         c = (a_top * p_top).sum(-1) + a_mask * p_mask  # (n,)
         # p = exp(s - lse) with -lse as one more column of the same matmul; then G = -c p (n, V)
@@ -246,14 +270,15 @@ class TopKSoftmax(torch.autograd.Function):
 
 
 class DiT(nn.Module):
-
     def __init__(self, config):
         super().__init__()
         self.config = dict(config)
         V = config['vocab_size']
         D, H, C = config['n_embd'], config['n_head'], config['cond_dim']
         self.vocab_size, self.mask_id, self.dsl = V, V, config['dsl']
-        if self.config.get('lookup_topk', 0) < 0:  # auto: dense where it is as fast as top-64 (results/speed/README.md)
+        if (
+            self.config.get('lookup_topk', 0) < 0
+        ):  # auto: dense where it is as fast as top-64 (results/speed/README.md)
             self.config['lookup_topk'] = 64 if V > DENSE_LOOKUP_MAX else 0
         if D // H % 2:
             raise ValueError(f"head dim n_embd/n_head = {D // H} must be even for rotary embeddings")
@@ -263,14 +288,17 @@ class DiT(nn.Module):
         nn.init.kaiming_uniform_(self.vocab_embed.embedding, a=math.sqrt(5))
         self.sigma_map = TimestepEmbedder(C)
         self.rotary_emb = Rotary(D // H)
-        self.blocks = nn.ModuleList([Block(D, H, C, config['dropout'], config['causal'])
-                                     for _ in range(config['n_layer'])])
+        self.blocks = nn.ModuleList(
+            [Block(D, H, C, config['dropout'], config['causal']) for _ in range(config['n_layer'])]
+        )
         self.output_layer = FinalLayer(D, V + 1, C)
         if self.dsl:
             self.converter = Converter(V, config['noise_dim'], config['freeze_noise'])
         # optional (V+1, D) endpoint embeddings for discrete samplers: at gamma_max, and at gamma_commit
         self.table = self.commit_table = self.commit_gamma = None
-        self.recompute_lookup_above = DENSE_LOOKUP_MAX  # a forced dense lookup above it recomputes p in the backward
+        self.recompute_lookup_above = (
+            DENSE_LOOKUP_MAX  # a forced dense lookup above it recomputes p in the backward
+        )
 
     def E(self):
         return self.converter.E()
@@ -311,7 +339,9 @@ class DiT(nn.Module):
     def embed(self, x=None, z=None, commit=None):
         W = self.vocab_embed.embedding
         if z is not None:
-            sparse = 0 < self.config.get('lookup_topk', 0) < self.vocab_size  # keeps no (B, L, V) tensor anyway
+            sparse = (
+                0 < self.config.get('lookup_topk', 0) < self.vocab_size
+            )  # keeps no (B, L, V) tensor anyway
             if torch.is_grad_enabled() and self.vocab_size > self.recompute_lookup_above and not sparse:
                 # recompute p in the backward instead of keeping (B, L, V+1) fp32 probabilities alive:
                 # ~8 GB at batch 40 x 1024 with GPT-2's vocabulary, for one extra V-wide softmax
@@ -322,7 +352,9 @@ class DiT(nn.Module):
                 if commit is None:
                     return self.table[x]
                 return torch.where(commit[..., None], self.commit_table[x], self.table[x])  # (B, L, D)
-            gamma = None if commit is None else torch.where(commit, self.commit_gamma, self.config['gamma_max'])
+            gamma = (
+                None if commit is None else torch.where(commit, self.commit_gamma, self.config['gamma_max'])
+            )
             return self.embed(z=self.endpoint_z(x, gamma))
         return W[x]  # row lookup, never a one-hot matmul
 
@@ -341,11 +373,13 @@ class DiT(nn.Module):
         measured against the dense form in results/speed/README.md and the tests (bench.py --lookup_error)."""
         conv, W = self.converter, self.vocab_embed.embedding
         V, zf, out = self.vocab_size, z.reshape(-1, z.shape[-1]).float(), []  # (N, d)
-        with torch.autocast(z.device.type, enabled=False):  # scores reach ~gamma_max: bf16 would be off by ~0.5
+        with torch.autocast(
+            z.device.type, enabled=False
+        ):  # scores reach ~gamma_max: bf16 would be off by ~0.5
             Wf = W.float()
             Wbar = Wf[:V].mean(0)  # (D,)
             for i in range(0, len(zf), chunk):  # bounds the transient (n, V) scores to chunk x V floats
-                p_top, p_mask, idx = TopKSoftmax.apply(zf[i:i + chunk], conv.E(), conv.beta, conv.bias, k)
+                p_top, p_mask, idx = TopKSoftmax.apply(zf[i : i + chunk], conv.E(), conv.beta, conv.bias, k)
                 r = 1 - p_top.sum(-1) - p_mask  # (n,) the exact mass outside the top k
                 h = F.embedding_bag(idx, Wf, per_sample_weights=p_top, mode='sum')  # (n, D), no (n, k, D)
                 out.append(h + p_mask[:, None] * Wf[V] + r[:, None] * Wbar)
@@ -386,37 +420,52 @@ class DiT(nn.Module):
             raise ValueError("pass exactly one of x (token ids) or z (noisy vectors)")
         if commit is not None:
             if x is None or not self.dsl or self.commit_gamma is None:
-                raise ValueError("commit needs a DSL model, token ids x and build_endpoint_table(gamma_commit=...)")
+                raise ValueError(
+                    "commit needs a DSL model, token ids x and build_endpoint_table(gamma_commit=...)"
+                )
             if commit.dtype != torch.bool or commit.shape != x.shape:
-                raise ValueError(f"commit must be a bool tensor of shape {tuple(x.shape)}, got "
-                                 f"{tuple(commit.shape)} {commit.dtype}")
+                raise ValueError(
+                    f"commit must be a bool tensor of shape {tuple(x.shape)}, got "
+                    f"{tuple(commit.shape)} {commit.dtype}"
+                )
         if z is not None:
             if not self.dsl:
                 raise ValueError("z input needs a DSL model (config dsl=True); token-mode models take x")
             d = self.config['noise_dim']
             if z.dim() != 3 or z.shape[-1] != d or not z.is_floating_point():
-                raise ValueError(f"z must be a float tensor of shape (B, L, {d}), got {tuple(z.shape)} {z.dtype}")
+                raise ValueError(
+                    f"z must be a float tensor of shape (B, L, {d}), got {tuple(z.shape)} {z.dtype}"
+                )
             shape = z.shape[:2]
         else:
             if x.dim() != 2 or x.dtype not in (torch.int64, torch.int32):
                 raise ValueError(f"x must be an int64 tensor of shape (B, L), got {tuple(x.shape)} {x.dtype}")
-            if x.numel() and not x.is_cuda and not torch.compiler.is_compiling() and \
-                    (int(x.min()) < 0 or int(x.max()) > self.vocab_size):
+            if (
+                x.numel()
+                and not x.is_cuda
+                and not torch.compiler.is_compiling()
+                and (int(x.min()) < 0 or int(x.max()) > self.vocab_size)
+            ):
                 # (a host-device sync on CUDA, so checked on CPU only; CUDA's own index check still fires)
-                raise ValueError(f"token ids must lie in [0, {self.vocab_size}] ({self.vocab_size} = [MASK]), "
-                                 f"got range [{int(x.min())}, {int(x.max())}]")
+                raise ValueError(
+                    f"token ids must lie in [0, {self.vocab_size}] ({self.vocab_size} = [MASK]), "
+                    f"got range [{int(x.min())}, {int(x.max())}]"
+                )
             shape = x.shape
         if out_idx is not None and (out_idx.dtype != torch.bool or out_idx.shape != shape):
-            raise ValueError(f"out_idx must be a bool tensor of shape {tuple(shape)}, got "
-                             f"{tuple(out_idx.shape)} {out_idx.dtype}")
+            raise ValueError(
+                f"out_idx must be a bool tensor of shape {tuple(shape)}, got "
+                f"{tuple(out_idx.shape)} {out_idx.dtype}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading: MDLM checkpoints (HF safetensors, Lightning .ckpt with EMA) and this project's own.
 
+
 def _backbone_state(sd, prefix='backbone.'):
     if any(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     return dict(sd)
 
 
@@ -429,10 +478,16 @@ def load_backbone(model, sd):
     missing = sorted(k for k in own if k not in sd and not k.startswith('converter.'))
     unexpected = sorted(k for k in sd if k not in own)
     if missing or unexpected:
-        raise KeyError(f"checkpoint does not match the model: missing keys {missing[:20]}"
-                       f"{' ...' if len(missing) > 20 else ''}, unexpected keys {unexpected[:20]}"
-                       f"{' ...' if len(unexpected) > 20 else ''}")
-    bad = [f"{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items() if v.shape != own[k].shape]
+        raise KeyError(
+            f"checkpoint does not match the model: missing keys {missing[:20]}"
+            f"{' ...' if len(missing) > 20 else ''}, unexpected keys {unexpected[:20]}"
+            f"{' ...' if len(unexpected) > 20 else ''}"
+        )
+    bad = [
+        f"{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in sd.items()
+        if v.shape != own[k].shape
+    ]
     if bad:
         raise ValueError(f"checkpoint shapes do not match the model: {bad[:10]}")
     model.load_state_dict(sd, strict=False)
@@ -458,7 +513,9 @@ def _read_mdlm_file(path, use_ema=True, trust=False):
             # EMA weights are an ordered list in backbone.parameters() order; buffers are not in it
             names = [k for k in sd if k != 'rotary_emb.inv_freq']
             if len(names) != len(shadow):
-                raise ValueError(f"EMA has {len(shadow)} tensors but the backbone has {len(names)} parameters")
+                raise ValueError(
+                    f"EMA has {len(shadow)} tensors but the backbone has {len(names)} parameters"
+                )
             sd.update(dict(zip(names, shadow)))
         return sd, None
     return _backbone_state(ckpt), None
@@ -470,9 +527,14 @@ def infer_config(sd, **overrides):
     n_layer = len({k.split('.')[1] for k in sd if k.startswith('blocks.')})
     cond = sd['sigma_map.mlp.2.weight'].shape[0]
     head_dim = 2 * sd['rotary_emb.inv_freq'].numel() if 'rotary_emb.inv_freq' in sd else 64
-    preset = next((n for n, p in PRESETS.items() if (p['n_layer'], p['n_embd'], p['cond_dim']) == (n_layer, D, cond)), 'small')
-    return dict(model_config(preset, V1 - 1, n_layer=n_layer, n_embd=D, n_head=D // head_dim, cond_dim=cond),
-                **overrides)
+    preset = next(
+        (n for n, p in PRESETS.items() if (p['n_layer'], p['n_embd'], p['cond_dim']) == (n_layer, D, cond)),
+        'small',
+    )
+    return dict(
+        model_config(preset, V1 - 1, n_layer=n_layer, n_embd=D, n_head=D // head_dim, cond_dim=cond),
+        **overrides,
+    )
 
 
 def convert_to_dsl(model, **overrides):
@@ -486,15 +548,20 @@ def load_mdlm(path, dsl=False, use_ema=True, trust=False, **overrides):
     """An MDLM model or ours, from a local file or a hub id; dsl: as convert_to_dsl; trust: checkpoint_io.load."""
     if not os.path.exists(path):
         if path.count('/') != 1 or path.startswith(('.', '/')):
-            raise FileNotFoundError(f"checkpoint '{path}' not found (pass a local .safetensors/.ckpt/.pt file or a hub id)")
+            raise FileNotFoundError(
+                f"checkpoint '{path}' not found (pass a local .safetensors/.ckpt/.pt file or a hub id)"
+            )
         try:
             import huggingface_hub
+
             path = huggingface_hub.hf_hub_download(path, 'model.safetensors')
         except ImportError:
             raise SystemExit("a hub id needs: pip install huggingface_hub safetensors (or pass a local file)")
         except Exception as e:
-            raise SystemExit(f"could not download '{path}' from the hub ({type(e).__name__}); "
-                             f"offline, pass a local model.safetensors or .ckpt file instead")
+            raise SystemExit(
+                f"could not download '{path}' from the hub ({type(e).__name__}); "
+                f"offline, pass a local model.safetensors or .ckpt file instead"
+            )
     sd, cfg = _read_mdlm_file(path, use_ema, trust)
     dsl = dsl or bool(cfg and cfg.get('dsl'))  # a DSL checkpoint stays DSL
     return load_backbone(DiT({**(cfg or infer_config(sd)), **overrides, 'dsl': dsl}), sd)

@@ -9,6 +9,7 @@ Notation: x (B, L) int64 token ids, V real tokens, mask_id = V.
   Bounds: mdlm_bound (NELBO), roar_bound (any-order AR), diffusion_bound (I-MMSE integral).
 Every function that draws randomness takes a torch.Generator so evaluations are reproducible.
 """
+
 import math
 
 import torch
@@ -17,13 +18,16 @@ import torch.nn.functional as F
 # mixed-corruption defaults (docs/method.md §5); char vocabularies override mu, sigma (DSL2's text8 lognormal).
 # gamma_max is 100 at every vocabulary (DSL2: ROARSNRPath(snr_max=100.)); 30 made ~3% of the revealed
 # endpoint tokens of a 65-character model read as another token
-SNR_DEFAULTS = dict(p_end=0.25,          # fraction of sequences at (smoothed) endpoints
-                    smooth_endpoints=True,
-                    gamma_max=100.0,     # SNR of a revealed token
-                    gamma_min=1.0,       # smoothed endpoints: hidden gamma ~ U(0, gamma_min)
-                    c=0.8,               # smoothed endpoints: revealed gamma ~ U(c gamma_max, gamma_max)
-                    mu=2.69, sigma=1.41,  # intermediate sequences: gamma ~ LogNormal(mu, sigma)
-                    jitter=0.0)          # intermediate: per-token multiplicative jitter exp(jitter * N(0,1))
+SNR_DEFAULTS = dict(
+    p_end=0.25,  # fraction of sequences at (smoothed) endpoints
+    smooth_endpoints=True,
+    gamma_max=100.0,  # SNR of a revealed token
+    gamma_min=1.0,  # smoothed endpoints: hidden gamma ~ U(0, gamma_min)
+    c=0.8,  # smoothed endpoints: revealed gamma ~ U(c gamma_max, gamma_max)
+    mu=2.69,
+    sigma=1.41,  # intermediate sequences: gamma ~ LogNormal(mu, sigma)
+    jitter=0.0,
+)  # intermediate: per-token multiplicative jitter exp(jitter * N(0,1))
 SNR_CHAR = dict(mu=1.4, sigma=0.55)
 
 
@@ -41,6 +45,7 @@ def _rand(shape, generator, device):
 
 # ---------------------------------------------------------------------------------------------
 # MDLM masking
+
 
 def sample_t(B, device, eps=1e-3, antithetic=True, rank=0, world_size=1, generator=None):
     """t ~ U(eps, 1) per sequence. Antithetic: the global batch of B * world_size draws is stratified,
@@ -73,6 +78,7 @@ def mdlm_loss(model, x, t, generator=None):
 
 # ---------------------------------------------------------------------------------------------
 # Localization channel and the mixed-corruption SNR sampler
+
 
 def localize(e, gamma, generator=None):
     """z = gamma e + sqrt(gamma) eps, eps ~ N(0, I). e (B, L, d); gamma broadcastable to (B, L).
@@ -113,6 +119,7 @@ def sample_gamma(B, L, cfg, device, generator=None):
 # ---------------------------------------------------------------------------------------------
 # Training losses
 
+
 def roar_rows(B, roar_weight):
     """How many of a micro-batch's B rows carry the ROAR corruption: the share q = w / (1 + w), rounded, at least
     one row of each kind. With equal per-row variances s^2 of the two terms, the estimate's variance
@@ -143,7 +150,7 @@ def dsl_loss(model, x, cfg, generator=None, roar_weight=0.0):
         revealed = sample_endpoint_mask(n_roar, L, x.device, generator)  # (n_roar, L)
         x_roar = torch.where(revealed, x[:n_roar], torch.full_like(x[:n_roar], model.mask_id))
         z = torch.cat([model.endpoint_z(x_roar).to(z.dtype), z])  # (B, L, d)
-    logits = model(z=z)[..., :model.vocab_size]  # (B, L, V)
+    logits = model(z=z)[..., : model.vocab_size]  # (B, L, V)
     ce = F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction='none').view(B, L)
     loss = ce[n_roar:].mean()
     if n_roar:
@@ -159,7 +166,7 @@ def ar_loss(model, x):
     has a trained distribution for its first token (it starts from [MASK] too)."""
     start = torch.full_like(x[:, :1], model.mask_id)
     logits = model(x=torch.cat([start, x[:, :-1]], dim=1))  # (B, L, V+1)
-    return F.cross_entropy(logits[..., :model.vocab_size].flatten(0, 1).float(), x.flatten())
+    return F.cross_entropy(logits[..., : model.vocab_size].flatten(0, 1).float(), x.flatten())
 
 
 def loss_fn(objective, model, x, cfg, rank=0, world_size=1, generator=None):
@@ -176,6 +183,7 @@ def loss_fn(objective, model, x, cfg, rank=0, world_size=1, generator=None):
 
 # ---------------------------------------------------------------------------------------------
 # NLL bounds, in nats/token. Each takes a generator: fixed seeds make runs comparable.
+
 
 def bound_report(nats):
     return dict(nats=nats, bits=nats / math.log(2), ppl=math.exp(min(nats, 700)))
@@ -218,7 +226,7 @@ def mmse_and_nll(model, x, gamma, generator=None):
     xhat_i = sum_v p(v | z)_i e_v is the posterior-mean embedding over the V real tokens."""
     E = model.E()  # (V, d)
     z = localize(E[x], gamma.to(E.dtype), generator)
-    logits = model(z=z)[..., :model.vocab_size].float()
+    logits = model(z=z)[..., : model.vocab_size].float()
     p = torch.softmax(logits, dim=-1)
     xhat = p @ E.float()  # (B, L, d)
     mmse = ((E[x].float() - xhat) ** 2).sum(-1)

@@ -7,6 +7,7 @@ Scoring generated text is evaluate.py.
     python probe.py calibration --ckpt out/ckpt.pt --data data/shakespeare_char --out reliability.png
     python probe.py detect --ckpt out/ckpt.pt --data data/shakespeare_char --gamma_commit 10,3
 """
+
 import argparse
 import os
 import sys
@@ -24,13 +25,19 @@ def windows(data_dir, n, L, seed=0):
     """The same n validation windows for every model (data.get_batch with a fixed seed)."""
     meta = data.load_meta(data_dir) if os.path.isfile(os.path.join(data_dir, 'meta.json')) else None
     if meta is None:
-        raise FileNotFoundError(f"--data {data_dir} is not a prepared data folder (no meta.json; run data.py)")
-    return data.get_batch(data_dir, 'val', n, L, np.random.default_rng(seed), meta.get('dtype', 'uint16')), meta
+        raise FileNotFoundError(
+            f"--data {data_dir} is not a prepared data folder (no meta.json; run data.py)"
+        )
+    return data.get_batch(
+        data_dir, 'val', n, L, np.random.default_rng(seed), meta.get('dtype', 'uint16')
+    ), meta
 
 
 def check_data(m, meta, where):
     if meta['vocab_size'] != m.vocab_size:
-        raise ValueError(f"{where}: the model's vocabulary ({m.vocab_size}) does not match the data's ({meta['vocab_size']})")
+        raise ValueError(
+            f"{where}: the model's vocabulary ({m.vocab_size}) does not match the data's ({meta['vocab_size']})"
+        )
 
 
 def ece(conf, correct, n_bins=15):
@@ -59,7 +66,7 @@ def corrupted_predictions(m, x, level, g):
     else:
         xt, where = noise.mdlm_corrupt(x, torch.full((len(x),), float(level)), m.mask_id, g)
         logits = m(x=xt)
-    p = torch.softmax(logits[..., :m.vocab_size].double(), -1)[where]  # (N, V)
+    p = torch.softmax(logits[..., : m.vocab_size].double(), -1)[where]  # (N, V)
     conf, pred = p.max(-1)
     return conf, (pred == x[where]).double()
 
@@ -78,8 +85,17 @@ def calibration(ckpt, data_dir, levels=None, n=64, L=None, seed=0, out='', trust
     for lv in levels:
         conf, correct = corrupted_predictions(m, x, lv, g)
         e, bins = ece(conf, correct)
-        rows.append(dict(level=('gamma' if m.dsl else 't'), value=lv, ece=e, accuracy=correct.mean().item(),
-                         confidence=conf.mean().item(), n=len(conf), bins=bins))
+        rows.append(
+            dict(
+                level=('gamma' if m.dsl else 't'),
+                value=lv,
+                ece=e,
+                accuracy=correct.mean().item(),
+                confidence=conf.mean().item(),
+                n=len(conf),
+                bins=bins,
+            )
+        )
     if out:
         figures.reliability(rows, out, os.path.basename(ckpt))
     return rows
@@ -103,22 +119,26 @@ def auroc(scores, labels):
 # How a sampler presents a visible token to the model: name -> fn(model, ids with mask_id where hidden, generator)
 # -> logits (B, L, V+1). Discrete samplers today: a DSL model sees z = gamma_max e_x (z = 0 hidden), an MDLM
 # model sees the ids. A commit state at a lower SNR is one more entry here.
-STATES = dict(endpoint=lambda m, x, g: m(z=m.endpoint_z(x)),
-              tokens=lambda m, x, g: m(x=x))
+STATES = dict(endpoint=lambda m, x, g: m(z=m.endpoint_z(x)), tokens=lambda m, x, g: m(x=x))
 
 
 def commit_states(gammas):
     """The commit states of sample.py's --gamma_commit g (DSL): every visible token at z = g e_x, deterministic
     ('commit@g') or as a channel sample z = g e_x + sqrt(g) eps ('commit@g+noise', --commit_noise 1)."""
+
     def state(gc, noisy):
         def fn(m, x, g):
             z = m.endpoint_z(x, gc)  # (B, L, d), 0 where hidden
             if noisy:
                 vis = (x != m.mask_id)[..., None]
-                z = z + vis * gc ** 0.5 * torch.randn(z.shape, generator=g, device=z.device)
+                z = z + vis * gc**0.5 * torch.randn(z.shape, generator=g, device=z.device)
             return m(z=z)
+
         return fn
-    return [(f"commit@{gc:g}{'+noise' if noisy else ''}", state(gc, noisy)) for gc in gammas for noisy in (0, 1)]
+
+    return [
+        (f"commit@{gc:g}{'+noise' if noisy else ''}", state(gc, noisy)) for gc in gammas for noisy in (0, 1)
+    ]
 
 
 @torch.no_grad()
@@ -153,17 +173,26 @@ def detect_auroc(m, x, states, hows=('uniform', 'plausible'), hide=0.25, frac=0.
         xs, hidden, wrong = corrupt(x, hide, frac, how, m.vocab_size, m.mask_id, g, proposer or m)
         for name in states:
             logits = STATES[name](m, xs, g) if isinstance(name, str) else name[1](m, xs, g)
-            p = torch.softmax(logits[..., :m.vocab_size].double(), -1)
+            p = torch.softmax(logits[..., : m.vocab_size].double(), -1)
             u = 1 - p.gather(-1, xs.clamp(max=m.vocab_size - 1)[..., None])[..., 0]  # (B, L)
             vis = ~hidden
-            rows.append(dict(state=name if isinstance(name, str) else name[0], corruption=how,
-                             auroc=auroc(u[vis], wrong[vis]), u_wrong=u[wrong].mean().item(),
-                             u_true=u[vis & ~wrong].mean().item(), n_wrong=int(wrong.sum()), n_true=int((vis & ~wrong).sum())))
+            rows.append(
+                dict(
+                    state=name if isinstance(name, str) else name[0],
+                    corruption=how,
+                    auroc=auroc(u[vis], wrong[vis]),
+                    u_wrong=u[wrong].mean().item(),
+                    u_true=u[vis & ~wrong].mean().item(),
+                    n_wrong=int(wrong.sum()),
+                    n_true=int((vis & ~wrong).sum()),
+                )
+            )
     return rows
 
 
-def detect(ckpt, data_dir, n=64, L=None, hide=0.25, frac=0.1, proposer='', seed=0, gamma_commit=None,
-           trust=False):
+def detect(
+    ckpt, data_dir, n=64, L=None, hide=0.25, frac=0.1, proposer='', seed=0, gamma_commit=None, trust=False
+):
     """Error-detection AUROC for every state a sampler can present visible tokens in: DSL models at the endpoint
     and at the commit states of gamma_commit (default gamma_max / 3 and / 10), MDLM models as ids."""
     m, _, cfg = evaluate.load(ckpt, trust=trust)
@@ -173,7 +202,9 @@ def detect(ckpt, data_dir, n=64, L=None, hide=0.25, frac=0.1, proposer='', seed=
     check_data(m, meta, ckpt)
     prop = evaluate.load(proposer, trust=trust)[0] if proposer else m
     if prop.config.get('causal') or prop.vocab_size != m.vocab_size:
-        raise ValueError(f"--proposer {proposer} must be a DSL or MDLM checkpoint with the model's vocabulary")
+        raise ValueError(
+            f"--proposer {proposer} must be a DSL or MDLM checkpoint with the model's vocabulary"
+        )
     gmax = m.config['gamma_max']
     gammas = [gmax / 3, gmax / 10] if gamma_commit is None else gamma_commit
     if m.dsl and not all(0 < gc <= gmax for gc in gammas):
@@ -190,7 +221,9 @@ def bounds(ckpt, data_dir, n=64, L=None, seed=0, batch_size=16, grid=64, trust=F
     x, meta = windows(data_dir, n, L or cfg.get('block_size') or 64, seed)
     check_data(m, meta, ckpt)
     xs, out = x.split(batch_size), {}
-    mean = lambda f: sum(f(xb, torch.Generator().manual_seed(seed + i)) * len(xb) for i, xb in enumerate(xs)) / n
+    mean = lambda f: (
+        sum(f(xb, torch.Generator().manual_seed(seed + i)) * len(xb) for i, xb in enumerate(xs)) / n
+    )
     if m.config.get('causal'):
         out['ar_nll'] = mean(lambda xb, g: noise.ar_loss(m, xb).item())
     else:
@@ -198,14 +231,20 @@ def bounds(ckpt, data_dir, n=64, L=None, seed=0, batch_size=16, grid=64, trust=F
         out['roar_bound'] = mean(lambda xb, g: noise.roar_bound(m, xb, generator=g))
     if m.dsl:  # as train.py's eval: the min over the cut-off g* after averaging over all windows
         gr = noise.snr_grid(4 * m.config['gamma_max'], grid)
-        per = torch.cat([sum(noise.path_integral(m, xb, gr, torch.Generator().manual_seed(seed + i)))
-                         for i, xb in enumerate(xs)], dim=1)  # (S, N)
+        per = torch.cat(
+            [
+                sum(noise.path_integral(m, xb, gr, torch.Generator().manual_seed(seed + i)))
+                for i, xb in enumerate(xs)
+            ],
+            dim=1,
+        )  # (S, N)
         out['diffusion_bound'] = per.mean(1).min().item() / x.shape[1]
     return {k: noise.bound_report(v) for k, v in out.items()}
 
 
 # ---------------------------------------------------------------------------------------------
 # CLI
+
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description='bounds, calibration and error detection on held-out windows')
@@ -219,18 +258,28 @@ def parse_args(argv):
         p.add_argument('--num_windows', type=int, default=64)
         p.add_argument('--seq_len', type=int, default=0, help="0 = the checkpoint's block_size")
         p.add_argument('--seed', type=int, default=0, help='windows and corruptions')
-        p.add_argument('--trust_checkpoint', action='store_true',
-                       help='unpickle checkpoints in full, which can run code in them: only for files from a '
-                            'source you trust')
+        p.add_argument(
+            '--trust_checkpoint',
+            action='store_true',
+            help='unpickle checkpoints in full, which can run code in them: only for files from a '
+            'source you trust',
+        )
         if name == 'calibration':
             p.add_argument('--levels', default='', help='comma-separated SNRs (DSL) or mask rates (MDLM)')
             p.add_argument('--out', default='reliability.png')
         if name == 'detect':
             p.add_argument('--hide', type=float, default=0.25, help='fraction of positions hidden')
             p.add_argument('--frac', type=float, default=0.1, help='fraction of visible tokens corrupted')
-            p.add_argument('--proposer', default='', help='checkpoint proposing plausible corruptions (default: the model)')
-            p.add_argument('--gamma_commit', default='', help='DSL commit SNRs to test, comma-separated '
-                                                              '(default gamma_max/3, gamma_max/10)')
+            p.add_argument(
+                '--proposer',
+                default='',
+                help='checkpoint proposing plausible corruptions (default: the model)',
+            )
+            p.add_argument(
+                '--gamma_commit',
+                default='',
+                help='DSL commit SNRs to test, comma-separated (default gamma_max/3, gamma_max/10)',
+            )
     return ap.parse_args(argv)
 
 
@@ -249,23 +298,46 @@ def floats(s, flag):
 def run(a):
     if a.cmd == 'calibration':
         levels = floats(a.levels, '--levels')
-        rows = calibration(a.ckpt, a.data, levels, a.num_windows, a.seq_len, a.seed, a.out, a.trust_checkpoint)
+        rows = calibration(
+            a.ckpt, a.data, levels, a.num_windows, a.seq_len, a.seed, a.out, a.trust_checkpoint
+        )
         print(evaluate.table(rows, ['level', 'value', 'ece', 'accuracy', 'confidence', 'n']))
         print(f"wrote {a.out}", file=sys.stderr)
     elif a.cmd == 'detect':
-        rows = detect(a.ckpt, a.data, a.num_windows, a.seq_len, a.hide, a.frac, a.proposer, a.seed,
-                      floats(a.gamma_commit, '--gamma_commit') or None, trust=a.trust_checkpoint)
-        print(evaluate.table(rows, ['state', 'corruption', 'auroc', 'u_wrong', 'u_true', 'n_wrong', 'n_true']))
+        rows = detect(
+            a.ckpt,
+            a.data,
+            a.num_windows,
+            a.seq_len,
+            a.hide,
+            a.frac,
+            a.proposer,
+            a.seed,
+            floats(a.gamma_commit, '--gamma_commit') or None,
+            trust=a.trust_checkpoint,
+        )
+        print(
+            evaluate.table(rows, ['state', 'corruption', 'auroc', 'u_wrong', 'u_true', 'n_wrong', 'n_true'])
+        )
     else:
-        for k, r in bounds(a.ckpt, a.data, a.num_windows, a.seq_len, a.seed, trust=a.trust_checkpoint).items():
-            print(f"{k:>16}: {r['nats']:.4f} nats/token, {r['bits']:.4f} bits/token, perplexity {r['ppl']:.2f}")
+        for k, r in bounds(
+            a.ckpt, a.data, a.num_windows, a.seq_len, a.seed, trust=a.trust_checkpoint
+        ).items():
+            print(
+                f"{k:>16}: {r['nats']:.4f} nats/token, {r['bits']:.4f} bits/token, perplexity {r['ppl']:.2f}"
+            )
 
 
 def main(argv=None):
     a = parse_args(argv)
     try:
         run(a)
-    except (ValueError, FileNotFoundError, KeyError, ImportError) as e:  # user errors: one line; bugs keep tracebacks
+    except (
+        ValueError,
+        FileNotFoundError,
+        KeyError,
+        ImportError,
+    ) as e:  # user errors: one line; bugs keep tracebacks
         die(str(e.args[0]) if e.args else type(e).__name__)
 
 

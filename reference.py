@@ -3,6 +3,7 @@ The method in its plainest form, straight from the equations: no caches, endpoin
 one-pass tricks. The real code (noise.py, sample.py) is checked against these functions by the tests; read them
 first to see what the fast paths compute.
 """
+
 import torch
 import torch.nn.functional as F
 

@@ -12,7 +12,6 @@ import math
 
 import torch
 
-
 # rule knobs (None: the rule's own default). eta: cap 0.008, rescale 0.015, loop 0.02 (ReMDM's defaults)
 KNOBS = dict(eta=None, rho=1.0, kappa=1.0, t_on=0.55, t_off=0.05, alpha_on=0.9,
              gamma_end=None,      # sde: final SNR (default gamma_max)

@@ -7,6 +7,7 @@ atomically after each cell.
     python sweep.py --ckpt out/dsl/ckpt.pt --ckpt out/mdlm/ckpt.pt --samplers mdlm,remdm-loop,uncertainty \
         --steps 16,32,64,128 --num_samples 256 --judge out/ar/ckpt.pt
 """
+
 import argparse
 import csv
 import io
@@ -24,8 +25,27 @@ import rules
 import sample
 from evaluate import features, get_judge, judge_inputs, load, need, references, score, write_atomic
 
-COLUMNS = ['model', 'ckpt', 'sampler', 'steps', 'nfe', 'n', 'L', 'seed', 'top_p', 'judge', 'mauve', 'gen_nll',
-           'gen_ppl', 'entropy', 'distinct_1', 'distinct_2', 'distinct_3', 'distinct_4', 'seconds']
+COLUMNS = [
+    'model',
+    'ckpt',
+    'sampler',
+    'steps',
+    'nfe',
+    'n',
+    'L',
+    'seed',
+    'top_p',
+    'judge',
+    'mauve',
+    'gen_nll',
+    'gen_ppl',
+    'entropy',
+    'distinct_1',
+    'distinct_2',
+    'distinct_3',
+    'distinct_4',
+    'seconds',
+]
 KEY = ('ckpt', 'sampler', 'steps', 'n', 'L', 'seed', 'top_p', 'judge')
 
 
@@ -51,8 +71,17 @@ def parse_spec(spec):
 def draw(m, meta, n, L, steps, sampler, top_p, seed, batch_size):
     """n samples of one cell (sample.draw), one generator seeded per cell (common random numbers)."""
     sampler, kw = parse_spec(sampler)
-    x, info = sample.draw(m, n, L, steps, sampler, top_p, generator=torch.Generator().manual_seed(seed),
-                          batch_size=batch_size, **kw)
+    x, info = sample.draw(
+        m,
+        n,
+        L,
+        steps,
+        sampler,
+        top_p,
+        generator=torch.Generator().manual_seed(seed),
+        batch_size=batch_size,
+        **kw,
+    )
     dec = data.get_tokenizer(meta)[1] if meta else None
     return x, [dec(r) if dec else None for r in x.tolist()], info['nfe']
 
@@ -71,8 +100,25 @@ def split_top_p(spec, top_ps):
     return (name, [float(v) for v in tp.split(',')]) if sep else (spec, list(top_ps))
 
 
-def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, out_dir='sweep', L=None, seed=0,
-          top_p=0.9, batch_size=64, pool='mean', debug_kill_after=-1, keep_texts=4, compile=False, trust=False):
+def sweep(
+    ckpts,
+    samplers,
+    steps,
+    num_samples,
+    judge,
+    refs='',
+    featurizer=None,
+    out_dir='sweep',
+    L=None,
+    seed=0,
+    top_p=0.9,
+    batch_size=64,
+    pool='mean',
+    debug_kill_after=-1,
+    keep_texts=4,
+    compile=False,
+    trust=False,
+):
     """Sample and score every valid cell; results.csv is rewritten atomically after each cell, and cells already
     in it (same key) are read back instead of recomputed. samplers: one list for every checkpoint, or a dict
     {ckpt: list}; a sampler may carry knobs ('uncertainty:gamma_commit=10') and its own top-p values, last
@@ -83,6 +129,7 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
     compile: torch.compile each diffusion model's forward (dynamic shapes: the batch of a chunk and the head's rows
     change). trust: unpickle the checkpoints (the judge's too) in full, as evaluate.load."""
     from tqdm import tqdm
+
     need('mauve', 'mauve-text', 'MAUVE', check=True)
     figures.check()
     per = samplers if isinstance(samplers, dict) else {p: samplers for p in ckpts}
@@ -97,7 +144,9 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
     models = {p: load(p, trust=trust) for p in ckpts}
     for p, (m, meta, cfg) in models.items() if compile else ():
         if not m.config.get('causal'):  # the AR model's own samples are one cell: not worth a compile
-            M.compile_forward(m, lambda m: sample.generate(m, 2, L or cfg.get('block_size'), 2, 'mdlm'), dynamic=True)
+            M.compile_forward(
+                m, lambda m: sample.generate(m, 2, L or cfg.get('block_size'), 2, 'mdlm'), dynamic=True
+            )
     J = get_judge(judge, pool, trust)
     F = J if featurizer in (None, judge) else get_judge(featurizer, pool, trust)
     cfg0 = models[ckpts[0]][2]
@@ -109,7 +158,7 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
     for p, (m, meta, _) in models.items():
         for spec in per.get(p, []):
             s, tps = split_top_p(spec, top_ps)
-            for T in (steps.get(p, []) if isinstance(steps, dict) else steps):
+            for T in steps.get(p, []) if isinstance(steps, dict) else steps:
                 try:
                     name, kw = parse_spec(s)
                     sample._check(m, name, T, tps[0], kw)
@@ -142,24 +191,48 @@ def sweep(ckpts, samplers, steps, num_samples, judge, refs='', featurizer=None, 
             m, meta, _ = models[ck]
             x, texts, nfe = draw(m, meta, num_samples, L, T, s, tp, seed, batch_size)
             name = label(ck, m)
-        r = dict(model=name, ckpt=ck, sampler=s, steps=T, nfe=nfe, n=num_samples, L=L, seed=seed, top_p=tp,
-                 judge=J['name'])
-        r.update({k: v for k, v in score(x, texts, J, F, q, f'{ck} {s}', per_sample=True).items() if k not in r})
+        r = dict(
+            model=name,
+            ckpt=ck,
+            sampler=s,
+            steps=T,
+            nfe=nfe,
+            n=num_samples,
+            L=L,
+            seed=seed,
+            top_p=tp,
+            judge=J['name'],
+        )
+        r.update(
+            {k: v for k, v in score(x, texts, J, F, q, f'{ck} {s}', per_sample=True).items() if k not in r}
+        )
         r['seconds'] = round(time.time() - t0, 2)
-        with open(os.path.join(out_dir, 'per_sample.jsonl'), 'a') as f:  # before the CSV: a resumed cell has both
+        with open(
+            os.path.join(out_dir, 'per_sample.jsonl'), 'a'
+        ) as f:  # before the CSV: a resumed cell has both
             f.write(json.dumps(dict(zip(KEY, key(ck, s, T, tp)), **r.pop('per_sample'))) + '\n')
         rows.append({k: str(r[k]) for k in COLUMNS})
-        if keep_texts and texts and texts[0] is not None:  # a few decoded samples, so a reader sees the numbers
+        if (
+            keep_texts and texts and texts[0] is not None
+        ):  # a few decoded samples, so a reader sees the numbers
             with open(os.path.join(out_dir, 'samples.jsonl'), 'a') as f:
-                f.write(json.dumps(dict(model=name, sampler=s, steps=T, top_p=tp, nfe=nfe,
-                                        texts=texts[:keep_texts])) + '\n')
-        write_atomic(path, to_csv(rows + list(done.values())))  # rows of other settings are kept until the end
+                f.write(
+                    json.dumps(
+                        dict(model=name, sampler=s, steps=T, top_p=tp, nfe=nfe, texts=texts[:keep_texts])
+                    )
+                    + '\n'
+                )
+        write_atomic(
+            path, to_csv(rows + list(done.values()))
+        )  # rows of other settings are kept until the end
         computed += 1
         if computed == debug_kill_after:  # test hook: die like a killed process, right after a cell is saved
             os.kill(os.getpid(), 9)
     write_atomic(path, to_csv(rows))
-    head = (f"N = {num_samples} samples per cell, L = {L}, seed {seed}, judge {J['name']}, "
-            f"featurizer {F['name']} ({F.get('pool', 'last')} state), references {refs} (seed {seed})")
+    head = (
+        f"N = {num_samples} samples per cell, L = {L}, seed {seed}, judge {J['name']}, "
+        f"featurizer {F['name']} ({F.get('pool', 'last')} state), references {refs} (seed {seed})"
+    )
     show = [c for c in COLUMNS if c not in ('ckpt', 'judge', 'n', 'L', 'seed')]  # those are in the header
     md = [head, '', '| ' + ' | '.join(show) + ' |', '|' + '---|' * len(show)]
     md += ['| ' + ' | '.join(fmt(r[c]) for c in show) + ' |' for r in rows]
@@ -187,23 +260,33 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(description='sample and score every valid (checkpoint, sampler, steps) cell')
     ap.error = lambda msg: die(msg)  # one line, no usage dump
     ap.add_argument('--ckpt', action='append', required=True, help='repeat for several models')
-    ap.add_argument('--samplers', default='mdlm,remdm-cap,remdm-loop,uncertainty',
-                    help="comma-separated; knobs after ':' (uncertainty:gamma_commit=10)")
+    ap.add_argument(
+        '--samplers',
+        default='mdlm,remdm-cap,remdm-loop,uncertainty',
+        help="comma-separated; knobs after ':' (uncertainty:gamma_commit=10)",
+    )
     ap.add_argument('--steps', default='16,32,64,128')
     ap.add_argument('--num_samples', type=int, default=64)
     ap.add_argument('--judge', required=True, help="an AR checkpoint or 'gpt2-large'")
     ap.add_argument('--featurizer', default=None)
-    ap.add_argument('--pool', default='mean', choices=['mean', 'last'], help='AR featurizer: mean or last hidden state')
+    ap.add_argument(
+        '--pool', default='mean', choices=['mean', 'last'], help='AR featurizer: mean or last hidden state'
+    )
     ap.add_argument('--refs', default='', help="default: the first checkpoint's data folder")
     ap.add_argument('--seq_len', type=int, default=0)
-    ap.add_argument('--top_p', default='0.9', help='comma-separated: every cell at each (a diversity frontier)')
+    ap.add_argument(
+        '--top_p', default='0.9', help='comma-separated: every cell at each (a diversity frontier)'
+    )
     ap.add_argument('--batch_size', type=int, default=64)
     ap.add_argument('--out_dir', default='sweep')
     ap.add_argument('--seed', type=int, default=0, help='references and samples')
     ap.add_argument('--compile', action='store_true', help="torch.compile the models' forward (sampling)")
-    ap.add_argument('--trust_checkpoint', action='store_true',
-                    help='unpickle checkpoints in full, which can run code in them: only for files from a source '
-                         'you trust')
+    ap.add_argument(
+        '--trust_checkpoint',
+        action='store_true',
+        help='unpickle checkpoints in full, which can run code in them: only for files from a source '
+        'you trust',
+    )
     ap.add_argument('--debug_kill_after', type=int, default=-1, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -217,10 +300,30 @@ def main(argv=None):
     a = parse_args(argv)
     try:
         steps = [int(s) for s in a.steps.split(',') if s]
-        sweep(a.ckpt, [s for s in a.samplers.split(',') if s], steps, a.num_samples, a.judge, a.refs, a.featurizer,
-              a.out_dir, a.seq_len, a.seed, [float(v) for v in a.top_p.split(',') if v], a.batch_size, a.pool,
-              a.debug_kill_after, compile=a.compile, trust=a.trust_checkpoint)
-    except (ValueError, FileNotFoundError, KeyError, ImportError) as e:  # user errors: one line; bugs keep tracebacks
+        sweep(
+            a.ckpt,
+            [s for s in a.samplers.split(',') if s],
+            steps,
+            a.num_samples,
+            a.judge,
+            a.refs,
+            a.featurizer,
+            a.out_dir,
+            a.seq_len,
+            a.seed,
+            [float(v) for v in a.top_p.split(',') if v],
+            a.batch_size,
+            a.pool,
+            a.debug_kill_after,
+            compile=a.compile,
+            trust=a.trust_checkpoint,
+        )
+    except (
+        ValueError,
+        FileNotFoundError,
+        KeyError,
+        ImportError,
+    ) as e:  # user errors: one line; bugs keep tracebacks
         die(str(e.args[0]) if e.args else type(e).__name__)
     print(open(os.path.join(a.out_dir, 'results.md')).read())
 

@@ -16,8 +16,10 @@ With fixed unit embeddings E the exact Bayes denoiser is a sum over the 7 sequen
     p(x | z) = exp(sum_i <z_i, e_{x_i}>) / sum_{x' in S} exp(sum_i <z_i, e_{x'_i}>)
 `Oracle` wraps it with the model's call signature; it is the reference row of every table here.
 """
+
 import argparse
 import math
+import os
 import time
 
 import torch
@@ -92,13 +94,15 @@ class Oracle(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Training: two tiny DiTs, same architecture, data, optimiser and step budget; only the objective differs
 
+
 def train_toy(objective, steps=1500, batch=64, lr=2e-3, seed=0):
     """A 'tiny' DiT (2 layers, 64 wide) trained on uniform draws of the 7 shifts. The DSL arm uses the
     oracle's orthonormal codes, frozen, so the oracle is the exact Bayes denoiser of its own channel."""
     torch.manual_seed(seed)
     dsl = objective == 'dsl'
-    cfg = modellib.model_config('tiny', V, dsl=dsl, noise_dim=16, gamma_max=TOY_SNR['gamma_max'],
-                                freeze_noise=dsl)
+    cfg = modellib.model_config(
+        'tiny', V, dsl=dsl, noise_dim=16, gamma_max=TOY_SNR['gamma_max'], freeze_noise=dsl
+    )
     m = modellib.DiT(cfg)
     if dsl:
         with torch.no_grad():
@@ -134,8 +138,14 @@ def train_toy(objective, steps=1500, batch=64, lr=2e-3, seed=0):
 # expectation, as many tokens as it remasked (docs/method.md §12).
 MODELS = dict(oracle='oracle', dsl='DSL', mdlm='MDLM')
 RULES = ('uncertainty', 'conf', 'cap', 'loop', 'budget')
-FIG_ARMS = [('oracle', 'conf'), ('dsl', 'uncertainty'), ('dsl', 'conf'), ('mdlm', 'conf'), ('dsl', 'budget'),
-            ('mdlm', 'budget')]  # the trajectories printed and plotted
+FIG_ARMS = [
+    ('oracle', 'conf'),
+    ('dsl', 'uncertainty'),
+    ('dsl', 'conf'),
+    ('mdlm', 'conf'),
+    ('dsl', 'budget'),
+    ('mdlm', 'budget'),
+]  # the trajectories printed and plotted
 
 
 def arm_label(key, rule):
@@ -149,7 +159,7 @@ def corrupt(n, n_hidden=2, n_wrong=2, generator=None):
     n_wrong < L - n_hidden - n_wrong. Returns (drafts, targets), both (n, L)."""
     targets = shifts()[torch.randint(0, V, (n,), generator=generator)]
     order = torch.rand(n, L, generator=generator).argsort(1)  # random positions per row
-    hide, wrong = order[:, :n_hidden], order[:, n_hidden:n_hidden + n_wrong]
+    hide, wrong = order[:, :n_hidden], order[:, n_hidden : n_hidden + n_wrong]
     drafts = targets.clone()
     bad = (drafts.gather(1, wrong) + torch.randint(1, V, wrong.shape, generator=generator)) % V
     drafts.scatter_(1, wrong, bad)
@@ -187,7 +197,7 @@ def auroc(score, positive):
     _, inv, counts = torch.unique(score, return_inverse=True, return_counts=True)  # sorted distinct values
     end = counts.cumsum(0).double()  # 1-based rank of each tie group's last member
     rank = (end - (counts - 1) / 2)[inv]  # average rank within the tie group
-    return ((rank[positive].sum().item() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return (rank[positive].sum().item() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 @torch.no_grad()
@@ -214,8 +224,10 @@ def run(steps_train=1500, seeds=100, seed=0, Ts=(3, 7), verbose=True):
     for obj in ('dsl', 'mdlm'):
         t0 = time.time()
         models[obj] = train_toy(obj, steps_train, seed=seed)
-        say(f"trained {obj.upper():4s} tiny DiT ({models[obj].num_params() / 1e3:.0f}k params), "
-            f"{steps_train} steps, batch 64: {time.time() - t0:.1f}s")
+        say(
+            f"trained {obj.upper():4s} tiny DiT ({models[obj].num_params() / 1e3:.0f}k params), "
+            f"{steps_train} steps, batch 64: {time.time() - t0:.1f}s"
+        )
     draft, target = encode(DRAFT)[None].repeat(seeds, 1), encode(TARGET)[None].repeat(seeds, 1)
     rand_drafts, rand_targets = corrupt(seeds, generator=torch.Generator().manual_seed(seed + 1))
     # error detection on more drafts than the repair uses: 500 drafts = 1000 wrong and 1500 right visible tokens
@@ -239,6 +251,7 @@ def run(steps_train=1500, seeds=100, seed=0, Ts=(3, 7), verbose=True):
 # ---------------------------------------------------------------------------------------------
 # Reporting
 
+
 def mark(ids, target):
     """Draft as text: wrong tokens in lower case, hidden as '_'."""
     return ''.join(c if c == '_' or c == t else c.lower() for c, t in zip(decode(ids), target))
@@ -250,7 +263,9 @@ def fig_labels(trajs):
 
 def print_trajectories(trajs, row=0, labels=None):
     labels = labels or fig_labels(trajs)
-    print(f"\n{DRAFT} -> {TARGET}, chain {row} (lower case: wrong token, _: hidden; one line per denoiser call)")
+    print(
+        f"\n{DRAFT} -> {TARGET}, chain {row} (lower case: wrong token, _: hidden; one line per denoiser call)"
+    )
     print('step  ' + ''.join(f'{lab:<20s}' for lab in labels))
     for k in range(trajs[labels[0]].shape[0]):
         print(f'{k:>4d}  ' + ''.join(f'{mark(trajs[lab][k, row], TARGET):<20s}' for lab in labels))
@@ -266,8 +281,10 @@ def print_table(results, detect, seeds):
         print(f"\n{what}" + (f" (% of {seeds} chains)" if c in names else ''))
         print(f"{'':8s}" + ''.join(f'{r:>13s}' for r in RULES))
         for key, res in results.items():
-            print(f'{MODELS[key]:8s}' + ''.join(f'{100 * res[r][c]:>12.0f}%' if r in res else f'{"-":>13s}'
-                                                for r in RULES))
+            print(
+                f'{MODELS[key]:8s}'
+                + ''.join(f'{100 * res[r][c]:>12.0f}%' if r in res else f'{"-":>13s}' for r in RULES)
+            )
     print("\nwrong vs right visible tokens of 500 random 2+2 drafts, u = 1 - p(x_i | draft)")
     print(f"{'':8s}{'AUROC':>8s}{'mean u wrong':>15s}{'mean u right':>15s}")
     for key, (a, uw, ur) in detect.items():
@@ -283,13 +300,25 @@ def plot(trajs, path, results=None, row=0, labels=None):
     panels = []
     for lab in labels:
         t = trajs[lab][:, row]  # (steps, L)
-        cells = [[('_', figures.GREY, False, True) if int(v) == V else
-                  (ALPHABET[int(v)], 'black' if int(v) == ALPHABET.index(TARGET[i]) else figures.RED,
-                   int(v) != ALPHABET.index(TARGET[i]), True) for i, v in enumerate(tk)] for tk in t]
+        cells = [
+            [
+                ('_', figures.GREY, False, True)
+                if int(v) == V
+                else (
+                    ALPHABET[int(v)],
+                    'black' if int(v) == ALPHABET.index(TARGET[i]) else figures.RED,
+                    int(v) != ALPHABET.index(TARGET[i]),
+                    True,
+                )
+                for i, v in enumerate(tk)
+            ]
+            for tk in t
+        ]
         panels.append((lab + (f"\n{100 * rates[lab]:.0f}% recovered" if results else ''), cells))
     try:
-        return figures.toy_repair(panels, path, f'repairing {DRAFT} (target {TARGET}), chain {row}: '
-                                                f'red = wrong, grey _ = hidden')
+        return figures.toy_repair(
+            panels, path, f'repairing {DRAFT} (target {TARGET}), chain {row}: red = wrong, grey _ = hidden'
+        )
     except ImportError as e:
         print(f"toy.py: {e.args[0]} (or pass --no_plot)")
         return None

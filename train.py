@@ -13,6 +13,7 @@ windows, its corruption noise and its dropout from seeds derived from (seed, s, 
 position is the step counter, a resumed run replays exactly the batches it would have seen, and a
 DDP run over W processes sees the same micro-batches as one process with W times the accumulation.
 """
+
 import contextlib
 import copy
 import math
@@ -35,83 +36,129 @@ import noise
 config = dict(
     # data
     dataset='shakespeare_char',  # shakespeare_char | text8 | openwebtext (prepared on first use)
-    data='',                     # comma-separated local text files; override the dataset's download
-    tokenizer='',                # char | gpt2 | bpe:N (byte-level BPE trained on the training split); '' = the
-                                 # dataset's own (gpt2 for openwebtext, else char)
-    data_dir='',                 # prepared folder; '' = data/<dataset> (data/<file stem>_<tokenizer> for --data)
+    data='',  # comma-separated local text files; override the dataset's download
+    tokenizer='',  # char | gpt2 | bpe:N (byte-level BPE trained on the training split); '' = the
+    # dataset's own (gpt2 for openwebtext, else char)
+    data_dir='',  # prepared folder; '' = data/<dataset> (data/<file stem>_<tokenizer> for --data)
     # objective and model
-    objective='dsl',             # dsl | mdlm | ar
-    init_from='scratch',         # scratch | resume (out_dir/ckpt.pt) | an MDLM or train.py checkpoint, or hub id
-    trust_checkpoint=False,      # unpickle the checkpoint (--init_from's file, or resume's) in full, which can run
-                                 # code in it: only for files from a source you trust. Else tensors and plain types only
-    preset='mini',               # model.PRESETS: tiny (2x64) | mini (4x128) | small (MDLM OWT, 12x768)
-    n_layer=None,                # None = the preset's
-    n_embd=None,                 # None = the preset's
-    n_head=None,                 # None = the preset's
-    noise_dim=0,                 # DSL noise-embedding size d; 0 = auto (16 for char, 32 at 2k tokens, 64 for gpt2)
-    freeze_noise=False,          # keep the DSL noise embeddings E at their random init
-    dropout=0.0,                 # 0.1 at paper scale
-    lookup_topk=-1,              # DSL soft lookup: -1 auto (dense up to 2048 tokens, else top-64), 0 dense, k top-k
+    objective='dsl',  # dsl | mdlm | ar
+    init_from='scratch',  # scratch | resume (out_dir/ckpt.pt) | an MDLM or train.py checkpoint, or hub id
+    trust_checkpoint=False,  # unpickle the checkpoint (--init_from's file, or resume's) in full, which can run
+    # code in it: only for files from a source you trust. Else tensors and plain types only
+    preset='mini',  # model.PRESETS: tiny (2x64) | mini (4x128) | small (MDLM OWT, 12x768)
+    n_layer=None,  # None = the preset's
+    n_embd=None,  # None = the preset's
+    n_head=None,  # None = the preset's
+    noise_dim=0,  # DSL noise-embedding size d; 0 = auto (16 for char, 32 at 2k tokens, 64 for gpt2)
+    freeze_noise=False,  # keep the DSL noise embeddings E at their random init
+    dropout=0.0,  # 0.1 at paper scale
+    lookup_topk=-1,  # DSL soft lookup: -1 auto (dense up to 2048 tokens, else top-64), 0 dense, k top-k
     # mixed corruption for DSL (noise.snr_config); None = the default for this vocabulary size
-    gamma_max=None,              # SNR of a revealed token (100, as DSL2); the model's gamma_max too
-    gamma_min=None,              # smoothed endpoints: hidden gamma ~ U(0, gamma_min)
-    p_end=None,                  # fraction of sequences at (smoothed) endpoints
-    c=None,                      # smoothed endpoints: revealed gamma ~ U(c gamma_max, gamma_max)
-    mu=None,                     # intermediate sequences: gamma ~ LogNormal(mu, sigma)
-    sigma=None,                  # see mu
-    jitter=None,                 # intermediate sequences: per-token multiplicative SNR jitter
-    smooth_endpoints=None,       # smoothed (True) or atomic (False) endpoints
-    roar_weight=1.44,            # any-order-AR term's weight (CE at hidden endpoint positions); DSL2's lambda 0.5
+    gamma_max=None,  # SNR of a revealed token (100, as DSL2); the model's gamma_max too
+    gamma_min=None,  # smoothed endpoints: hidden gamma ~ U(0, gamma_min)
+    p_end=None,  # fraction of sequences at (smoothed) endpoints
+    c=None,  # smoothed endpoints: revealed gamma ~ U(c gamma_max, gamma_max)
+    mu=None,  # intermediate sequences: gamma ~ LogNormal(mu, sigma)
+    sigma=None,  # see mu
+    jitter=None,  # intermediate sequences: per-token multiplicative SNR jitter
+    smooth_endpoints=None,  # smoothed (True) or atomic (False) endpoints
+    roar_weight=1.44,  # any-order-AR term's weight (CE at hidden endpoint positions); DSL2's lambda 0.5
     # optimisation
-    block_size=64,               # sequence length L (AR: context length)
-    batch_size=32,               # sequences per micro-step and process
-    grad_accum=0,                # micro-steps per optimizer step, all processes together; 0 = one per process. Global batch = batch_size * grad_accum
-    max_iters=2000,              # optimizer steps
-    lr=1e-3,                     # peak learning rate (3e-4 for fine-tuning MDLM)
-    min_lr=1e-4,                 # end of the cosine decay
-    lr_decay='constant',         # constant | cosine (nanoGPT: to min_lr at max_iters)
-    warmup_iters=100,            # linear warmup steps
-    weight_decay=0.0,            # AdamW decoupled decay, on matrices only
-    beta1=0.9,                   # AdamW
-    beta2=0.999,                 # AdamW
-    grad_clip=1.0,               # clip the global gradient norm; 0 = off
-    ema_decay=0.999,             # EMA of the weights; 0 = off
-    ema_warmup=None,             # decay min(ema_decay, (1+t)/(10+t)); None: on from scratch, off to fine-tune (DSL2)
+    block_size=64,  # sequence length L (AR: context length)
+    batch_size=32,  # sequences per micro-step and process
+    grad_accum=0,  # micro-steps per optimizer step, all processes together; 0 = one per process. Global batch = batch_size * grad_accum
+    max_iters=2000,  # optimizer steps
+    lr=1e-3,  # peak learning rate (3e-4 for fine-tuning MDLM)
+    min_lr=1e-4,  # end of the cosine decay
+    lr_decay='constant',  # constant | cosine (nanoGPT: to min_lr at max_iters)
+    warmup_iters=100,  # linear warmup steps
+    weight_decay=0.0,  # AdamW decoupled decay, on matrices only
+    beta1=0.9,  # AdamW
+    beta2=0.999,  # AdamW
+    grad_clip=1.0,  # clip the global gradient norm; 0 = off
+    ema_decay=0.999,  # EMA of the weights; 0 = off
+    ema_warmup=None,  # decay min(ema_decay, (1+t)/(10+t)); None: on from scratch, off to fine-tune (DSL2)
     # evaluation, logging, checkpoints
-    eval_interval=250,           # steps between evaluations (and at the start and end)
-    eval_windows=32,             # fixed validation windows (same seed in every run)
-    eval_grid=64,                # SNR grid points of the diffusion bound
-    eval_ema=True,               # evaluate the EMA weights (the ones sampled) when there are any
-    eval_bound='',               # '' = the objective's (DSL diffusion bound, MDLM NELBO, AR NLL); mdlm = NELBO of any
-                                 # diffusion model: one yardstick for MDLM and DSL continuations
-    patience=0,                  # stop once the val bound has not improved for this many evals (max_iters := that step)
-    min_delta=0.0,               # ... improved by more than this (nats), so that a plateau ends the run too
-    patience_from=0,             # ... counting evals from this step on (an EMA from loaded weights lags 1/(1-decay))
-    log_interval=50,             # steps between log lines
-    ckpt_interval=250,           # steps between checkpoints (and at the end)
-    out_dir='out',               # checkpoint folder: out_dir/ckpt.pt
-    seed=1337,                   # model init, batches, noise
-    device='auto',               # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
-    compile=True,                # torch.compile the forward (inductor); a compile failure runs eager, with one line
+    eval_interval=250,  # steps between evaluations (and at the start and end)
+    eval_windows=32,  # fixed validation windows (same seed in every run)
+    eval_grid=64,  # SNR grid points of the diffusion bound
+    eval_ema=True,  # evaluate the EMA weights (the ones sampled) when there are any
+    eval_bound='',  # '' = the objective's (DSL diffusion bound, MDLM NELBO, AR NLL); mdlm = NELBO of any
+    # diffusion model: one yardstick for MDLM and DSL continuations
+    patience=0,  # stop once the val bound has not improved for this many evals (max_iters := that step)
+    min_delta=0.0,  # ... improved by more than this (nats), so that a plateau ends the run too
+    patience_from=0,  # ... counting evals from this step on (an EMA from loaded weights lags 1/(1-decay))
+    log_interval=50,  # steps between log lines
+    ckpt_interval=250,  # steps between checkpoints (and at the end)
+    out_dir='out',  # checkpoint folder: out_dir/ckpt.pt
+    seed=1337,  # model init, batches, noise
+    device='auto',  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
+    compile=True,  # torch.compile the forward (inductor); a compile failure runs eager, with one line
     # test hooks, off by default
-    debug_nan_step=-1,           # >= 0: make the loss NaN at this step (tests the non-finite stop)
-    debug_kill_step=-1,          # >= 0: SIGKILL this process at this step (tests exact resume)
+    debug_nan_step=-1,  # >= 0: make the loss NaN at this step (tests the non-finite stop)
+    debug_kill_step=-1,  # >= 0: SIGKILL this process at this step (tests exact resume)
 )
-AUTO_TYPES = dict(n_layer=int, n_embd=int, n_head=int, gamma_max=float, gamma_min=float, p_end=float, c=float,
-                  mu=float, sigma=float, jitter=float, smooth_endpoints=bool, ema_warmup=bool)  # the None defaults
-CHOICES = dict(objective=('dsl', 'mdlm', 'ar'), lr_decay=('constant', 'cosine'), preset=tuple(M.PRESETS),
-               eval_bound=('', 'mdlm'))
-POSITIVE = ('block_size', 'batch_size', 'eval_interval', 'eval_windows', 'eval_grid', 'log_interval', 'ckpt_interval')
+AUTO_TYPES = dict(
+    n_layer=int,
+    n_embd=int,
+    n_head=int,
+    gamma_max=float,
+    gamma_min=float,
+    p_end=float,
+    c=float,
+    mu=float,
+    sigma=float,
+    jitter=float,
+    smooth_endpoints=bool,
+    ema_warmup=bool,
+)  # the None defaults
+CHOICES = dict(
+    objective=('dsl', 'mdlm', 'ar'),
+    lr_decay=('constant', 'cosine'),
+    preset=tuple(M.PRESETS),
+    eval_bound=('', 'mdlm'),
+)
+POSITIVE = (
+    'block_size',
+    'batch_size',
+    'eval_interval',
+    'eval_windows',
+    'eval_grid',
+    'log_interval',
+    'ckpt_interval',
+)
 INF = math.inf
 # valid values, in interval notation: '[' and ']' include the bound, '(' and ')' exclude it (NaN is never valid)
-RANGES = dict(n_layer=(1, INF, '[)'), n_embd=(1, INF, '[)'), n_head=(1, INF, '[)'), noise_dim=(0, INF, '[)'),
-              dropout=(0, 1, '[)'), gamma_max=(0, INF, '()'), gamma_min=(0, INF, '[)'), p_end=(0, 1, '[]'),
-              c=(0, 1, '[]'), mu=(-INF, INF, '()'), sigma=(0, INF, '[)'), jitter=(0, INF, '[)'),
-              roar_weight=(0, INF, '[)'), max_iters=(0, INF, '[)'), lr=(0, INF, '()'), min_lr=(0, INF, '[)'),
-              warmup_iters=(0, INF, '[)'), weight_decay=(0, INF, '[)'), beta1=(0, 1, '[)'), beta2=(0, 1, '[)'),
-              grad_clip=(0, INF, '[)'), ema_decay=(0, 1, '[)'), seed=(0, INF, '[)'),  # numpy seeds are >= 0
-              grad_accum=(0, INF, '[)'), lookup_topk=(-1, INF, '[)'), patience=(0, INF, '[)'),
-              min_delta=(0, INF, '[)'), patience_from=(0, INF, '[)'))
+RANGES = dict(
+    n_layer=(1, INF, '[)'),
+    n_embd=(1, INF, '[)'),
+    n_head=(1, INF, '[)'),
+    noise_dim=(0, INF, '[)'),
+    dropout=(0, 1, '[)'),
+    gamma_max=(0, INF, '()'),
+    gamma_min=(0, INF, '[)'),
+    p_end=(0, 1, '[]'),
+    c=(0, 1, '[]'),
+    mu=(-INF, INF, '()'),
+    sigma=(0, INF, '[)'),
+    jitter=(0, INF, '[)'),
+    roar_weight=(0, INF, '[)'),
+    max_iters=(0, INF, '[)'),
+    lr=(0, INF, '()'),
+    min_lr=(0, INF, '[)'),
+    warmup_iters=(0, INF, '[)'),
+    weight_decay=(0, INF, '[)'),
+    beta1=(0, 1, '[)'),
+    beta2=(0, 1, '[)'),
+    grad_clip=(0, INF, '[)'),
+    ema_decay=(0, 1, '[)'),
+    seed=(0, INF, '[)'),  # numpy seeds are >= 0
+    grad_accum=(0, INF, '[)'),
+    lookup_topk=(-1, INF, '[)'),
+    patience=(0, INF, '[)'),
+    min_delta=(0, INF, '[)'),
+    patience_from=(0, INF, '[)'),
+)
 SNR_KEYS = ('gamma_max', 'gamma_min', 'p_end', 'c', 'mu', 'sigma', 'jitter', 'smooth_endpoints')
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, '4090': 165e12}  # dense bf16
 
@@ -126,8 +173,10 @@ def usage():
     """-h: the config block of this file, key by key with its default and comment."""
     src = open(os.path.abspath(__file__)).read()
     start = src.index('config = dict(')
-    out = ['usage: python train.py [--key value | --key=value ...]   (DDP: torchrun --nproc_per_node=N train.py ...)']
-    for line in src[start:src.index('\n)\n', start)].splitlines()[1:]:
+    out = [
+        'usage: python train.py [--key value | --key=value ...]   (DDP: torchrun --nproc_per_node=N train.py ...)'
+    ]
+    for line in src[start : src.index('\n)\n', start)].splitlines()[1:]:
         m = re.match(r"\s*(\w+)=(.*?),\s*#\s?(.*)", line)
         out.append(f"  --{m[1]:<17} {m[2]:<19} {m[3]}" if m else line.strip())
     return '\n'.join(out)
@@ -150,7 +199,10 @@ def convert(key, val):
     if key in RANGES and v is not None:
         lo, hi, br = RANGES[key]
         if not ((lo <= v if br[0] == '[' else lo < v) and (v <= hi if br[1] == ']' else v < hi)):
-            die(f"--{key} expects {'an int' if typ is int else 'a number'} in {br[0]}{lo}, {hi}{br[1]}, got '{val}'", 2)
+            die(
+                f"--{key} expects {'an int' if typ is int else 'a number'} in {br[0]}{lo}, {hi}{br[1]}, got '{val}'",
+                2,
+            )
     if key == 'tokenizer' and (err := data.tokenizer_error(v)):
         die(f"--tokenizer: {err}", 2)
     if key == 'device' and v != 'auto' and (err := M.device_error(v)):
@@ -165,7 +217,11 @@ def check_paths(cfg):
         if cfg[key] and (err := data.folder_error(cfg[key], f'--{key}')):
             die(err, 2)
     src = cfg['init_from']
-    if src not in ('scratch', 'resume') and not os.path.exists(src) and (src.count('/') != 1 or src.startswith(('.', '/'))):
+    if (
+        src not in ('scratch', 'resume')
+        and not os.path.exists(src)
+        and (src.count('/') != 1 or src.startswith(('.', '/')))
+    ):
         die(f"--init_from {src}: no such file; pass scratch, resume, a checkpoint file or a hub id", 2)
 
 
@@ -206,7 +262,7 @@ def micro_seeds(seed, step, g):
     """Everything random in micro-batch g of a step comes from here: (numpy rng for windows, noise seed,
     dropout seed). A pure function of (seed, step, g): no state to save, identical under DDP."""
     rng = np.random.default_rng([seed, step, g])
-    return rng, int(rng.integers(2 ** 62)), int(rng.integers(2 ** 62))
+    return rng, int(rng.integers(2**62)), int(rng.integers(2**62))
 
 
 def resume_config(cfg, given, log):
@@ -214,18 +270,24 @@ def resume_config(cfg, given, log):
     command line's keys on top (e.g. a larger max_iters). Returns (cfg, ckpt)."""
     path = os.path.join(cfg['out_dir'], 'ckpt.pt')
     if not os.path.isfile(path):
-        die(f"no checkpoint at {path} to resume from (train with --init_from scratch first, or set --out_dir)")
+        die(
+            f"no checkpoint at {path} to resume from (train with --init_from scratch first, or set --out_dir)"
+        )
     try:
         ckpt = checkpoint_io.load(path, cfg['trust_checkpoint'])
         missing = [k for k in ('model', 'model_config', 'optimizer', 'config', 'step') if k not in ckpt]
     except checkpoint_io.Refused as e:
         die(e)
     except Exception as e:
-        die(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}); delete it, or resume from a copy")
+        die(
+            f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}); delete it, or resume from a copy"
+        )
     if missing:
         die(f"checkpoint {path} is not a train.py checkpoint (missing {', '.join(missing)})")
     cfg = {**config, **ckpt['config'], **given}
-    cfg['ema_warmup'] = cfg['ema_warmup'] is not False  # None: a checkpoint from before the key (it warmed up)
+    cfg['ema_warmup'] = (
+        cfg['ema_warmup'] is not False
+    )  # None: a checkpoint from before the key (it warmed up)
     log(f"resuming {path} at step {ckpt['step']}" + (f", overriding {sorted(given)}" if given else ''))
     # a run started with --device cuda stored that device; moved to a machine without it (a CPU-only one),
     # the weights load to the CPU anyway (map_location), so run where auto points unless told otherwise
@@ -247,7 +309,9 @@ def setup_processes(cfg):
         device = f"cuda:{os.environ['LOCAL_RANK']}"
         torch.cuda.set_device(device)
     device_type = 'cuda' if device.startswith('cuda') else 'cpu'
-    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if device_type == 'cuda' else contextlib.nullcontext()
+    autocast = (
+        torch.autocast('cuda', dtype=torch.bfloat16) if device_type == 'cuda' else contextlib.nullcontext()
+    )
     if device_type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return ddp, rank, world, device, device_type, autocast
@@ -265,35 +329,61 @@ def build_model(cfg, ckpt, V, log):
         gamma_max = cfg['gamma_max'] or noise.snr_config(V)['gamma_max']
         shape = {k: cfg[k] for k in ('n_layer', 'n_embd', 'n_head') if cfg[k] is not None}
         try:
-            raw = M.DiT(M.model_config(cfg['preset'], V, dropout=cfg['dropout'], causal=ar, dsl=dsl,
-                                       noise_dim=cfg['noise_dim'], gamma_max=gamma_max, lookup_topk=cfg['lookup_topk'],
-                                       freeze_noise=cfg['freeze_noise'], **shape))
+            raw = M.DiT(
+                M.model_config(
+                    cfg['preset'],
+                    V,
+                    dropout=cfg['dropout'],
+                    causal=ar,
+                    dsl=dsl,
+                    noise_dim=cfg['noise_dim'],
+                    gamma_max=gamma_max,
+                    lookup_topk=cfg['lookup_topk'],
+                    freeze_noise=cfg['freeze_noise'],
+                    **shape,
+                )
+            )
         except ValueError as e:
             die(str(e), 2)
     else:  # MDLM (safetensors / Lightning) or one of ours; DSL keeps every backbone weight (model.load_mdlm)
         extra = {k: cfg[k] for k in ('gamma_max', 'noise_dim') if cfg[k]}  # else the checkpoint's / auto
         try:
-            raw = M.load_mdlm(cfg['init_from'], dsl=dsl, dropout=cfg['dropout'], causal=ar,
-                              freeze_noise=cfg['freeze_noise'], lookup_topk=cfg['lookup_topk'],
-                              trust=cfg['trust_checkpoint'], **extra)
+            raw = M.load_mdlm(
+                cfg['init_from'],
+                dsl=dsl,
+                dropout=cfg['dropout'],
+                causal=ar,
+                freeze_noise=cfg['freeze_noise'],
+                lookup_topk=cfg['lookup_topk'],
+                trust=cfg['trust_checkpoint'],
+                **extra,
+            )
         except (KeyError, ValueError, FileNotFoundError) as e:  # missing file, mismatched keys or shapes
             die(f"cannot initialise from {cfg['init_from']}: {e.args[0] if e.args else e}")
         except Exception as e:
-            die(f"cannot read --init_from {cfg['init_from']}: corrupt or not a checkpoint ({type(e).__name__})")
+            die(
+                f"cannot read --init_from {cfg['init_from']}: corrupt or not a checkpoint ({type(e).__name__})"
+            )
         log(f"initialised from {cfg['init_from']}" + (' (converted to DSL)' if dsl else ''))
     if raw.vocab_size != V:
         die(f"the model's vocabulary ({raw.vocab_size}) does not match the data's ({V}, {cfg['data_dir']})")
     if raw.dsl != dsl or raw.config['causal'] != ar:
-        die(f"the checkpoint's model (dsl={raw.dsl}, causal={raw.config['causal']}) does not fit --objective {cfg['objective']}")
+        die(
+            f"the checkpoint's model (dsl={raw.dsl}, causal={raw.config['causal']}) does not fit --objective {cfg['objective']}"
+        )
     return raw
 
 
 def build_optimizer(raw, cfg, device_type):
     """AdamW, weight decay on matrices only (nanoGPT); the fused kernel on CUDA. Returns (params, opt)."""
     params = [p for p in raw.parameters() if p.requires_grad]  # frozen DSL noise embeddings stay out
-    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg['weight_decay']),
-              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
-    opt = torch.optim.AdamW(groups, lr=cfg['lr'], betas=(cfg['beta1'], cfg['beta2']), fused=device_type == 'cuda')
+    groups = [
+        dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg['weight_decay']),
+        dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0),
+    ]
+    opt = torch.optim.AdamW(
+        groups, lr=cfg['lr'], betas=(cfg['beta1'], cfg['beta2']), fused=device_type == 'cuda'
+    )
     return params, opt
 
 
@@ -301,8 +391,13 @@ def restore(ckpt, opt, ema, device_type):
     """Resume the optimizer moments, the EMA weights and the global RNG streams. Returns (step, best_val, evals)."""
     # fused is a choice of this machine, not state: a CUDA run's fused=True would otherwise come back with the
     # groups. Set before loading, because load_state_dict places the step counters by it (fused: on the device)
-    state = dict(ckpt['optimizer'], param_groups=[dict(g, fused=opt.defaults['fused']) if 'fused' in g else g
-                                                  for g in ckpt['optimizer']['param_groups']])
+    state = dict(
+        ckpt['optimizer'],
+        param_groups=[
+            dict(g, fused=opt.defaults['fused']) if 'fused' in g else g
+            for g in ckpt['optimizer']['param_groups']
+        ],
+    )
     opt.load_state_dict(state)
     if ema is not None:
         ema.load_state_dict(ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model'])
@@ -313,14 +408,29 @@ def restore(ckpt, opt, ema, device_type):
 
 def make_save(path, raw, ema, opt, cfg, snr, meta, device_type, evals):
     """save(step, best_val) writes all an exact resume needs (and sample.py reads); evals: [(step, val bound)]."""
+
     def save(step, best_val):
         # the global RNG streams as tensors and plain types, as all of the file: it loads with weights_only=True
         rng = checkpoint_io.rng_state(device_type == 'cuda')
-        state = dict(model=raw.state_dict(), ema=ema.state_dict() if ema is not None else None,
-                     model_config=raw.config, optimizer=opt.state_dict(), config=cfg, snr_config=snr, meta=meta,
-                     step=step, best_val=best_val, rng=rng, data=dict(seed=cfg['seed'], step=step), evals=evals)
-        torch.save(state, path + '.tmp')  # then os.replace: a kill during the write never leaves a torn ckpt.pt
+        state = dict(
+            model=raw.state_dict(),
+            ema=ema.state_dict() if ema is not None else None,
+            model_config=raw.config,
+            optimizer=opt.state_dict(),
+            config=cfg,
+            snr_config=snr,
+            meta=meta,
+            step=step,
+            best_val=best_val,
+            rng=rng,
+            data=dict(seed=cfg['seed'], step=step),
+            evals=evals,
+        )
+        torch.save(
+            state, path + '.tmp'
+        )  # then os.replace: a kill during the write never leaves a torn ckpt.pt
         os.replace(path + '.tmp', path)
+
     return save
 
 
@@ -328,9 +438,11 @@ def check_finite(first_bad, ckpt_path, last_saved, ddp, master):
     """Stop (exit 1) if any step so far was non-finite; reading first_bad synchronises with the device."""
     bad = int(first_bad)
     if bad >= 0:
-        msg = (f"non-finite loss or gradient at step {bad}; stopped, "
-               + (f"last good checkpoint {ckpt_path} (step {last_saved}) left untouched"
-                  if os.path.exists(ckpt_path) else "no checkpoint was written yet"))
+        msg = f"non-finite loss or gradient at step {bad}; stopped, " + (
+            f"last good checkpoint {ckpt_path} (step {last_saved}) left untouched"
+            if os.path.exists(ckpt_path)
+            else "no checkpoint was written yet"
+        )
         if ddp:
             dist.destroy_process_group()
         die(msg) if master else sys.exit(1)
@@ -346,7 +458,9 @@ def main(argv):
     cfg, ckpt = resume_config(cfg, given, log) if cfg['init_from'] == 'resume' else (cfg, None)
     # stored resolved; auto: a fine-tune's EMA starts at the loaded weights with no warmup (DSL2)
     cfg['ema_warmup'] = cfg['init_from'] == 'scratch' if cfg['ema_warmup'] is None else cfg['ema_warmup']
-    ddp, rank, world, device, device_type, autocast = setup_processes(cfg)  # after the resume: its device counts
+    ddp, rank, world, device, device_type, autocast = setup_processes(
+        cfg
+    )  # after the resume: its device counts
     if cfg['grad_accum'] == 0:  # auto: one micro-step per process, so any number of processes runs
         cfg['grad_accum'] = world  # stored resolved, so that a resume replays the same global batches
     if cfg['grad_accum'] % world:
@@ -359,32 +473,61 @@ def main(argv):
     if ddp:
         dist.barrier()
         if not master:
-            cfg['data_dir'], meta = data.ensure(cfg['dataset'], cfg['data'], cfg['tokenizer'], cfg['data_dir'])
+            cfg['data_dir'], meta = data.ensure(
+                cfg['dataset'], cfg['data'], cfg['tokenizer'], cfg['data_dir']
+            )
     V, L = meta['vocab_size'], cfg['block_size']
     raw = build_model(cfg, ckpt, V, log)
     cfg['gamma_max'] = raw.config['gamma_max']  # one gamma_max for the model and the SNR sampler
-    snr = noise.snr_config(V, **{k: cfg[k] for k in SNR_KEYS if cfg[k] is not None}, roar_weight=cfg['roar_weight'])
+    snr = noise.snr_config(
+        V, **{k: cfg[k] for k in SNR_KEYS if cfg[k] is not None}, roar_weight=cfg['roar_weight']
+    )
     raw.to(device)
     ema = copy.deepcopy(raw).requires_grad_(False).eval() if master and cfg['ema_decay'] > 0 else None
     params, opt = build_optimizer(raw, cfg, device_type)
-    step, best_val, evals = restore(ckpt, opt, ema, device_type) if ckpt is not None else (0, float('inf'), [])
+    step, best_val, evals = (
+        restore(ckpt, opt, ema, device_type) if ckpt is not None else (0, float('inf'), [])
+    )
     if ckpt is not None and ckpt['config'].get('eval_bound', '') != cfg['eval_bound']:  # another val number:
         best_val, evals = float('inf'), []  # its own history (what --patience counts)
     del ckpt  # the CPU copy of the weights and moments, no longer needed
     if cfg['compile']:  # in place (checkpoints and the EMA copy above unchanged); the trial step compiles it
         trial_x = torch.randint(0, V, (cfg['batch_size'], L), device=device)
-        M.compile_forward(raw, lambda m: (noise.loss_fn(cfg['objective'], m, trial_x, snr, generator=torch.Generator(
-            device).manual_seed(0)).backward(), opt.zero_grad(set_to_none=True)), log)
+        M.compile_forward(
+            raw,
+            lambda m: (
+                noise.loss_fn(
+                    cfg['objective'], m, trial_x, snr, generator=torch.Generator(device).manual_seed(0)
+                ).backward(),
+                opt.zero_grad(set_to_none=True),
+            ),
+            log,
+        )
     model = raw
     if ddp:
         # broadcast_buffers off: the only buffer (rotary inv_freq) is constant
-        model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if device_type == 'cuda' else None,
-                    broadcast_buffers=False)
-        for name in ('E', 'endpoint_z', 'vocab_size', 'mask_id', 'dsl', 'config'):  # what noise.loss_fn reads from the model
+        model = DDP(
+            model,
+            device_ids=[int(os.environ['LOCAL_RANK'])] if device_type == 'cuda' else None,
+            broadcast_buffers=False,
+        )
+        for name in (
+            'E',
+            'endpoint_z',
+            'vocab_size',
+            'mask_id',
+            'dsl',
+            'config',
+        ):  # what noise.loss_fn reads from the model
             setattr(model, name, getattr(raw, name))
     eval_model = ema if ema is not None and cfg['eval_ema'] else raw
-    val_x = data.get_batch(cfg['data_dir'], 'val', cfg['eval_windows'], L, np.random.default_rng(1234),
-                           meta['dtype'], device) if master else None  # (N, L), the same windows in every run
+    val_x = (
+        data.get_batch(
+            cfg['data_dir'], 'val', cfg['eval_windows'], L, np.random.default_rng(1234), meta['dtype'], device
+        )
+        if master
+        else None
+    )  # (N, L), the same windows in every run
     bound = cfg['eval_bound'] or cfg['objective']
     if bound == 'mdlm' and cfg['objective'] == 'ar':
         die("--eval_bound mdlm needs a diffusion model (--objective dsl or mdlm)", 2)
@@ -392,12 +535,17 @@ def main(argv):
     tokens_per_step = cfg['batch_size'] * cfg['grad_accum'] * L
     n_params = raw.num_params()
     flops_per_token = 6 * n_params + 12 * raw.config['n_layer'] * raw.config['n_embd'] * L  # PaLM appendix B
-    peak = next((f for k, f in PEAK_FLOPS.items() if k in torch.cuda.get_device_name(device)), None) \
-        if device_type == 'cuda' else None
+    peak = (
+        next((f for k, f in PEAK_FLOPS.items() if k in torch.cuda.get_device_name(device)), None)
+        if device_type == 'cuda'
+        else None
+    )
     log(f"config: {cfg}")
-    log(f"data: {cfg['data_dir']} ({meta['tokenizer']}, V={V}, {meta['train_tokens']:,} train tokens) | "
+    log(
+        f"data: {cfg['data_dir']} ({meta['tokenizer']}, V={V}, {meta['train_tokens']:,} train tokens) | "
         f"model: {n_params / 1e6:.2f}M params, {cfg['objective']} | {world} process(es) on {device} | "
-        f"global batch {cfg['batch_size'] * cfg['grad_accum']} x {L} tokens")
+        f"global batch {cfg['batch_size'] * cfg['grad_accum']} x {L} tokens"
+    )
     os.makedirs(cfg['out_dir'], exist_ok=True)
     save = make_save(ckpt_path, raw, ema, opt, cfg, snr, meta, device_type, evals)
     # Ctrl-C finishes the current step, saves and exits, so an interruption loses nothing (a second one aborts)
@@ -425,14 +573,21 @@ def main(argv):
             nats = noise.val_bound(eval_model, val_x, bound, cfg['batch_size'], cfg['eval_grid'])
             best_val, r = min(best_val, nats), noise.bound_report(nats)
             evals.append((step, nats))
-            log(f"eval step {step} | val {bound_name} {nats:.4f} nats/token ({r['bits']:.4f} bits, "
-                f"ppl {r['ppl']:.2f}) | {time.time() - t:.1f}s", flush=True)
+            log(
+                f"eval step {step} | val {bound_name} {nats:.4f} nats/token ({r['bits']:.4f} bits, "
+                f"ppl {r['ppl']:.2f}) | {time.time() - t:.1f}s",
+                flush=True,
+            )
             t_log += time.time() - t  # keep eval time out of ms/step
             best_at, b = len(evals) - 1, INF  # the last counted eval that beat every earlier one by min_delta
             for i, (at, v) in enumerate(evals):
-                best_at, b = (i, v) if at >= cfg['patience_from'] and v < b - cfg['min_delta'] else (best_at, b)
+                best_at, b = (
+                    (i, v) if at >= cfg['patience_from'] and v < b - cfg['min_delta'] else (best_at, b)
+                )
             if cfg['patience'] and len(evals) - 1 - best_at >= cfg['patience'] and step < cfg['max_iters']:
-                log(f"early stop: no better val {bound_name} in {cfg['patience']} evals; max_iters set to {step}")
+                log(
+                    f"early stop: no better val {bound_name} in {cfg['patience']} evals; max_iters set to {step}"
+                )
                 cfg['max_iters'] = step  # stored: a resume stops here too unless given a larger --max_iters
         if ddp and cfg['patience'] and step % cfg['eval_interval'] == 0:  # every rank stops where rank 0 did
             stop_at = [cfg['max_iters']]
@@ -454,22 +609,36 @@ def main(argv):
         for micro in range(micro_steps):
             gidx = rank * micro_steps + micro
             rng, noise_seed, drop_seed = micro_seeds(cfg['seed'], step, gidx)
-            x = data.get_batch(cfg['data_dir'], 'train', cfg['batch_size'], L, rng, meta['dtype'], device)  # (B, L)
+            x = data.get_batch(
+                cfg['data_dir'], 'train', cfg['batch_size'], L, rng, meta['dtype'], device
+            )  # (B, L)
             gen = torch.Generator(device).manual_seed(noise_seed)
             torch.manual_seed(drop_seed)
             sync = model.no_sync() if ddp and micro < micro_steps - 1 else contextlib.nullcontext()
             with sync:
                 with autocast:
                     # MDLM's antithetic t is stratified over the global batch: gidx of grad_accum slices
-                    loss = noise.loss_fn(cfg['objective'], model, x, snr, rank=gidx, world_size=cfg['grad_accum'],
-                                         generator=gen) / micro_steps
+                    loss = (
+                        noise.loss_fn(
+                            cfg['objective'],
+                            model,
+                            x,
+                            snr,
+                            rank=gidx,
+                            world_size=cfg['grad_accum'],
+                            generator=gen,
+                        )
+                        / micro_steps
+                    )
                 loss = loss * float('nan') if step == cfg['debug_nan_step'] else loss  # a test hook
                 loss.backward()
             loss_sum += loss.detach()
         if ddp:  # the global mean loss, for logging (queued on the stream; nothing waits for it here)
             dist.all_reduce(loss_sum)
             loss_sum /= world
-        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg['grad_clip'] if cfg['grad_clip'] > 0 else float('inf'))
+        gnorm = torch.nn.utils.clip_grad_norm_(
+            params, cfg['grad_clip'] if cfg['grad_clip'] > 0 else float('inf')
+        )
         finite = torch.isfinite(loss_sum) & torch.isfinite(gnorm)
         first_bad = torch.where((first_bad < 0) & ~finite, step, first_bad)
         for group in opt.param_groups:
@@ -490,9 +659,16 @@ def main(argv):
                 stop_all = bool(flag > 0)
             dt, t_log, n_log = (time.time() - t_log) / n_log, time.time(), 0  # mean over the interval
             mfu = f" | MFU {flops_per_token * tokens_per_step / dt / (peak * world):.1%}" if peak else ''
-            log(f"step {step} | loss {lossf:.4f} | lr {lr:.2e} | grad norm {gnorm:.3f} | {dt * 1000:.1f} ms/step"
-                f" | {tokens_per_step / dt:,.0f} tok/s{mfu}", flush=True)
-    mem = f", peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device_type == 'cuda' else ''
+            log(
+                f"step {step} | loss {lossf:.4f} | lr {lr:.2e} | grad norm {gnorm:.3f} | {dt * 1000:.1f} ms/step"
+                f" | {tokens_per_step / dt:,.0f} tok/s{mfu}",
+                flush=True,
+            )
+    mem = (
+        f", peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
+        if device_type == 'cuda'
+        else ''
+    )
     log(f"done: {step} steps, best val {bound_name} {best_val:.4f} nats/token, checkpoint {ckpt_path}{mem}")
     if ddp:  # wait for rank 0's last save: a gloo peer torn down early can abort the other (seen in CI)
         dist.barrier()

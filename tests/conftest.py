@@ -1,5 +1,6 @@
 """Offline test setup: no hub access, GPT-2 BPE files from ../shared/tiktoken (copied to a writable
 place, because tiktoken deletes cached files it cannot verify and CI lays shared/ read-only)."""
+
 import os
 import random
 import shutil
@@ -20,13 +21,24 @@ if 'TIKTOKEN_CACHE_DIR' not in os.environ and os.path.isdir(os.path.join(SHARED,
 
 # the real tiny-shakespeare text, for the few checks that need it: ../shared/data (CI), else a quick-start copy;
 # else those checks skip. Everything else runs on the generated corpus below, so a bare clone tests it too.
-SHAKESPEARE = next((p for p in (os.path.join(SHARED, 'data', 'tinyshakespeare.txt'),
-                                os.path.join(ROOT, 'data', 'shakespeare_char', 'input.txt')) if os.path.exists(p)), None)
+SHAKESPEARE = next(
+    (
+        p
+        for p in (
+            os.path.join(SHARED, 'data', 'tinyshakespeare.txt'),
+            os.path.join(ROOT, 'data', 'shakespeare_char', 'input.txt'),
+        )
+        if os.path.exists(p)
+    ),
+    None,
+)
 
 
-WORDS = ('the king queen lord lady good night day love death heart hand blood crown sword fair sweet noble '
-         'speak come go make know see hear tell give take stay fly weep swear pray what why how where now then '
-         'thou thee thy my mine his her our your not no yes and but or if so for with upon from to of in').split()
+WORDS = (
+    'the king queen lord lady good night day love death heart hand blood crown sword fair sweet noble '
+    'speak come go make know see hear tell give take stay fly weep swear pray what why how where now then '
+    'thou thee thy my mine his her our your not no yes and but or if so for with upon from to of in'
+).split()
 NAMES = ('ROMEO', 'JULIET', 'KING HENRY', 'LADY ANNE', 'FIRST CITIZEN', 'GLOUCESTER', 'NURSE', 'MERCUTIO')
 
 

@@ -5,6 +5,7 @@ Each row runs as its own process. A fresh interpreter spends ~3 s importing torc
 the rows run in children of a multiprocessing fork server that imported torch once: each child runs the script
 as __main__ (runpy), so its exit status, stderr and uncaught tracebacks are those of `python script.py ...`.
 `pytest -m slow tests/test_cli_errors.py` runs every row through a real interpreter instead."""
+
 import hashlib
 import multiprocessing
 import os
@@ -106,15 +107,31 @@ def inputs(tmp_path_factory):
     m = M.DiT(M.model_config('tiny', len(CHARS), dsl=True, noise_dim=16, gamma_max=30.0))
     meta = dict(tokenizer='char', vocab_size=len(CHARS), chars=CHARS, eos=None, bos=None, mask_id=len(CHARS))
     ckpt = d / 'ckpt.pt'  # the keys train.py writes that sample.py reads
-    torch.save(dict(model=m.state_dict(), ema=None, model_config=m.config, meta=meta, step=1,
-                    config=dict(block_size=16, objective='dsl')), ckpt)
+    torch.save(
+        dict(
+            model=m.state_dict(),
+            ema=None,
+            model_config=m.config,
+            meta=meta,
+            step=1,
+            config=dict(block_size=16, objective='dsl'),
+        ),
+        ckpt,
+    )
     (d / 'trunc.pt').write_bytes(ckpt.read_bytes()[:5000])
     (d / 'notes.txt').write_text('to be or not to be\n' * 20)
     (d / 'empty.txt').write_text('')
     (d / 'existing.bin').write_bytes(b'\x00keep me\x01')
     (d / 'folder').mkdir()
-    paths = dict(ckpt=ckpt, trunc=d / 'trunc.pt', text=d / 'notes.txt', empty=d / 'empty.txt',
-                 file=d / 'existing.bin', dir=d / 'folder', missing=d / 'missing.pt')
+    paths = dict(
+        ckpt=ckpt,
+        trunc=d / 'trunc.pt',
+        text=d / 'notes.txt',
+        empty=d / 'empty.txt',
+        file=d / 'existing.bin',
+        dir=d / 'folder',
+        missing=d / 'missing.pt',
+    )
     return d, {k: shlex.quote(str(v)) for k, v in paths.items()}
 
 
@@ -146,7 +163,9 @@ def child(script, argv, cwd, out_path, err_path):
         setattr(sys, name, f)
     sys.argv = [script] + argv
     sys.path.insert(0, ROOT)
-    runpy.run_path(os.path.join(ROOT, script), run_name='__main__')  # SystemExit / tracebacks: multiprocessing
+    runpy.run_path(
+        os.path.join(ROOT, script), run_name='__main__'
+    )  # SystemExit / tracebacks: multiprocessing
 
 
 @pytest.fixture(scope='module')
@@ -161,8 +180,14 @@ def run_case(forkserver, d, argv, real):
     out, err = d / 'stdout.log', d / 'stderr.log'
     if real:
         env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
-        r = subprocess.run([sys.executable, os.path.join(ROOT, script)] + argv, cwd=d, env=env,
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, os.path.join(ROOT, script)] + argv,
+            cwd=d,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return r.returncode, r.stderr
     p = forkserver.Process(target=child, args=(script, argv, str(d), str(out), str(err)))
     p.start()
@@ -180,7 +205,9 @@ def check(inputs, forkserver, case, real=False):
     cmd, code, msg = case
     d, paths = inputs
     argv = shlex.split(cmd.format(**paths))
-    (d / 'work').mkdir(exist_ok=True)  # cwd: a default out_dir ('out') would appear here and fail the snapshot
+    (d / 'work').mkdir(
+        exist_ok=True
+    )  # cwd: a default out_dir ('out') would appear here and fail the snapshot
     before = snapshot(d)
     rc, err = run_case(forkserver, d / 'work', argv, real)
     lines = [line for line in err.splitlines() if line.strip()]

@@ -1,14 +1,14 @@
 """The commit state of DSL discrete samplers (issue #10, part 2): gamma_commit, the SNR at which a revealed
 non-prompt token is shown to the model, deterministic (commit table) or with channel noise (z path)."""
+
 import math
 
 import pytest
 import torch
+from test_sample import gen, one_thread, tiny  # noqa: F401 (one_thread: autouse fixture)
 
-import model
 import sample
 import toy
-from test_sample import gen, one_thread, tiny  # noqa: F401 (one_thread: autouse fixture)
 
 
 def test_gamma_commit_at_gamma_max_reproduces_todays_samples():
@@ -56,7 +56,11 @@ def test_sampler_shows_revealed_free_tokens_at_gamma_commit_and_the_prompt_at_ga
     prompt[:2] = torch.tensor([1, 2])
     x, info = gen(m, 4, 8, 6, 'uncertainty', prompt=prompt, gamma_commit=g)
     hook.remove()
-    assert info['nfe'] == 6 == len(seen) and (x[:, :2] == torch.tensor([1, 2])).all() and (x < m.vocab_size).all()
+    assert (
+        info['nfe'] == 6 == len(seen)
+        and (x[:, :2] == torch.tensor([1, 2])).all()
+        and (x < m.vocab_size).all()
+    )
     for kw in seen[1:]:  # after the first call some free tokens are revealed
         commit, ids = kw['commit'], kw['x']
         assert not commit[:, :2].any() and torch.equal(commit[:, 2:], ids[:, 2:] != m.mask_id)
@@ -67,7 +71,9 @@ def test_sampler_shows_revealed_free_tokens_at_gamma_commit_and_the_prompt_at_ga
     hook.remove()
     z = seen[-1]['z']  # (B, L, d)
     E = m.E()
-    assert torch.allclose(z[:, :2], m.config['gamma_max'] * E[torch.tensor([1, 2])].expand(64, -1, -1), atol=1e-5)
+    assert torch.allclose(
+        z[:, :2], m.config['gamma_max'] * E[torch.tensor([1, 2])].expand(64, -1, -1), atol=1e-5
+    )
     norms = z[:, 2:].norm(dim=-1)
     vis = norms > 0
     expect = math.sqrt(g * g + g * m.config['noise_dim'])  # E||g e + sqrt(g) eps||^2 = g^2 + g d
@@ -82,18 +88,27 @@ def test_gamma_commit_lowers_the_oracles_confidence_in_a_visible_token():
     us = {}
     for g in (30.0, 3.0):
         with torch.no_grad():
-            lg = o(**sample.present(o, draft, vis, g))[0, :, :toy.V]
+            lg = o(**sample.present(o, draft, vis, g))[0, :, : toy.V]
         us[g] = 1 - torch.softmax(lg.double(), -1)[torch.arange(7), draft[0].clamp(max=6)]
         assert us[g][[4, 6]].min() > 0.99 and us[g][[2, 3, 5]].max() < 0.01, (g, us[g])
     assert (us[3.0][[2, 3, 5]] > us[30.0][[2, 3, 5]]).all()
-    x, _ = sample.repair(o, draft.expand(50, -1), 10, gamma_commit=3.0, generator=torch.Generator().manual_seed(0))
+    x, _ = sample.repair(
+        o, draft.expand(50, -1), 10, gamma_commit=3.0, generator=torch.Generator().manual_seed(0)
+    )
     assert (x == toy.encode('ABCDEFG')).all(1).float().mean() >= 0.9
 
 
-@pytest.mark.parametrize('kw,msg', [
-    (dict(gamma_commit=0.0), 'gamma_commit must'), (dict(gamma_commit=-1.0), 'gamma_commit must'),
-    (dict(gamma_commit=float('nan')), 'gamma_commit must'), (dict(gamma_commit=1e9), 'gamma_commit must'),
-    (dict(commit_noise=2), 'commit_noise must'), (dict(gamma_commit='5'), 'gamma_commit must')])
+@pytest.mark.parametrize(
+    'kw,msg',
+    [
+        (dict(gamma_commit=0.0), 'gamma_commit must'),
+        (dict(gamma_commit=-1.0), 'gamma_commit must'),
+        (dict(gamma_commit=float('nan')), 'gamma_commit must'),
+        (dict(gamma_commit=1e9), 'gamma_commit must'),
+        (dict(commit_noise=2), 'commit_noise must'),
+        (dict(gamma_commit='5'), 'gamma_commit must'),
+    ],
+)
 def test_bad_gamma_commit_is_one_clear_error(kw, msg):
     with pytest.raises(ValueError, match=msg) as e:
         gen(tiny(True), 1, 8, 4, 'uncertainty', **kw)
@@ -105,11 +120,27 @@ def test_bad_gamma_commit_is_one_clear_error(kw, msg):
 def test_cli_gamma_commit(tmp_path, capsys):
     m = tiny(True)
     path = tmp_path / 'dsl.pt'
-    torch.save(dict(model=m.state_dict(), ema=None, model_config=m.config, meta=None,
-                    config=dict(block_size=10)), path)
+    torch.save(
+        dict(model=m.state_dict(), ema=None, model_config=m.config, meta=None, config=dict(block_size=10)),
+        path,
+    )
     for extra in (['--gamma_commit', '4'], ['--gamma_commit', '4', '--commit_noise', '1']):
-        sample.main(['--ckpt', str(path), '--steps', '4', '--sampler', 'uncertainty', '--num_samples', '3',
-                     '--out', str(tmp_path / 's.jsonl'), '--quiet'] + extra)
+        sample.main(
+            [
+                '--ckpt',
+                str(path),
+                '--steps',
+                '4',
+                '--sampler',
+                'uncertainty',
+                '--num_samples',
+                '3',
+                '--out',
+                str(tmp_path / 's.jsonl'),
+                '--quiet',
+            ]
+            + extra
+        )
     capsys.readouterr()
     for bad in ('0', 'nan', '-3'):
         with pytest.raises(SystemExit) as e:

@@ -1,7 +1,7 @@
 """Core: the DiT, the DSL converter, the corruption processes and the NLL bounds (issue #2).
 The bounds are checked against the exact Bayes denoiser of the cyclic toy (docs/method.md §17)."""
+
 import math
-import os
 
 import pytest
 import torch
@@ -29,6 +29,7 @@ def randomize(m, seed=0, std=0.2):
 
 # ----------------------------------------------------------------------------- the diffusion bound
 
+
 def window_path(order, n_per, g_end):
     """Per-token SNR path where token order[j] rises 0 -> g_end (log-spaced) during the j-th window and
     the others wait: the "staggered" AR-like path (order = identity) or a random-order path."""
@@ -38,8 +39,8 @@ def window_path(order, n_per, g_end):
     g = torch.zeros(S, L)
     for j, i in enumerate(order):
         start = j * (n_per - 1)
-        g[start:start + n_per, i] = ramp
-        g[start + n_per:, i] = g_end
+        g[start : start + n_per, i] = ramp
+        g[start + n_per :, i] = g_end
     return g  # (S, L)
 
 
@@ -86,6 +87,7 @@ def test_bounds_are_reproducible_with_a_seeded_generator():
 
 # ----------------------------------------------------------------------------- corruption processes
 
+
 def test_mixed_snr_sampler_matches_its_settings():
     cfg = noise.snr_config(50257, p_end=0.3)
     B, L = 20000, 8
@@ -102,7 +104,9 @@ def test_mixed_snr_sampler_matches_its_settings():
     # intermediate rows share one gamma per sequence, lognormal(mu, sigma) before the clamp
     assert (mid == mid[:, :1]).all()
     assert mid.max() <= cfg['gamma_max']
-    p_clamp = 1 - torch.distributions.Normal(cfg['mu'], cfg['sigma']).cdf(torch.tensor(math.log(cfg['gamma_max'])))
+    p_clamp = 1 - torch.distributions.Normal(cfg['mu'], cfg['sigma']).cdf(
+        torch.tensor(math.log(cfg['gamma_max']))
+    )
     assert abs((mid[:, 0] == cfg['gamma_max']).float().mean() - p_clamp) < 0.015
     wide = dict(cfg, p_end=0.0, gamma_max=1e9)  # no clamp: the lognormal moments themselves
     logg = noise.sample_gamma(B, 1, wide, 'cpu', torch.Generator().manual_seed(5))[0].log()
@@ -111,7 +115,9 @@ def test_mixed_snr_sampler_matches_its_settings():
     atomic = dict(cfg, p_end=1.0, smooth_endpoints=False)
     g2, _, rev2 = noise.sample_gamma(100, L, atomic, 'cpu', torch.Generator().manual_seed(1))
     assert set(g2.unique().tolist()) <= {0.0, cfg['gamma_max']} and (g2[rev2] == cfg['gamma_max']).all()
-    g3, _, _ = noise.sample_gamma(100, L, dict(cfg, p_end=0.0, jitter=0.1), 'cpu', torch.Generator().manual_seed(1))
+    g3, _, _ = noise.sample_gamma(
+        100, L, dict(cfg, p_end=0.0, jitter=0.1), 'cpu', torch.Generator().manual_seed(1)
+    )
     assert not (g3 == g3[:, :1]).all()
 
 
@@ -129,7 +135,11 @@ def test_localize_and_mdlm_masking():
     assert ((t2 > 0.25) & (t2 < 0.5)).all()  # rank 1's slice of the global grid
     x = torch.randint(0, 7, (1000, 50))
     xt, masked = noise.mdlm_corrupt(x, torch.full((1000,), 0.3), 7, torch.Generator().manual_seed(0))
-    assert abs(masked.float().mean() - 0.3) < 0.01 and (xt[masked] == 7).all() and (xt[~masked] == x[~masked]).all()
+    assert (
+        abs(masked.float().mean() - 0.3) < 0.01
+        and (xt[masked] == 7).all()
+        and (xt[~masked] == x[~masked]).all()
+    )
 
 
 def test_losses_run_and_backpropagate():
@@ -144,6 +154,7 @@ def test_losses_run_and_backpropagate():
 
 
 # ----------------------------------------------------------------------------- the model
+
 
 def test_small_preset_matches_mdlm_size():
     with torch.device('meta'):
@@ -223,6 +234,7 @@ def test_bad_input_says_what_is_wrong():
 
 # ----------------------------------------------------------------------------- loading MDLM weights
 
+
 @pytest.fixture(scope='module')
 def small_pair(tmp_path_factory):
     """A `small`-preset model with random weights, saved in the HF and the Lightning layouts.
@@ -232,6 +244,7 @@ def small_pair(tmp_path_factory):
     sd = {'backbone.' + k: v.clone() for k, v in ref.state_dict().items()}
     d = tmp_path_factory.mktemp('mdlm')
     from safetensors.torch import save_file
+
     save_file({k: v.contiguous() for k, v in sd.items()}, str(d / 'model.safetensors'))
     # Lightning: raw weights in state_dict, EMA weights as a list in backbone.parameters() order
     raw = {k: v + 1.0 for k, v in sd.items() if 'inv_freq' not in k}
@@ -284,7 +297,7 @@ def test_recomputed_soft_lookup_gives_the_same_gradients(monkeypatch):
     x = torch.randint(0, 1500, (2, 8), generator=torch.Generator().manual_seed(0))
     cfg = noise.snr_config(1500)
     grads = []
-    for above in (1000, 10 ** 9):  # recomputed, then the plain path
+    for above in (1000, 10**9):  # recomputed, then the plain path
         m.zero_grad()
         m.recompute_lookup_above = above
         noise.loss_fn('dsl', m, x, cfg, generator=torch.Generator().manual_seed(1)).backward()
@@ -296,7 +309,10 @@ def test_recomputed_soft_lookup_gives_the_same_gradients(monkeypatch):
 def test_topk_softmax_backward_is_exact():
     """The sparse lookup's custom backward against finite differences (float64)."""
     g = torch.Generator().manual_seed(0)
-    z, E = torch.randn(5, 6, generator=g, dtype=torch.float64), torch.randn(40, 6, generator=g, dtype=torch.float64)
+    z, E = (
+        torch.randn(5, 6, generator=g, dtype=torch.float64),
+        torch.randn(40, 6, generator=g, dtype=torch.float64),
+    )
     beta, bias = torch.tensor(1.3, dtype=torch.float64), torch.randn(41, generator=g, dtype=torch.float64)
     args = [t.requires_grad_() for t in (z, E, beta, bias)]
     assert torch.autograd.gradcheck(lambda *a: model.TopKSoftmax.apply(*a, 7)[:2], args)
@@ -310,7 +326,10 @@ def test_sparse_lookup_against_its_dense_formula_and_the_exact_lookup():
     autograd through that formula built from the dense softmax; at endpoints it equals the exact lookup."""
     V, k = 3000, 16  # above model.DENSE_LOOKUP_MAX: top-64 by default
     m = randomize(model.DiT(model.model_config('tiny', V, dsl=True)), std=0.05).train()
-    assert m.config['lookup_topk'] == 64 and model.DiT(model.model_config('tiny', 65, dsl=True)).config['lookup_topk'] == 0
+    assert (
+        m.config['lookup_topk'] == 64
+        and model.DiT(model.model_config('tiny', 65, dsl=True)).config['lookup_topk'] == 0
+    )
     m.config['lookup_topk'] = k
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, V, (2, 8), generator=g)
@@ -322,13 +341,26 @@ def test_sparse_lookup_against_its_dense_formula_and_the_exact_lookup():
         top, idx = p[..., :V].topk(k, -1)
         r = 1 - top.sum(-1) - p[..., V]
         return (top[..., None] * W[idx]).sum(-2) + p[..., V:] * W[V] + r[..., None] * W[:V].mean(0)
+
     grads = []
     for fn in (lambda z: m.embed(z=z), reference):
         m.zero_grad()
         h = fn(z)
         (h * torch.linspace(-1, 1, h.shape[-1])).sum().backward()
-        grads.append((h.detach(), [p.grad.clone() for p in (m.converter.noise_embed, m.converter.beta,
-                                                            m.converter.bias, m.vocab_embed.embedding)]))
+        grads.append(
+            (
+                h.detach(),
+                [
+                    p.grad.clone()
+                    for p in (
+                        m.converter.noise_embed,
+                        m.converter.beta,
+                        m.converter.bias,
+                        m.vocab_embed.embedding,
+                    )
+                ],
+            )
+        )
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
     for a, b in zip(grads[0][1], grads[1][1]):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (a - b).abs().max()

@@ -1,5 +1,6 @@
 """data.py: preparation (char and gpt2), batches, offline errors; on the generated corpus, plus one check
 against nanoGPT's numbers that needs the real tiny-shakespeare text."""
+
 import hashlib
 import json
 import os
@@ -22,7 +23,9 @@ def prepared(tmp_path_factory, corpus):
     return d
 
 
-@pytest.mark.skipif(SHAKESPEARE is None, reason='needs the real tinyshakespeare.txt (data/shakespeare_char/input.txt)')
+@pytest.mark.skipif(
+    SHAKESPEARE is None, reason='needs the real tinyshakespeare.txt (data/shakespeare_char/input.txt)'
+)
 def test_shakespeare_char_matches_nanogpt(tmp_path):
     prepared = str(tmp_path)
     data.prepare(data=SHAKESPEARE, out_dir=prepared)
@@ -43,7 +46,11 @@ def test_char_preparation_round_trips(prepared, corpus):
     meta = data.load_meta(prepared)
     text = open(corpus, encoding='utf-8').read()
     n_train = int(len(text) * 0.9)
-    assert (meta['vocab_size'], meta['train_tokens'], meta['val_tokens']) == (len(set(text)), n_train, len(text) - n_train)
+    assert (meta['vocab_size'], meta['train_tokens'], meta['val_tokens']) == (
+        len(set(text)),
+        n_train,
+        len(text) - n_train,
+    )
     assert meta['mask_id'] == meta['vocab_size'] and meta['chars'] == sorted(set(text))
     assert meta['sha256'] == hashlib.sha256(text.encode()).hexdigest()
     _, decode = data.get_tokenizer(meta)
@@ -59,9 +66,11 @@ def test_batches_are_seeded_windows(prepared, corpus):
     x = data.get_batch(prepared, 'train', 8, 32, np.random.default_rng(5), meta['dtype'])
     assert x.shape == (8, 32) and x.dtype == torch.int64
     assert torch.equal(x, data.get_batch(prepared, 'train', 8, 32, np.random.default_rng(5), meta['dtype']))
-    assert not torch.equal(x, data.get_batch(prepared, 'train', 8, 32, np.random.default_rng(6), meta['dtype']))
+    assert not torch.equal(
+        x, data.get_batch(prepared, 'train', 8, 32, np.random.default_rng(6), meta['dtype'])
+    )
     for row in x:
-        assert decode(row) in text[:int(len(text) * 0.9)]
+        assert decode(row) in text[: int(len(text) * 0.9)]
     assert decode(encode('FIRST CITIZEN: thou')) == 'FIRST CITIZEN: thou'
 
 
@@ -88,6 +97,7 @@ def test_gpt2_local_files(tmp_path):
 def test_offline_shakespeare_is_one_clear_line(tmp_path, monkeypatch):
     def offline(*a, **k):
         raise urllib.error.URLError('no network')
+
     monkeypatch.setattr(data.urllib.request, 'urlopen', offline)
     with pytest.raises(SystemExit) as e:
         data.prepare('shakespeare_char', out_dir=str(tmp_path / 'sc'))
@@ -109,6 +119,7 @@ def test_input_txt_is_used_when_present(tmp_path):
 def test_openwebtext_pipeline_on_a_stand_in(tmp_path, monkeypatch):
     """The openwebtext path (map, shards, memmap) on a 12-document stand-in for the hub dataset."""
     import datasets
+
     docs = [f'Document number {i}. ' * (i + 1) for i in range(12)]
     monkeypatch.setattr(datasets, 'load_dataset', lambda *a, **k: datasets.Dataset.from_dict({'text': docs}))
     monkeypatch.setattr(data, 'OWT_VAL_DOCS', 2)
@@ -128,26 +139,37 @@ def test_bpe_depends_on_the_training_split_alone_and_round_trips(tmp_path, corpu
     cut = int(len(text) * 0.9)  # prepare_text's 90/10 split
     a, b = tmp_path / 'a.txt', tmp_path / 'b.txt'
     a.write_text(text, encoding='utf-8')
-    b.write_text(text[:cut] + 'Zebras quietly juggle €uro signs; naïve café ☃!'[:len(text) - cut].ljust(len(text) - cut, 'x'),
-                 encoding='utf-8')
+    b.write_text(
+        text[:cut]
+        + 'Zebras quietly juggle €uro signs; naïve café ☃!'[: len(text) - cut].ljust(len(text) - cut, 'x'),
+        encoding='utf-8',
+    )
     ma = data.prepare(data=str(a), tokenizer='bpe:300', out_dir=str(tmp_path / 'pa'))
     mb = data.prepare(data=str(b), tokenizer='bpe:300', out_dir=str(tmp_path / 'pb'))
     assert ma['tokenizer'] == 'bpe:300' and ma['vocab_size'] == 300 and ma['mask_id'] == 300
     assert ma['bpe'] == mb['bpe']  # the same merges: the validation text never reached the trainer
-    assert (tmp_path / 'pa' / 'tokenizer.json').read_text() == (tmp_path / 'pb' / 'tokenizer.json').read_text()
-    assert np.array_equal(np.fromfile(tmp_path / 'pa' / 'train.bin', np.uint16),
-                          np.fromfile(tmp_path / 'pb' / 'train.bin', np.uint16))
+    assert (tmp_path / 'pa' / 'tokenizer.json').read_text() == (
+        tmp_path / 'pb' / 'tokenizer.json'
+    ).read_text()
+    assert np.array_equal(
+        np.fromfile(tmp_path / 'pa' / 'train.bin', np.uint16),
+        np.fromfile(tmp_path / 'pb' / 'train.bin', np.uint16),
+    )
     enc, dec = data.get_tokenizer(mb)
     val = np.fromfile(tmp_path / 'pb' / 'val.bin', np.uint16)
     assert dec(val) == b.read_text(encoding='utf-8')[cut:]  # exact, non-ASCII included (byte-level)
     val_a = np.fromfile(tmp_path / 'pa' / 'val.bin', np.uint16)
-    assert dec(val_a) == text[cut:] and len(val_a) < 0.8 * (len(text) - cut)  # word pieces: fewer tokens than chars
+    assert dec(val_a) == text[cut:] and len(val_a) < 0.8 * (
+        len(text) - cut
+    )  # word pieces: fewer tokens than chars
     assert dec([*enc('the king'), 300, *enc(' speaks')]) == 'the king_ speaks'  # [MASK] shows as '_'
     # reuse: the same files, kind and size -> the folder as it is; another size -> prepared again
     stamp = os.path.getmtime(tmp_path / 'pa' / 'meta.json')
     assert data.ensure(data=str(a), tokenizer='bpe:300', data_dir=str(tmp_path / 'pa'))[1]['bpe'] == ma['bpe']
     assert os.path.getmtime(tmp_path / 'pa' / 'meta.json') == stamp
-    assert data.ensure(data=str(a), tokenizer='bpe:320', data_dir=str(tmp_path / 'pa'))[1]['vocab_size'] == 320
+    assert (
+        data.ensure(data=str(a), tokenizer='bpe:320', data_dir=str(tmp_path / 'pa'))[1]['vocab_size'] == 320
+    )
     assert data.resolve_dir(data=str(a), tokenizer='bpe:300').endswith(os.path.join('data', 'a_bpe300'))
 
 
@@ -164,5 +186,5 @@ def test_a_prompt_encodes_through_bpe(tmp_path, corpus):
     x = data.prompt_ids(enc, 'ROMEO:\nThe king', ' is dead.', 32, meta['mask_id'])
     n_pre, n_suf = len(enc('ROMEO:\nThe king')), len(enc(' is dead.'))
     assert n_pre < len('ROMEO:\nThe king')  # word pieces, not characters
-    assert dec(x[:n_pre].tolist()) == 'ROMEO:\nThe king' and dec(x[32 - n_suf:].tolist()) == ' is dead.'
-    assert (x[n_pre:32 - n_suf] == meta['mask_id']).all()
+    assert dec(x[:n_pre].tolist()) == 'ROMEO:\nThe king' and dec(x[32 - n_suf :].tolist()) == ' is dead.'
+    assert (x[n_pre : 32 - n_suf] == meta['mask_id']).all()

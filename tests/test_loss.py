@@ -1,4 +1,5 @@
 """The one-pass DSL loss against the plainly written two-pass objective it estimates (reference.py)."""
+
 import torch
 import torch.nn.functional as F
 

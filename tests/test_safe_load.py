@@ -2,6 +2,7 @@
 refused by every command that loads checkpoints, with one line and a non-zero exit, and the file never appears;
 checkpoints written before the numpy RNG state was stored as plain types still load, resume and sample the same;
 --trust_checkpoint loads a foreign but harmless pickle (a Lightning-style .ckpt with a config object)."""
+
 import argparse
 import json
 import os
@@ -22,8 +23,24 @@ import sample
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ['--preset', 'tiny', '--block_size', '32', '--batch_size', '4', '--eval_windows', '4', '--eval_grid', '8',
-         '--log_interval', '1', '--warmup_iters', '0', '--compile', 'False']
+SMALL = [
+    '--preset',
+    'tiny',
+    '--block_size',
+    '32',
+    '--batch_size',
+    '4',
+    '--eval_windows',
+    '4',
+    '--eval_grid',
+    '8',
+    '--log_interval',
+    '1',
+    '--warmup_iters',
+    '0',
+    '--compile',
+    'False',
+]
 
 
 class Payload:
@@ -61,17 +78,27 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(world, tmp_path)
     samples.write_text(''.join(json.dumps(dict(ids=[1, 2, 3, 4])) + '\n' for _ in range(4)))
     resumed = str(tmp_path / 'resume' / 'ckpt.pt')
     init = SMALL + ['--data_dir', dd, '--init_from', evil, '--out_dir', tmp_path / 'init']
-    cases = [(['sample.py', '--ckpt', evil, '--steps', '2', '--quiet', '--out', tmp_path / 's.jsonl'], evil),
-             (['train.py'] + init, evil),
-             (['train.py', '--init_from', 'resume', '--out_dir', tmp_path / 'resume'], resumed),
-             (['evaluate.py', '--samples', samples, '--refs', dd, '--judge', evil, '--out', tmp_path / 'm'], evil),
-             (['probe.py', 'bounds', '--ckpt', evil, '--data', dd], evil),
-             (['sweep.py', '--ckpt', evil, '--judge', evil, '--out_dir', tmp_path / 'sweep'], evil),
-             (['bench.py', '--lookup_error', evil, '--data', dd], evil)]
+    cases = [
+        (['sample.py', '--ckpt', evil, '--steps', '2', '--quiet', '--out', tmp_path / 's.jsonl'], evil),
+        (['train.py'] + init, evil),
+        (['train.py', '--init_from', 'resume', '--out_dir', tmp_path / 'resume'], resumed),
+        (['evaluate.py', '--samples', samples, '--refs', dd, '--judge', evil, '--out', tmp_path / 'm'], evil),
+        (['probe.py', 'bounds', '--ckpt', evil, '--data', dd], evil),
+        (['sweep.py', '--ckpt', evil, '--judge', evil, '--out_dir', tmp_path / 'sweep'], evil),
+        (['bench.py', '--lookup_error', evil, '--data', dd], evil),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, args[0])] + [str(a) for a in args[1:]],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for args, _ in cases]  # all at once: most of each run is Python and torch start-up
+    procs = [
+        subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, args[0])] + [str(a) for a in args[1:]],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args, _ in cases
+    ]  # all at once: most of each run is Python and torch start-up
     for p, (args, path) in zip(procs, cases):
         err = p.communicate(timeout=180)[1]
         lines = err.strip().splitlines()
@@ -86,7 +113,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(world, tmp_path)
 
 def test_the_refusal_holds_for_torchs_legacy_format_and_a_damaged_file_is_no_refusal(tmp_path):
     marker = str(tmp_path / 'MARKER')
-    torch.save(dict(model={}, payload=Payload(marker)), tmp_path / 'old.pt', _use_new_zipfile_serialization=False)
+    torch.save(
+        dict(model={}, payload=Payload(marker)), tmp_path / 'old.pt', _use_new_zipfile_serialization=False
+    )
     with pytest.raises(checkpoint_io.Refused, match='needs io.open'):
         checkpoint_io.load(str(tmp_path / 'old.pt'))
     assert not os.path.exists(marker)
@@ -126,8 +155,21 @@ def test_checkpoints_of_the_old_format_load_resume_and_sample_the_same(world, tm
         assert isinstance(state[1], np.ndarray) and state[1].tolist() == new['rng']['numpy'][1]
     # the same samples from either file
     for name in ('new', 'old'):
-        sample.main(['--ckpt', str(tmp_path / name / 'ckpt.pt'), '--steps', '4', '--num_samples', '3',
-                     '--seed', '1', '--quiet', '--out', str(tmp_path / f'{name}.jsonl')])
+        sample.main(
+            [
+                '--ckpt',
+                str(tmp_path / name / 'ckpt.pt'),
+                '--steps',
+                '4',
+                '--num_samples',
+                '3',
+                '--seed',
+                '1',
+                '--quiet',
+                '--out',
+                str(tmp_path / f'{name}.jsonl'),
+            ]
+        )
     ids = {name: [json.loads(r)['ids'] for r in open(tmp_path / f'{name}.jsonl')] for name in ('new', 'old')}
     assert ids['new'] == ids['old'] and len(ids['new']) == 3
     # either resumes, restoring numpy's state, to the same weights
@@ -146,10 +188,26 @@ def test_trust_checkpoint_loads_a_foreign_harmless_pickle(world, tmp_path, capsy
     torch.manual_seed(0)
     sd = M.DiT(M.model_config('tiny', V)).state_dict()
     path = str(tmp_path / 'mdlm.ckpt')
-    torch.save({'state_dict': {'backbone.' + k: v for k, v in sd.items()},
-                'hyper_parameters': argparse.Namespace(lr=3e-4)}, path)
-    run = ['--ckpt', path, '--steps', '2', '--num_samples', '2', '--seq_len', '16', '--quiet',
-           '--out', str(tmp_path / 's.jsonl')]
+    torch.save(
+        {
+            'state_dict': {'backbone.' + k: v for k, v in sd.items()},
+            'hyper_parameters': argparse.Namespace(lr=3e-4),
+        },
+        path,
+    )
+    run = [
+        '--ckpt',
+        path,
+        '--steps',
+        '2',
+        '--num_samples',
+        '2',
+        '--seq_len',
+        '16',
+        '--quiet',
+        '--out',
+        str(tmp_path / 's.jsonl'),
+    ]
     with pytest.raises(SystemExit) as e:
         sample.main(run)
     err = capsys.readouterr().err.strip()
@@ -157,8 +215,16 @@ def test_trust_checkpoint_loads_a_foreign_harmless_pickle(world, tmp_path, capsy
     sample.main(run + ['--trust_checkpoint'])
     assert len(open(tmp_path / 's.jsonl').readlines()) == 2
     capsys.readouterr()
-    init = SMALL + ['--data_dir', world['data'], '--init_from', path, '--max_iters', '1', '--out_dir',
-                    str(tmp_path / 'ft')]
+    init = SMALL + [
+        '--data_dir',
+        world['data'],
+        '--init_from',
+        path,
+        '--max_iters',
+        '1',
+        '--out_dir',
+        str(tmp_path / 'ft'),
+    ]
     with pytest.raises(SystemExit) as e:
         train.main(init)
     err = capsys.readouterr().err.strip()

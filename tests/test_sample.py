@@ -1,5 +1,6 @@
 """Samplers (issue #4): the exact Bayes oracle of the cyclic toy (docs/method.md §17), the rules' reveal/remask
 frequencies against the formulas of docs/method.md §10-12, invariants of every sampler, and the CLI's error lines."""
+
 import json
 import math
 
@@ -43,8 +44,16 @@ def valid(x):
 
 
 def gen(m, n, L, T, sampler, seed=0, **kw):
-    return sample.generate(m, n, L, T, sampler=sampler, top_p=kw.pop('top_p', 1.0),
-                           generator=torch.Generator().manual_seed(seed), **kw)
+    return sample.generate(
+        m,
+        n,
+        L,
+        T,
+        sampler=sampler,
+        top_p=kw.pop('top_p', 1.0),
+        generator=torch.Generator().manual_seed(seed),
+        **kw,
+    )
 
 
 def close(count, n, p):
@@ -53,6 +62,7 @@ def close(count, n, p):
 
 
 # ----------------------------------------------------------------------------- the exact oracle
+
 
 def test_roar_samples_the_seven_shifts_uniformly():
     x, info = gen(toy.Oracle(), 2100, 7, 7, 'roar')
@@ -65,8 +75,11 @@ def test_roar_samples_the_seven_shifts_uniformly():
 def mdlm_invalid_rate(T, L=7):
     """MDLM reveals each token at an independent uniform step; the oracle makes every later token consistent
     with the first revealed group, whose c tokens (uniform marginals) agree with probability 7^-(c-1)."""
-    ok = sum(math.comb(L, c) * T ** -c * ((T - 1 - k) / T) ** (L - c) * 7.0 ** -(c - 1)
-             for k in range(T) for c in range(1, L + 1))
+    ok = sum(
+        math.comb(L, c) * T**-c * ((T - 1 - k) / T) ** (L - c) * 7.0 ** -(c - 1)
+        for k in range(T)
+        for c in range(1, L + 1)
+    )
     return 1 - ok
 
 
@@ -78,7 +91,9 @@ def test_mdlm_invalid_rate_matches_independent_reveals(T):
     assert close(bad, n, mdlm_invalid_rate(T)), (bad / n, mdlm_invalid_rate(T))
 
 
-@pytest.mark.parametrize('sampler,kw', [('loop', dict(eta=0.1)), ('budget', dict(rho=4.0)), ('uncertainty', {})])
+@pytest.mark.parametrize(
+    'sampler,kw', [('loop', dict(eta=0.1)), ('budget', dict(rho=4.0)), ('uncertainty', {})]
+)
 def test_remasking_with_enough_steps_lowers_the_invalid_rate(sampler, kw):
     n, T, p_mdlm = 3000, 64, mdlm_invalid_rate(64)  # ~0.046; T < L: mdlm_invalid_rate(3) ~ 0.74
     x, _ = gen(toy.Oracle(), n, 7, T, sampler, seed=1, **kw)
@@ -90,7 +105,9 @@ def test_uncertainty_repairs_the_draft_and_copying_cannot():
     oracle, draft, target = toy.Oracle(), toy.encode('__CDBFF')[None], toy.encode('ABCDEFG')
     hits = 0
     for seed in range(100):
-        x, info = sample.repair(oracle, draft, 10, generator=torch.Generator().manual_seed(seed), trajectory=True)
+        x, info = sample.repair(
+            oracle, draft, 10, generator=torch.Generator().manual_seed(seed), trajectory=True
+        )
         hits += bool((x[0] == target).all())
         assert info['calls'] == 10 >= info['nfe'] and len(info['trajectory']) == 10  # the oracle has no cache
     assert hits >= 95
@@ -106,10 +123,22 @@ def test_a_step_that_changes_nothing_makes_no_call(dsl):
     forwards, and each sample counts only the calls whose input changed (at batch 1: exactly the calls made)."""
     m, L, T = tiny(dsl), 8, 16
     blind = lambda **kw: m(**kw)  # no head(): every step runs the whole model, as before the cache
-    blind.__dict__.update(vocab_size=m.vocab_size, mask_id=m.mask_id, dsl=m.dsl, config=m.config, table=None,
-                          commit_table=None, commit_gamma=None, parameters=m.parameters, buffers=m.buffers,
-                          training=False, eval=m.eval, train=lambda mode=True: None,
-                          build_endpoint_table=m.build_endpoint_table, endpoint_z=m.endpoint_z)
+    blind.__dict__.update(
+        vocab_size=m.vocab_size,
+        mask_id=m.mask_id,
+        dsl=m.dsl,
+        config=m.config,
+        table=None,
+        commit_table=None,
+        commit_gamma=None,
+        parameters=m.parameters,
+        buffers=m.buffers,
+        training=False,
+        eval=m.eval,
+        train=lambda mode=True: None,
+        build_endpoint_table=m.build_endpoint_table,
+        endpoint_z=m.endpoint_z,
+    )
     for s in ('mdlm', 'uncertainty') if dsl else ('mdlm', 'remdm-cap'):
         x, info = gen(m, 6, L, T, s)
         y, ref = gen(blind, 6, L, T, s)
@@ -159,17 +188,32 @@ def expected(rule, a_t, a_s, T, kw):
         w = torch.exp(-PSI) * elig
         sig = sm * w / w.sum()
         return sig, HIDDEN.float() * remdm_reveal(0.0, a_t, a_s)  # hidden: weight 0
-    s = {'mdlm': 0.0, 'cap': min(kw.get('eta', 0.008), sm), 'rescale': kw.get('eta', 0.015) * sm,
-         'budget': min(kw.get('rho', 1.0) / T, sm),
-         'loop': min(kw.get('eta', 0.02), sm) if a_t == a_s else 0.0}[rule]
+    s = {
+        'mdlm': 0.0,
+        'cap': min(kw.get('eta', 0.008), sm),
+        'rescale': kw.get('eta', 0.015) * sm,
+        'budget': min(kw.get('rho', 1.0) / T, sm),
+        'loop': min(kw.get('eta', 0.02), sm) if a_t == a_s else 0.0,
+    }[rule]
     return elig * s, HIDDEN.float() * remdm_reveal(s, a_t, a_s)
 
 
-CASES = [('mdlm', 0.4, 0.5, {}), ('cap', 0.4, 0.5, {}), ('cap', 0.6, 0.65, dict(eta=0.3)),
-         ('rescale', 0.4, 0.5, {}), ('rescale', 0.6, 0.65, dict(eta=0.5)), ('conf', 0.6, 0.65, {}),
-         ('conf', 0.1, 0.2, {}), ('loop', 0.9, 0.9, {}), ('loop', 0.9, 0.9, dict(eta=0.1)), ('loop', 0.5, 0.6, {}),
-         ('budget', 0.4, 0.5, {}), ('budget', 0.4, 0.5, dict(rho=8.0)), ('uncertainty', 0.5, 0.6, {}),
-         ('uncertainty', 0.7, 0.7, dict(kappa=0.5))]
+CASES = [
+    ('mdlm', 0.4, 0.5, {}),
+    ('cap', 0.4, 0.5, {}),
+    ('cap', 0.6, 0.65, dict(eta=0.3)),
+    ('rescale', 0.4, 0.5, {}),
+    ('rescale', 0.6, 0.65, dict(eta=0.5)),
+    ('conf', 0.6, 0.65, {}),
+    ('conf', 0.1, 0.2, {}),
+    ('loop', 0.9, 0.9, {}),
+    ('loop', 0.9, 0.9, dict(eta=0.1)),
+    ('loop', 0.5, 0.6, {}),
+    ('budget', 0.4, 0.5, {}),
+    ('budget', 0.4, 0.5, dict(rho=8.0)),
+    ('uncertainty', 0.5, 0.6, {}),
+    ('uncertainty', 0.7, 0.7, dict(kappa=0.5)),
+]
 
 
 @pytest.mark.parametrize('rule,a_t,a_s,kw', CASES)
@@ -180,14 +224,25 @@ def test_rule_frequencies_match_the_formulas(rule, a_t, a_s, kw):
     at, as_ = torch.full((N, 1), a_t), torch.full((N, 1), a_s)
     n_free = torch.full((N, 1), 8)
     knobs = {**rules.KNOBS, **kw}
-    sigma, reveal_p = rules.step_probs(rule, knobs, at, as_, hidden, eligible, n_free, T,
-                                        PSI.expand(N, L).clone(), U.expand(N, L).clone())
+    sigma, reveal_p = rules.step_probs(
+        rule, knobs, at, as_, hidden, eligible, n_free, T, PSI.expand(N, L).clone(), U.expand(N, L).clone()
+    )
     remask, reveal = rules.draw_moves(sigma, reveal_p, hidden, eligible, torch.Generator().manual_seed(0))
     sig, rev = expected(rule, a_t, a_s, T, kw)
     assert not (remask & ~eligible).any() and not (reveal & ~hidden).any()
     for i in range(L):
-        assert close(remask[:, i].sum().item(), N, sig[i].item()), (rule, i, remask[:, i].float().mean(), sig[i])
-        assert close(reveal[:, i].sum().item(), N, rev[i].item()), (rule, i, reveal[:, i].float().mean(), rev[i])
+        assert close(remask[:, i].sum().item(), N, sig[i].item()), (
+            rule,
+            i,
+            remask[:, i].float().mean(),
+            sig[i],
+        )
+        assert close(reveal[:, i].sum().item(), N, rev[i].item()), (
+            rule,
+            i,
+            reveal[:, i].float().mean(),
+            rev[i],
+        )
 
 
 @pytest.mark.parametrize('rule,dsl', [('rescale', False), ('conf', False), ('uncertainty', True)])
@@ -195,14 +250,22 @@ def test_first_repair_step_frequencies_end_to_end(rule, dsl):
     """The loop applies the rule: one step of repair at frozen alpha, many rows of one draft."""
     m, n, a = tiny(dsl), 8000, 0.6
     draft = torch.tensor([3, 1, 4, 1, 5, 9, m.mask_id, m.mask_id, m.mask_id, m.mask_id])  # 6 of 10 visible
-    x, info = sample.repair(m, draft.expand(n, -1), 2, sampler=rule, alpha=a, eta=0.3,
-                            generator=torch.Generator().manual_seed(0), trajectory=True)
+    x, info = sample.repair(
+        m,
+        draft.expand(n, -1),
+        2,
+        sampler=rule,
+        alpha=a,
+        eta=0.3,
+        generator=torch.Generator().manual_seed(0),
+        trajectory=True,
+    )
     step1 = info['trajectory'][0]
     vis = draft != m.mask_id
     sm = min(1.0, (1 - a) / a)
     if rule == 'uncertainty':  # u_i = 1 - p(x_i | draft), reveal to keep E[#revealed] = alpha * L
         with torch.no_grad():
-            p = torch.softmax(m(x=draft[None])[0, :, :m.vocab_size], -1)
+            p = torch.softmax(m(x=draft[None])[0, :, : m.vocab_size], -1)
         sig = (1 - p[torch.arange(10), draft.clamp(max=m.vocab_size - 1)]) * vis
         rev = ((a * 10 - (1 - sig)[vis].sum()) / 4).clamp(0, 1).item()
     elif rule == 'conf':  # unknown reveal confidence of draft tokens: psi = 0, equal weights
@@ -227,16 +290,24 @@ def test_roar_reveals_exact_counts_in_random_order():
     assert first.float().mean(0).min() > 0  # every position can come first
 
 
-@pytest.mark.parametrize('nucleus,cases', [
-    ('remdm', ((0.7, 1), (0.8, 2), (0.95, 3), (1.0, 5))),  # ReMDM: keep while the cumulative mass is <= top_p
-    ('hf', ((0.7, 2), (0.8, 3), (0.95, 4), (1.0, 5)))])    # Hugging Face: also the token that crosses top_p
+@pytest.mark.parametrize(
+    'nucleus,cases',
+    [
+        (
+            'remdm',
+            ((0.7, 1), (0.8, 2), (0.95, 3), (1.0, 5)),
+        ),  # ReMDM: keep while the cumulative mass is <= top_p
+        ('hf', ((0.7, 2), (0.8, 3), (0.95, 4), (1.0, 5))),
+    ],
+)  # Hugging Face: also the token that crosses top_p
 def test_top_p_draws_only_from_the_nucleus_with_renormalised_frequencies(nucleus, cases):
     p = torch.tensor([0.5, 0.25, 0.15, 0.06, 0.04])  # cumulative 0.5, 0.75, 0.9, 0.96, 1
     n = 20000
     logits = p.log().expand(n, -1)
     for top_p, keep in cases:
-        tok, prob = rules.sample_tokens(logits, top_p, torch.Generator().manual_seed(0), chunk=4096,
-                                         nucleus=nucleus)
+        tok, prob = rules.sample_tokens(
+            logits, top_p, torch.Generator().manual_seed(0), chunk=4096, nucleus=nucleus
+        )
         q = p[:keep] / p[:keep].sum()
         assert torch.allclose(prob, q[tok].double(), atol=1e-6)  # the probability it was drawn with
         counts = torch.bincount(tok, minlength=5)
@@ -260,8 +331,13 @@ def test_conf_stores_the_probability_under_the_nucleus(monkeypatch):
     from: with a nucleus of one token (top_p tiny) that is 1 for every revealed token, whatever the softmax."""
     seen = []
     rule = rules.RULES['conf']
-    monkeypatch.setitem(rules.RULES, 'conf', lambda a_t, a_s, psi, eligible, **k:
-                        seen.append(psi[eligible].clone()) or rule(a_t, a_s, psi=psi, eligible=eligible, **k))
+    monkeypatch.setitem(
+        rules.RULES,
+        'conf',
+        lambda a_t, a_s, psi, eligible, **k: (
+            seen.append(psi[eligible].clone()) or rule(a_t, a_s, psi=psi, eligible=eligible, **k)
+        ),
+    )
     m = tiny(True)
     gen(m, 6, 12, 6, 'conf', top_p=0.01)
     psi = torch.cat(seen)
@@ -271,7 +347,9 @@ def test_conf_stores_the_probability_under_the_nucleus(monkeypatch):
     assert torch.cat(seen).max() < 0.9
 
 
-@pytest.mark.parametrize('T,counts', [(128, (58, 64, 6)), (1024, (461, 512, 51)), (20, (10, 10, 0))])  # T = 20: t_9 = 0.55 + 4.5e-6 > t_on on ReMDM's grid
+@pytest.mark.parametrize(
+    'T,counts', [(128, (58, 64, 6)), (1024, (461, 512, 51)), (20, (10, 10, 0))]
+)  # T = 20: t_9 = 0.55 + 4.5e-6 > t_on on ReMDM's grid
 def test_loop_phases_follow_remdm(T, counts):
     """ReMDM picks the phase of step t -> t - 1/T from t alone (t > t_on: rise; t <= t_off: final)."""
     a = rules.loop_alphas(T)
@@ -297,7 +375,7 @@ def test_ar_sampling_conditions_as_training():
     x, info = gen(m, 4, L, L, 'ar')
     start = torch.full((4, 1), m.mask_id)
     with torch.no_grad():
-        p = torch.softmax(m(x=torch.cat([start, x[:, :-1]], 1))[..., :m.vocab_size].double(), -1)
+        p = torch.softmax(m(x=torch.cat([start, x[:, :-1]], 1))[..., : m.vocab_size].double(), -1)
     tf = p.gather(-1, x[..., None])[..., 0]  # (B, L)
     assert torch.allclose(info['token_prob'], tf, atol=1e-5), (info['token_prob'] - tf).abs().max()
 
@@ -377,6 +455,7 @@ def test_generate_rejects_bad_input():
 
 # ----------------------------------------------------------------------------- CLI
 
+
 @pytest.fixture(scope='module')
 def ckpts(tmp_path_factory):
     d = tmp_path_factory.mktemp('ck')
@@ -386,8 +465,16 @@ def ckpts(tmp_path_factory):
     for name, dsl in (('dsl', True), ('mdlm', False)):
         m = tiny(dsl)
         path = d / f'{name}.pt'
-        torch.save(dict(model=m.state_dict(), ema=None, model_config=m.config, meta=meta,
-                        config=dict(block_size=12, data_dir=str(d))), path)
+        torch.save(
+            dict(
+                model=m.state_dict(),
+                ema=None,
+                model_config=m.config,
+                meta=meta,
+                config=dict(block_size=12, data_dir=str(d)),
+            ),
+            path,
+        )
         out[name] = str(path)
     return out
 
@@ -401,23 +488,47 @@ def run_cli(args, capsys):
 
 def test_cli_writes_jsonl(ckpts, tmp_path, capsys):
     out = tmp_path / 's.jsonl'
-    sample.main(['--ckpt', ckpts['dsl'], '--steps', '6', '--sampler', 'remdm-loop', '--num_samples', '5',
-                 '--batch_size', '2', '--prompt', '12', '--seed', '3', '--out', str(out), '--quiet', '--profile'])
+    sample.main(
+        [
+            '--ckpt',
+            ckpts['dsl'],
+            '--steps',
+            '6',
+            '--sampler',
+            'remdm-loop',
+            '--num_samples',
+            '5',
+            '--batch_size',
+            '2',
+            '--prompt',
+            '12',
+            '--seed',
+            '3',
+            '--out',
+            str(out),
+            '--quiet',
+            '--profile',
+        ]
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 5 and all(1 <= r['nfe'] <= 6 and r['steps'] == 6 and r['seed'] == 3 and r['sampler'] == 'loop'
-                                  for r in rows)
+    assert len(rows) == 5 and all(
+        1 <= r['nfe'] <= 6 and r['steps'] == 6 and r['seed'] == 3 and r['sampler'] == 'loop' for r in rows
+    )
     assert all(r['text'].startswith('12') and len(r['ids']) == 12 for r in rows)
     assert 'outside the model forward' in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('args,msg', [
-    (['--sampler', 'gibbs'], 'unknown sampler'),
-    (['--steps', '0'], 'must be >= 1'),
-    (['--prompt', '0123456789012'], 'longer than the sequence'),
-    (['--sampler', 'uncertainty', '--which', 'mdlm'], 'needs a DSL checkpoint'),
-    (['--sampler', 'sde', '--which', 'mdlm'], 'needs a DSL checkpoint'),
-    (['--steps', 'many'], 'invalid int'),
-])
+@pytest.mark.parametrize(
+    'args,msg',
+    [
+        (['--sampler', 'gibbs'], 'unknown sampler'),
+        (['--steps', '0'], 'must be >= 1'),
+        (['--prompt', '0123456789012'], 'longer than the sequence'),
+        (['--sampler', 'uncertainty', '--which', 'mdlm'], 'needs a DSL checkpoint'),
+        (['--sampler', 'sde', '--which', 'mdlm'], 'needs a DSL checkpoint'),
+        (['--steps', 'many'], 'invalid int'),
+    ],
+)
 def test_cli_errors_are_one_line(ckpts, args, msg, capsys):
     which = args[args.index('--which') + 1] if '--which' in args else 'dsl'
     args = [a for a in args if a not in ('--which', which)] if '--which' in args else args
@@ -429,20 +540,30 @@ def test_cli_errors_are_one_line(ckpts, args, msg, capsys):
 def test_trajectory_has_one_state_per_call_and_marks_remasks(tmp_path, monkeypatch):
     """--trajectory's figure: one row per denoiser call, and remasked / replaced tokens are the ones drawn red."""
     m = tiny(dsl=True)
-    x, info = sample.generate(m, 2, 9, 6, 'uncertainty', 1.0, generator=torch.Generator().manual_seed(0),
-                              trajectory=True, kappa=5.0)
+    x, info = sample.generate(
+        m, 2, 9, 6, 'uncertainty', 1.0, generator=torch.Generator().manual_seed(0), trajectory=True, kappa=5.0
+    )
     traj = info['trajectory']
     assert len(traj) == info['nfe'] == 6 and torch.equal(traj[-1], x)
     red = []  # every text drawn in red, through a fake axis
     import matplotlib.axes
+
     orig = matplotlib.axes.Axes.text
-    monkeypatch.setattr(matplotlib.axes.Axes, 'text', lambda self, i, k, s, **kw:
-                        red.append((k, i)) if kw.get('color') == '#d62728' else None or orig(self, i, k, s, **kw))
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        'text',
+        lambda self, i, k, s, **kw: (
+            red.append((k, i)) if kw.get('color') == '#d62728' else None or orig(self, i, k, s, **kw)
+        ),
+    )
     path = tmp_path / 't.png'
     figures.trajectory([t[0] for t in traj], m.mask_id, str, str(path))
     from PIL import Image
+
     with Image.open(path) as im:  # a palette PNG: a long sample's grid stays small
         assert im.mode == 'P' and len(im.getcolors()) <= 32
     S = torch.stack([t[0] for t in traj])
-    want = {(k, i) for k in range(1, 6) for i in range(9) if S[k - 1, i] != m.mask_id and S[k, i] != S[k - 1, i]}
+    want = {
+        (k, i) for k in range(1, 6) for i in range(9) if S[k - 1, i] != m.mask_id and S[k, i] != S[k - 1, i]
+    }
     assert set(red) == want and want  # kappa 5: an untrained model doubts, so something is sent back

@@ -2,6 +2,7 @@
 every model. The claim that survives separating the rule from the model: the DSL-trained model's u = 1 - p(x_i |
 state) flags wrong visible tokens, an MDLM model's visible-position output does not; the rules themselves are
 applied identically to every model."""
+
 import os
 
 import pytest
@@ -18,9 +19,11 @@ def reduced():
     calls, repair = [], sample.repair
 
     def spy(m, draft, steps, sampler='uncertainty', generator=None, **kw):  # record what each arm is given
-        calls.append((m.dsl, type(m).__name__, sampler, draft.clone(), steps, dict(kw),
-                      generator.initial_seed()))
+        calls.append(
+            (m.dsl, type(m).__name__, sampler, draft.clone(), steps, dict(kw), generator.initial_seed())
+        )
         return repair(m, draft, steps, sampler=sampler, generator=generator, **kw)
+
     sample.repair = spy
     try:
         return (*toy.run(steps_train=600, seeds=50, seed=0, Ts=(3,), verbose=False), calls)
@@ -48,8 +51,9 @@ def test_rules_are_applied_identically_to_all_models(reduced):
         assert len(args) == (4 if rule == 'uncertainty' else 6), rule  # 2 drafts x (2 or 3) models
         assert len({(a[2], str(a[3]), a[4]) for a in args}) == 1, rule
         same = sum(torch.equal(a[1], args[0][1]) for a in args)  # __CDBFF for every model, then random drafts
-        assert same == len(args) // 2 and all(torch.equal(a[1], args[-1][1]) for a in args if
-                                              not torch.equal(a[1], args[0][1])), rule
+        assert same == len(args) // 2 and all(
+            torch.equal(a[1], args[-1][1]) for a in args if not torch.equal(a[1], args[0][1])
+        ), rule
 
 
 def test_dsls_u_flags_wrong_visible_tokens_and_mdlms_output_does_not(reduced):

@@ -1,5 +1,6 @@
 """train.py: CLI errors, DDP == gradient accumulation, exact resume after SIGKILL, corrupt checkpoints,
 the non-finite stop, and DSL initialised from an MDLM (Lightning-format) checkpoint. Tiny models, CPU."""
+
 import os
 import re
 import subprocess
@@ -14,8 +15,24 @@ import model as M
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ['--preset', 'tiny', '--block_size', '32', '--batch_size', '4', '--eval_windows', '4', '--eval_grid', '8',
-         '--log_interval', '1', '--warmup_iters', '0', '--compile', 'False']  # compiling tiny models costs, gains nothing
+SMALL = [
+    '--preset',
+    'tiny',
+    '--block_size',
+    '32',
+    '--batch_size',
+    '4',
+    '--eval_windows',
+    '4',
+    '--eval_grid',
+    '8',
+    '--log_interval',
+    '1',
+    '--warmup_iters',
+    '0',
+    '--compile',
+    'False',
+]  # compiling tiny models costs, gains nothing
 
 
 @pytest.fixture(scope='module')
@@ -37,10 +54,25 @@ def one_thread():
 def run(args, torchrun=False, timeout=120):
     env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')}
     env['OMP_NUM_THREADS'] = '1'  # the same threads in single-process and DDP runs
-    launcher = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
-                f'--nproc_per_node={2 if torchrun is True else torchrun}'] if torchrun else [sys.executable]
-    return subprocess.run(launcher + ['train.py'] + [str(a) for a in args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    launcher = (
+        [
+            sys.executable,
+            '-m',
+            'torch.distributed.run',
+            '--standalone',
+            f'--nproc_per_node={2 if torchrun is True else torchrun}',
+        ]
+        if torchrun
+        else [sys.executable]
+    )
+    return subprocess.run(
+        launcher + ['train.py'] + [str(a) for a in args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def ckpt(out):
@@ -52,12 +84,21 @@ def max_diff(a, b):
 
 
 def test_cli(capsys):
-    assert train.parse_args(['--lr', '3e-4', '--max_iters=7', '--compile', '--gamma_max', '10']) == \
-        dict(lr=3e-4, max_iters=7, compile=True, gamma_max=10.0)
-    assert train.parse_args(['--mu=auto', '--smooth_endpoints', 'false']) == dict(mu=None, smooth_endpoints=False)
-    for bad, words in [(['--lrr', '1'], ['--lrr', '--lr', '--objective']), (['--lr', 'abc'], ['--lr', 'float']),
-                       (['--max_iters', '1.5'], ['int']), (['--objective', 'gan'], ['dsl', 'mdlm', 'ar']),
-                       (['--compile', 'maybe'], ['bool']), (['--eval_interval', '0'], ['positive']), (['lr=1'], ['valid keys'])]:
+    assert train.parse_args(['--lr', '3e-4', '--max_iters=7', '--compile', '--gamma_max', '10']) == dict(
+        lr=3e-4, max_iters=7, compile=True, gamma_max=10.0
+    )
+    assert train.parse_args(['--mu=auto', '--smooth_endpoints', 'false']) == dict(
+        mu=None, smooth_endpoints=False
+    )
+    for bad, words in [
+        (['--lrr', '1'], ['--lrr', '--lr', '--objective']),
+        (['--lr', 'abc'], ['--lr', 'float']),
+        (['--max_iters', '1.5'], ['int']),
+        (['--objective', 'gan'], ['dsl', 'mdlm', 'ar']),
+        (['--compile', 'maybe'], ['bool']),
+        (['--eval_interval', '0'], ['positive']),
+        (['lr=1'], ['valid keys']),
+    ]:
         with pytest.raises(SystemExit) as e:
             train.parse_args(bad)
         err = capsys.readouterr().err
@@ -74,8 +115,10 @@ def test_cli(capsys):
 @pytest.mark.parametrize('n', [1, 2, 3])
 def test_bare_torchrun_runs_for_any_number_of_processes(data_dir, tmp_path, n):
     """No --grad_accum: one micro-step per process, global batch = batch_size * processes."""
-    r = run(SMALL + ['--data_dir', data_dir, '--max_iters', 1, '--eval_interval', 1, '--out_dir', tmp_path],
-            torchrun=n)
+    r = run(
+        SMALL + ['--data_dir', data_dir, '--max_iters', 1, '--eval_interval', 1, '--out_dir', tmp_path],
+        torchrun=n,
+    )
     assert r.returncode == 0 and f'{n} process(es)' in r.stdout, r.stderr[-3000:]
     assert f'global batch {4 * n} x 32' in r.stdout and ckpt(tmp_path)['config']['grad_accum'] == n
 
@@ -102,8 +145,22 @@ def test_ddp_equals_grad_accum(data_dir, tmp_path):
 
 
 def test_sigkill_and_resume_is_exact(data_dir, tmp_path):
-    args = SMALL + ['--data_dir', data_dir, '--max_iters', 9, '--ckpt_interval', 3, '--eval_interval', 4,
-                    '--dropout', 0.1, '--objective', 'mdlm', '--grad_accum', 2]
+    args = SMALL + [
+        '--data_dir',
+        data_dir,
+        '--max_iters',
+        9,
+        '--ckpt_interval',
+        3,
+        '--eval_interval',
+        4,
+        '--dropout',
+        0.1,
+        '--objective',
+        'mdlm',
+        '--grad_accum',
+        2,
+    ]
     r = run(args + ['--out_dir', tmp_path / 'a', '--debug_kill_step', 5])
     assert r.returncode == -9 and ckpt(tmp_path / 'a')['step'] == 3
     r = run(['--init_from', 'resume', '--out_dir', tmp_path / 'a', '--debug_kill_step', -1])
@@ -125,10 +182,26 @@ def test_ctrl_c_saves_and_resumes(data_dir, tmp_path):
     """SIGINT finishes the step, writes a checkpoint at that step (off the ckpt_interval grid) and exits 0."""
     out = tmp_path / 'i'
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    args = SMALL + ['--data_dir', data_dir, '--max_iters', 10000, '--ckpt_interval', 5000, '--eval_interval', 5000,
-                    '--out_dir', out]
-    p = subprocess.Popen([sys.executable, 'train.py'] + [str(a) for a in args], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = SMALL + [
+        '--data_dir',
+        data_dir,
+        '--max_iters',
+        10000,
+        '--ckpt_interval',
+        5000,
+        '--eval_interval',
+        5000,
+        '--out_dir',
+        out,
+    ]
+    p = subprocess.Popen(
+        [sys.executable, 'train.py'] + [str(a) for a in args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in p.stdout:
         if line.startswith('step 3 '):
             p.send_signal(2)
@@ -155,8 +228,21 @@ def test_corrupt_checkpoint_is_one_line(data_dir, tmp_path):
 
 def test_nan_stops_and_keeps_last_checkpoint(data_dir, tmp_path):
     out = tmp_path / 'n'
-    r = run(SMALL + ['--data_dir', data_dir, '--max_iters', 10, '--ckpt_interval', 4, '--debug_nan_step', 6,
-                     '--out_dir', out])
+    r = run(
+        SMALL
+        + [
+            '--data_dir',
+            data_dir,
+            '--max_iters',
+            10,
+            '--ckpt_interval',
+            4,
+            '--debug_nan_step',
+            6,
+            '--out_dir',
+            out,
+        ]
+    )
     assert r.returncode == 1 and 'step 6' in r.stderr and r.stderr.count('\n') == 1, r.stderr
     c = ckpt(out)
     assert c['step'] == 4 and all(torch.isfinite(v).all() for v in c['model'].values())
@@ -171,8 +257,21 @@ def test_dsl_from_mdlm_checkpoint(data_dir, tmp_path, capsys, one_thread):
         v.add_(0.02 * torch.randn_like(v))
     torch.save({'state_dict': {'backbone.' + k: v for k, v in sd.items()}}, tmp_path / 'mdlm.ckpt')
     out = tmp_path / 'ft'
-    train.main(SMALL + ['--data_dir', data_dir, '--init_from', str(tmp_path / 'mdlm.ckpt'), '--max_iters', '3',
-                        '--lr', '1e-4', '--out_dir', str(out)])
+    train.main(
+        SMALL
+        + [
+            '--data_dir',
+            data_dir,
+            '--init_from',
+            str(tmp_path / 'mdlm.ckpt'),
+            '--max_iters',
+            '3',
+            '--lr',
+            '1e-4',
+            '--out_dir',
+            str(out),
+        ]
+    )
     log = capsys.readouterr().out
     assert 'converted to DSL' in log and 'step 3 | loss' in log
     c = ckpt(out)
@@ -184,11 +283,41 @@ def test_dsl_from_mdlm_checkpoint(data_dir, tmp_path, capsys, one_thread):
 
 @pytest.mark.parametrize('objective', ['ar', 'mdlm'])
 def test_objectives_learn(data_dir, tmp_path, capsys, one_thread, objective):
-    train.main(['--preset', 'tiny', '--block_size', '32', '--batch_size', '16', '--eval_windows', '16', '--compile', 'False',
-                '--data_dir', data_dir, '--objective', objective, '--max_iters', '60', '--eval_interval', '60',
-                '--lr', '3e-3', '--warmup_iters', '5', '--ema_decay', '0', '--out_dir', str(tmp_path)])
-    evals = [float(re.search(r'([\d.]+) nats', line)[1]) for line in capsys.readouterr().out.splitlines()
-             if line.startswith('eval')]
+    train.main(
+        [
+            '--preset',
+            'tiny',
+            '--block_size',
+            '32',
+            '--batch_size',
+            '16',
+            '--eval_windows',
+            '16',
+            '--compile',
+            'False',
+            '--data_dir',
+            data_dir,
+            '--objective',
+            objective,
+            '--max_iters',
+            '60',
+            '--eval_interval',
+            '60',
+            '--lr',
+            '3e-3',
+            '--warmup_iters',
+            '5',
+            '--ema_decay',
+            '0',
+            '--out_dir',
+            str(tmp_path),
+        ]
+    )
+    evals = [
+        float(re.search(r'([\d.]+) nats', line)[1])
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith('eval')
+    ]
     assert len(evals) == 2 and evals[1] < evals[0] - 0.5, evals  # from ln V = 4.0 nats
 
 
@@ -217,8 +346,12 @@ def test_resume_of_a_cuda_checkpoint_on_a_cpu_machine(data_dir, tmp_path):
 def test_recipe_defaults_gamma_max_100_at_any_vocabulary():
     """DSL2 trains at snr_max = 100 whatever the vocabulary; 30 at 65 characters was a misread inference grid."""
     import noise
+
     for V in (65, 2048, 50257):
-        assert M.model_config('tiny', V, dsl=True)['gamma_max'] == 100.0 and noise.snr_config(V)['gamma_max'] == 100.0
+        assert (
+            M.model_config('tiny', V, dsl=True)['gamma_max'] == 100.0
+            and noise.snr_config(V)['gamma_max'] == 100.0
+        )
     assert noise.snr_config(65)['mu'] == 1.4  # the character lognormal stays
 
 
@@ -231,9 +364,26 @@ def test_fine_tuning_ema_starts_at_the_loaded_weights(data_dir, tmp_path, one_th
     train.main(SMALL + ['--data_dir', data_dir, '--objective', 'mdlm', '--max_iters', 2, '--out_dir', pre])
     assert ckpt(pre)['config']['ema_warmup'] is True  # from scratch: the warmup, as before
     ft = tmp_path / 'ft'
-    train.main(SMALL + ['--data_dir', data_dir, '--objective', 'mdlm', '--max_iters', 1, '--ema_decay', 0.9,
-                        '--lr', 1e-2, '--init_from', pre / 'ckpt.pt', '--out_dir', ft]
-               + (['--ema_warmup', 'true'] if warmup else []))
+    train.main(
+        SMALL
+        + [
+            '--data_dir',
+            data_dir,
+            '--objective',
+            'mdlm',
+            '--max_iters',
+            1,
+            '--ema_decay',
+            0.9,
+            '--lr',
+            1e-2,
+            '--init_from',
+            pre / 'ckpt.pt',
+            '--out_dir',
+            ft,
+        ]
+        + (['--ema_warmup', 'true'] if warmup else [])
+    )
     w0 = ckpt(pre)['ema']  # --init_from loads a checkpoint's EMA weights (what it samples with)
     c = ckpt(ft)
     d = 0.1 if warmup else 0.9
@@ -247,24 +397,86 @@ def test_a_plateau_stops_a_run_that_still_improves_a_little(data_dir, tmp_path, 
     still falls, by less, stops; --patience_from: evals before that step are not counted (an EMA that starts at
     loaded weights lags), so the first counted eval (step 4) is the best and the stop comes 2 evals later."""
     out = tmp_path / 'p'
-    train.main(SMALL + ['--data_dir', data_dir, '--max_iters', 50, '--eval_interval', 2, '--patience', 2,
-                        '--lr', 3e-3, '--min_delta', 100, '--patience_from', 4, '--out_dir', out, '--eval_bound', 'mdlm'])
+    train.main(
+        SMALL
+        + [
+            '--data_dir',
+            data_dir,
+            '--max_iters',
+            50,
+            '--eval_interval',
+            2,
+            '--patience',
+            2,
+            '--lr',
+            3e-3,
+            '--min_delta',
+            100,
+            '--patience_from',
+            4,
+            '--out_dir',
+            out,
+            '--eval_bound',
+            'mdlm',
+        ]
+    )
     assert 'early stop' in capsys.readouterr().out
     c = ckpt(out)
     assert c['step'] == 8 and c['config']['max_iters'] == 8 and [s for s, _ in c['evals']] == [0, 2, 4, 6, 8]
     assert c['evals'][-1][1] < c['evals'][2][1]  # it was still improving, by less than min_delta
-    train.main(SMALL + ['--data_dir', data_dir, '--max_iters', 8, '--eval_interval', 2, '--patience', 2,
-                        '--lr', 3e-3, '--min_delta', 0, '--out_dir', tmp_path / 'q', '--eval_bound', 'mdlm'])
-    assert 'early stop' not in capsys.readouterr().out and ckpt(tmp_path / 'q')['step'] == 8  # every eval better
+    train.main(
+        SMALL
+        + [
+            '--data_dir',
+            data_dir,
+            '--max_iters',
+            8,
+            '--eval_interval',
+            2,
+            '--patience',
+            2,
+            '--lr',
+            3e-3,
+            '--min_delta',
+            0,
+            '--out_dir',
+            tmp_path / 'q',
+            '--eval_bound',
+            'mdlm',
+        ]
+    )
+    assert (
+        'early stop' not in capsys.readouterr().out and ckpt(tmp_path / 'q')['step'] == 8
+    )  # every eval better
 
 
 def test_patience_stops_a_run_whose_val_bound_stops_improving(data_dir, tmp_path, one_thread, capsys):
     """lr 1e-30 (below float32 resolution): the val bound never improves, so --patience 2 stops at the second eval after the first, stores that
     step as max_iters (a resume stops there too), and repro's train() counts the run as finished."""
     import repro
+
     out = tmp_path / 'p'
-    train.main(SMALL + ['--data_dir', data_dir, '--max_iters', 50, '--eval_interval', 2, '--patience', 2,
-                        '--lr', 1e-30, '--ema_decay', 0, '--out_dir', out, '--eval_bound', 'mdlm'])
+    train.main(
+        SMALL
+        + [
+            '--data_dir',
+            data_dir,
+            '--max_iters',
+            50,
+            '--eval_interval',
+            2,
+            '--patience',
+            2,
+            '--lr',
+            1e-30,
+            '--ema_decay',
+            0,
+            '--out_dir',
+            out,
+            '--eval_bound',
+            'mdlm',
+        ]
+    )
     log = capsys.readouterr().out
     assert 'early stop' in log and 'val MDLM bound' in log
     c = ckpt(out)
@@ -281,6 +493,19 @@ def test_patience_stops_a_run_whose_val_bound_stops_improving(data_dir, tmp_path
     finally:
         repro.subprocess.Popen = popen
     assert calls == []
-    r = run(SMALL + ['--data_dir', data_dir, '--objective', 'ar', '--eval_bound', 'mdlm', '--max_iters', 1,
-                     '--out_dir', tmp_path / 'ar'])
+    r = run(
+        SMALL
+        + [
+            '--data_dir',
+            data_dir,
+            '--objective',
+            'ar',
+            '--eval_bound',
+            'mdlm',
+            '--max_iters',
+            1,
+            '--out_dir',
+            tmp_path / 'ar',
+        ]
+    )
     assert r.returncode == 2 and 'needs a diffusion model' in r.stderr and r.stderr.count('\n') == 1
