@@ -5,7 +5,7 @@ time spent outside the model forward (the sampler's own overhead). Prints a smal
 
     python bench.py                                   # preset mini, char vocab 65, L = 256, CPU
     python bench.py --preset small --vocab 50257 --block_size 1024 --batch 16 --device cuda --compile
-    bash bench_gpu.sh                                 # the whole GPU measurement, JSON out (--cpu-smoke: tiny, CPU)
+    bash bench_gpu.sh                                 # the GPU measurement, JSON (--cpu-smoke: tiny, CPU)
 
 MFU = 6 N tokens/s / peak (N = parameters outside the embedding table, whose lookup has no flops; attention
 flops and the DSL converter's soft lookup are not counted, so DSL's extra cost shows up as lower MFU).
@@ -50,8 +50,8 @@ def timed(fns, iters, warmup, reps, device):
 
 @torch.no_grad()
 def weights(DiT, cfg):
-    """The same weights on every call: the seeded init, perturbed (the zero-initialised adaLN gates and head make an
-    untrained model's output constant, so a loss or sample comparison would prove nothing)."""
+    """The same weights on every call: the seeded init, perturbed (the zero-initialised adaLN gates and head
+    make an untrained model's output constant, so a loss or sample comparison would prove nothing)."""
     torch.manual_seed(0)
     m = DiT(cfg)
     for p in m.parameters():
@@ -60,11 +60,12 @@ def weights(DiT, cfg):
 
 
 def train_step(args, mode, amp, compiled=False):
-    """A closure running one forward+backward of `mode` (mdlm, dsl, dsl-dense, dsl-topk, dsl-two-pass or ar) on a
-    fixed random batch, the model, and the loss at a fixed noise seed (the same weights for every `compiled`: a
-    comparison of losses). dsl uses the model's default soft lookup (top-k above 2048 tokens), dsl-dense the exact
-    dense one, dsl-topk the top-64 one at any vocabulary; dsl-two-pass times reference.dsl_loss, the objective
-    with a second forward for the ROAR term (what noise.dsl_loss estimates in one)."""
+    """A closure running one forward+backward of `mode` (mdlm, dsl, dsl-dense, dsl-topk, dsl-two-pass or ar)
+    on a fixed random batch, the model, and the loss at a fixed noise seed (the same weights for every
+    `compiled`: a comparison of losses). dsl uses the model's default soft lookup (top-k above 2048 tokens),
+    dsl-dense the exact dense one, dsl-topk the top-64 one at any vocabulary; dsl-two-pass times
+    reference.dsl_loss, the objective with a second forward for the ROAR term (what noise.dsl_loss estimates
+    in one)."""
     objective = mode.split('-')[0]
     extra = dict(lookup_topk=0) if mode == 'dsl-dense' else dict(lookup_topk=64) if mode == 'dsl-topk' else {}
     cfg = modellib.model_config(
@@ -150,8 +151,8 @@ def bench_train(args, amp):
 
 
 def bench_sample(args, sampler, batch, amp, compiled=False):
-    """Samples/s of one (sampler, batch), and the samples of the first timed round (the same weights and seed for
-    every `compiled`: a comparison of samples)."""
+    """Samples/s of one (sampler, batch), and the samples of the first timed round (the same weights and seed
+    for every `compiled`: a comparison of samples)."""
     ar = sample.sampler_name(sampler) == 'ar'  # needs a causal model; the others a diffusion one
     dsl = not ar and (sample.sampler_name(sampler) in sample.DSL_ONLY or args.sample_mode == 'dsl')
     m = weights(modellib.DiT, modellib.model_config(args.preset, args.vocab, dsl=dsl, causal=ar)).to(
@@ -188,8 +189,9 @@ def bench_sample(args, sampler, batch, amp, compiled=False):
 @torch.no_grad()
 def lookup_error(args):
     """The top-k soft lookup against the dense one on one DSL checkpoint and held-out windows, at the states
-    training uses (noise.sample_gamma) with the same noise for every k: the mass outside the top k, the relative
-    error of h, and the change of the DSL training loss and of the diffusion bound. Prints a table."""
+    training uses (noise.sample_gamma) with the same noise for every k: the mass outside the top k, the
+    relative error of h, and the change of the DSL training loss and of the diffusion bound. Prints a
+    table."""
     import numpy as np
 
     import data
@@ -213,8 +215,9 @@ def lookup_error(args):
         h = m.embed(z=z)
         logits = m(z=z)[..., : m.vocab_size]
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x.flatten()).item()
-        # the diffusion bound at every cut-off g*: its minimum, and the full path (g* = g_end), which integrates
-        # the mmse through every SNR (the minimum can sit at g* = 0 for a weak model and then sees no lookup)
+        # the diffusion bound at every cut-off g*: its minimum, and the full path (g* = g_end), which
+        # integrates the mmse through every SNR (the minimum can sit at g* = 0 for a weak model and then sees
+        # no lookup)
         cum, nll = noise.path_integral(
             m,
             x,
@@ -242,23 +245,27 @@ def lookup_error(args):
         )
     m.config['lookup_topk'] = trained_k
     print(
-        f"soft lookup vs dense on {args.lookup_error} (trained with lookup_topk={trained_k}), {x.numel()} held-out "
-        f"tokens of {args.data}, training's SNR mixture; bound on a {args.grid}-point grid"
+        f"soft lookup vs dense on {args.lookup_error} (trained with lookup_topk={trained_k}), "
+        f"{x.numel()} held-out tokens of {args.data}, training's SNR mixture; "
+        f"bound on a {args.grid}-point grid"
     )
     print(
-        f"{'k':>5} {'tail mass':>10} {'max':>7} {'|dh|/|h|':>9} {'DSL loss':>9} {'change':>8} {'bound':>8} {'change':>8}"
+        f"{'k':>5} {'tail mass':>10} {'max':>7} {'|dh|/|h|':>9} {'DSL loss':>9} {'change':>8} {'bound':>8} "
+        f"{'change':>8}"
         f" {'full path':>9} {'change':>8}"
     )
     for k, rm, rx, dh, lo, dlo, b, db, f, df in rows:
         print(
-            f"{k if k else 'dense':>5} {rm:>10.4f} {rx:>7.3f} {dh:>9.4f} {lo:>9.4f} {dlo:>+8.4f} {b:>8.4f} {db:>+8.4f}"
+            f"{k if k else 'dense':>5} {rm:>10.4f} {rx:>7.3f} {dh:>9.4f} {lo:>9.4f} {dlo:>+8.4f} {b:>8.4f} "
+            f"{db:>+8.4f}"
             f" {f:>9.4f} {df:>+8.4f}"
         )
     return rows
 
 
 def check_args(ap, args):
-    """Every argument before any model is built: a mistake is one line (ap.error), not a traceback minutes in."""
+    """Every argument before any model is built: a mistake is one line (ap.error), not a traceback minutes
+    in."""
     for k in ('vocab', 'block_size', 'batch', 'iters', 'reps', 'steps'):
         if getattr(args, k) < 1:
             ap.error(f"--{k} must be >= 1, got {getattr(args, k)}")
@@ -357,10 +364,12 @@ def main(argv=None):
     if rows:
         roar = f", roar_weight {args.roar_weight}" if args.roar_weight else ''
         print(
-            f"\ntraining fwd+bwd, batch {args.batch} x {args.block_size}, {rows[0]['params'] / 1e6:.2f}M params{roar}"
+            f"\ntraining fwd+bwd, batch {args.batch} x {args.block_size}, {rows[0]['params'] / 1e6:.2f}M "
+            f"params{roar}"
         )
         print(
-            f"{'mode':<12} {'compiled':>8} {'ms/iter':>9} {'tokens/s':>11} {'vs first':>9} {'vs eager':>9} {'MFU':>7} "
+            f"{'mode':<12} {'compiled':>8} {'ms/iter':>9} {'tokens/s':>11} {'vs first':>9} {'vs eager':>9} "
+            f"{'MFU':>7} "
             f"{'peak GB':>8} {'act KB/tok':>10} {'loss':>9}"
         )
         eager = {r['mode']: r for r in rows if not r['compiled']}
@@ -398,7 +407,8 @@ def main(argv=None):
                     )  # of `batch`
                     srows.append(r)
                     print(
-                        f"{s:<12} {b:>5} {'yes' if c else 'no':>8} {r['samples_s']:>10.2f} {r['nfe_s']:>8.1f} "
+                        f"{s:<12} {b:>5} {'yes' if c else 'no':>8} {r['samples_s']:>10.2f} "
+                        f"{r['nfe_s']:>8.1f} "
                         f"{r['ms_step']:>9.1f} {r['speedup']:>9.2f} {100 * r['outside']:>7.1f}% "
                         f"{str(r['same_samples']) + '/' + str(b):>12}"
                     )

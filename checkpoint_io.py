@@ -30,7 +30,8 @@ OLD_NUMPY_RNG = [
 
 
 class Refused(ValueError):
-    """A file that holds more than tensors and plain Python types; its message is one line with the way out."""
+    """A file that holds more than tensors and plain Python types; its message is one line with the way
+    out."""
 
 
 def load(path, trust=False, mmap=False):
@@ -60,9 +61,9 @@ def load(path, trust=False, mmap=False):
 
 
 def _unsafe_globals(path, error):
-    """The functions and classes that a checkpoint's pickle names beyond what load() allows (e.g. ['io.open']):
-    read off a zip checkpoint's opcodes without unpickling it; in torch's legacy format, the one that the
-    weights-only reader stopped at, as its error names it."""
+    """The functions and classes that a checkpoint's pickle names beyond what load() allows (e.g.
+    ['io.open']): read off a zip checkpoint's opcodes without unpickling it; in torch's legacy format, the one
+    that the weights-only reader stopped at, as its error names it."""
     try:
         return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception:  # not a zip checkpoint
@@ -71,7 +72,8 @@ def _unsafe_globals(path, error):
 
 
 def rng_state(cuda):
-    """The global RNG streams as tensors and plain types: torch, numpy, Python's random and, if cuda, CUDA's."""
+    """The global RNG streams as tensors and plain types: torch, numpy, Python's random and, if cuda,
+    CUDA's."""
     name, key, pos, has_gauss, gauss = np.random.get_state()
     # numpy's key array as a list of ints: the ndarray would need numpy's types to unpickle
     numpy_state = (name, key.tolist(), pos, has_gauss, gauss)

@@ -1,9 +1,9 @@
 """
-Quality at matched diversity (the verdict of repro.py). Generative NLL falls with entropy (a lower top-p), so two
-sample sets compare only at one entropy. Each (model, sampler, T) of a sweep run at several top-p values gives a
-curve of points (entropy, gen NLL), one per top-p; two arms are compared on their curves at one entropy (the
-data's where both reach it), each at its best rule there, with a percentile bootstrap over the samples of every
-cell (per_sample.jsonl: each sample's judge NLL, token count and unigram entropy).
+Quality at matched diversity (the verdict of repro.py). Generative NLL falls with entropy (a lower top-p), so
+two sample sets compare only at one entropy. Each (model, sampler, T) of a sweep run at several top-p values
+gives a curve of points (entropy, gen NLL), one per top-p; two arms are compared on their curves at one
+entropy (the data's where both reach it), each at its best rule there, with a percentile bootstrap over the
+samples of every cell (per_sample.jsonl: each sample's judge NLL, token count and unigram entropy).
 
     python compare.py results/char      # the verdict table of a finished sweep folder
 """
@@ -16,8 +16,9 @@ import sys
 
 import numpy as np
 
-# the rules each arm may use: MDLM runs ReMDM's; the DSL model runs the same (same rule, both models) and the rules
-# only its denoiser serves (budget, remdm-cap and roar are left out: they decided nothing in earlier runs)
+# the rules each arm may use: MDLM runs ReMDM's; the DSL model runs the same (same rule, both models) and the
+# rules only its denoiser serves (budget, remdm-cap and roar are left out: they decided nothing in earlier
+# runs)
 BASELINE = ['mdlm', 'remdm-loop']
 DSL_EXTRA = ['uncertainty', 'hybrid']
 
@@ -29,7 +30,8 @@ def rows_of(folder):
 
 
 def per_sample_of(folder):
-    """per_sample.jsonl as {(ckpt, sampler, steps, top_p): dict(nll, cnt, H)} (the last record of a cell wins)."""
+    """per_sample.jsonl as {(ckpt, sampler, steps, top_p): dict(nll, cnt, H)} (the last record of a cell
+    wins)."""
     out = {}
     with open(os.path.join(folder, 'per_sample.jsonl')) as f:
         for line in f:
@@ -41,9 +43,9 @@ def per_sample_of(folder):
 
 
 def at_entropy(points, H, extrapolate=False):
-    """Generative NLL of a curve [(entropy, gen_nll), ...] at entropy H, by linear interpolation between the two
-    neighbouring points; outside the curve's entropy range None, or with extrapolate the end segment's line (a
-    bootstrap resample's curve moves a little around a point estimate taken inside the range)."""
+    """Generative NLL of a curve [(entropy, gen_nll), ...] at entropy H, by linear interpolation between the
+    two neighbouring points; outside the curve's entropy range None, or with extrapolate the end segment's
+    line (a bootstrap resample's curve moves a little around a point estimate taken inside the range)."""
     pts = sorted(points)
     if len(pts) == 0 or not (extrapolate and len(pts) > 1) and not pts[0][0] <= H <= pts[-1][0]:
         return None
@@ -56,8 +58,8 @@ def at_entropy(points, H, extrapolate=False):
 
 
 def common_entropy(curves, target):
-    """The entropy at which curves are compared: target (the data's) clipped into the range every curve reaches,
-    [max of the minima, min of the maxima]; None when the ranges do not overlap."""
+    """The entropy at which curves are compared: target (the data's) clipped into the range every curve
+    reaches, [max of the minima, min of the maxima]; None when the ranges do not overlap."""
     lo = max(min(h for h, _ in c) for c in curves)
     hi = min(max(h for h, _ in c) for c in curves)
     return None if lo > hi else min(max(target, lo), hi)
@@ -66,9 +68,9 @@ def common_entropy(curves, target):
 def bootstrap_matched(arms, H, B=1000, seed=0):
     """Percentile bootstrap of gen NLL at entropy H. arms: {name: [per-sample dict(nll, cnt, H) of each top-p
     cell]}; each resample draws every cell's samples with replacement (independently), rebuilds each curve and
-    reads it at H (the end segment extended when a resampled curve ends short of H). Returns {name: (point, lo,
-    hi)}: the estimate from all samples and the 95% interval; for two arms a, b also the difference a - b as key
-    'a-b'. A resample that cannot be read at H (a one-point curve) is dropped, counted in 'dropped'."""
+    reads it at H (the end segment extended when a resampled curve ends short of H). Returns {name: (point,
+    lo, hi)}: the estimate from all samples and the 95% interval; for two arms a, b also the difference a - b
+    as key 'a-b'. A resample that cannot be read at H (a one-point curve) is dropped, counted in 'dropped'."""
     rng = np.random.default_rng(seed)
     draws = {}
     for name, cells in arms.items():
@@ -113,10 +115,11 @@ def curve_of(rows, model, sampler, T):
 
 
 def match(curves, target, group=None):
-    """Where curves {key: [(entropy, gen NLL)]} are compared, and which. Without group: at the target (the data's
-    entropy) clipped into the range all curves share, all of them. With group (key -> arm): at the entropy nearest
-    the target that some curve of every arm reaches, the curves that reach it (so both arms reach the data's
-    entropy, it is the data's). Returns (H, {key: points}), or (None, {}) when no such entropy exists."""
+    """Where curves {key: [(entropy, gen NLL)]} are compared, and which. Without group: at the target (the
+    data's entropy) clipped into the range all curves share, all of them. With group (key -> arm): at the
+    entropy nearest the target that some curve of every arm reaches, the curves that reach it (so both arms
+    reach the data's entropy, it is the data's). Returns (H, {key: points}), or (None, {}) when no such
+    entropy exists."""
     rng = {k: (min(p[0] for p in c), max(p[0] for p in c)) for k, c in curves.items()}
     if group is None:
         H = common_entropy(list(curves.values()), target) if curves else None
@@ -136,8 +139,8 @@ def match(curves, target, group=None):
 
 def choose(rows, models, sampler, T, ref_entropy):
     """The tuning criterion, fixed before any test cell is drawn: the lowest generative NLL under the judge at
-    matched entropy (match: the data's where variants reach it), each variant's curve the sampler at T over the
-    tuning top-p values on the tuning seed. Returns (winner, H, {model: gen NLL at H})."""
+    matched entropy (match: the data's where variants reach it), each variant's curve the sampler at T over
+    the tuning top-p values on the tuning seed. Returns (winner, H, {model: gen NLL at H})."""
     H, use = match({m: curve_of(rows, m, sampler, T)[0] for m in models}, ref_entropy)
     if H is None:  # no common entropy: fall back to each curve's value nearest the data's entropy
         use = {
@@ -155,10 +158,10 @@ def models_of(rows):
 
 def versus(rows, per, a, b, ref_entropy, B=1000):
     """Generative NLL at matched entropy, arm a against arm b. An arm is (model, [rules], T): its candidate
-    curves are each rule's top-p cells at T; they are compared at the entropy H that match picks (the data's when
-    both arms reach it); each arm takes its best rule at H. Returns a dict with H, the two rules, (point, lo, hi)
-    of each arm and of the difference a - b (95% percentile bootstrap over samples), mean NFE; or None when the
-    curves share no entropy."""
+    curves are each rule's top-p cells at T; they are compared at the entropy H that match picks (the data's
+    when both arms reach it); each arm takes its best rule at H. Returns a dict with H, the two rules, (point,
+    lo, hi) of each arm and of the difference a - b (95% percentile bootstrap over samples), mean NFE; or None
+    when the curves share no entropy."""
     curves = {}
     for arm, (model, rules, T) in (('a', a), ('b', b)):
         for s in rules:
@@ -199,8 +202,9 @@ ci = lambda t: f"{t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}]"
 
 
 def verdict(rows, per, steps, dsl_steps, ref_entropy, B=1000):
-    """Per DSL T: the DSL model (its best of every rule) against MDLM + ReMDM's rules (its best) at T and at 4T,
-    generative NLL at matched entropy with bootstrap intervals. Returns (markdown lines, summary, comparisons)."""
+    """Per DSL T: the DSL model (its best of every rule) against MDLM + ReMDM's rules (its best) at T and at
+    4T, generative NLL at matched entropy with bootstrap intervals. Returns (markdown lines, summary,
+    comparisons)."""
     mdlm, dsl = models_of(rows)
     lines = [
         '| DSL T | MDLM T | entropy H | DSL: gen NLL at H [95% CI] (rule, NFE) | MDLM: gen NLL at H [95% CI] '
@@ -237,7 +241,8 @@ def verdict(rows, per, steps, dsl_steps, ref_entropy, B=1000):
 
 
 def same_rule(rows, per, dsl_steps, ref_entropy, B=1000):
-    """ReMDM's rules on both models at equal T and matched entropy: what fine-tuning with DSL did to a sampler."""
+    """ReMDM's rules on both models at equal T and matched entropy: what fine-tuning with DSL did to a
+    sampler."""
     mdlm, dsl = models_of(rows)
     lines = [
         '| rule | T | entropy H | gen NLL, MDLM model | gen NLL, DSL model | DSL - MDLM [95% CI] | DSL is |',
@@ -255,13 +260,15 @@ def same_rule(rows, per, dsl_steps, ref_entropy, B=1000):
 
 
 def own_rules(rows, per, steps, dsl_steps, ref_entropy, B=1000, each=False):
-    """The DSL-only rules, each alone, against MDLM + ReMDM (its best rule) at T and 4T: read at the entropy nearest
-    the data's that both reach (these rules sample at lower entropy, so the verdict's entropy may leave them out).
-    each: against every MDLM rule alone, each pair at its own entropy. A best-of-rules arm drops a rule whose curve
-    stops short of the compared entropy, however little; this table shows what that choice did."""
+    """The DSL-only rules, each alone, against MDLM + ReMDM (its best rule) at T and 4T: read at the entropy
+    nearest the data's that both reach (these rules sample at lower entropy, so the verdict's entropy may
+    leave them out). each: against every MDLM rule alone, each pair at its own entropy. A best-of-rules arm
+    drops a rule whose curve stops short of the compared entropy, however little; this table shows what that
+    choice did."""
     mdlm, dsl = models_of(rows)
     lines = [
-        '| DSL rule | DSL T | MDLM T | entropy H | DSL | MDLM + ReMDM (rule) | DSL - MDLM [95% CI] | DSL is |',
+        '| DSL rule | DSL T | MDLM T | entropy H | DSL | MDLM + ReMDM (rule) | DSL - MDLM [95% CI] | DSL '
+        'is |',
         '|' + '---|' * 8,
     ]
     for s, T, k, b in (
@@ -282,7 +289,8 @@ def own_rules(rows, per, steps, dsl_steps, ref_entropy, B=1000, each=False):
 
 def against(rows, per, base, ref_entropy, B=1000):
     """Every other model of a sweep against model `base`, rule by rule at equal T: generative NLL at matched
-    entropy (the data's where both curves reach it), with 95% bootstrap intervals of each and of the difference."""
+    entropy (the data's where both curves reach it), with 95% bootstrap intervals of each and of the
+    difference."""
     models = sorted({r['model'] for r in rows} - {base, 'reference'})
     cells = sorted({(r['sampler'], int(r['steps'])) for r in rows if r['model'] == base})
     lines = [

@@ -9,9 +9,9 @@ Datasets -> token files, and random-window batches (docs/method.md §18).
 
 A prepared folder holds train.bin / val.bin (uint16 when V < 65536, else uint32) and meta.json
 (tokenizer, vocab_size, mask_id = V, eos/bos, chars for char vocabularies, the trained BPE for bpe:N, source,
-sha256 of the raw text, token counts). meta.json is written last, so its presence means the folder is complete.
-bpe:N also writes tokenizer.json (Hugging Face `tokenizers` format); meta.json carries the same tokenizer, so a
-checkpoint (which stores meta) decodes without the folder.
+sha256 of the raw text, token counts). meta.json is written last, so its presence means the folder is
+complete. bpe:N also writes tokenizer.json (Hugging Face `tokenizers` format); meta.json carries the same
+tokenizer, so a checkpoint (which stores meta) decodes without the folder.
 
 Token stream: documents (or files) are concatenated, with EOS after each one for gpt2 (char
 vocabularies have no EOS). Training windows are random length-L slices of that stream, so a window
@@ -64,14 +64,17 @@ def tokenizer_error(spec):
     if n is None:
         return f"unknown tokenizer '{spec}': choose char, gpt2 or bpe:N (a byte-level BPE of N tokens)"
     if not (n.isdigit() and int(n) >= 256):
-        return f"tokenizer '{spec}': bpe:N needs a whole number N >= 256 (the 256 bytes come first), e.g. bpe:2048"
+        return (
+            f"tokenizer '{spec}': bpe:N needs a whole number N >= 256 (the 256 bytes come first), "
+            "e.g. bpe:2048"
+        )
     return None
 
 
 def train_bpe(texts, size):
     """A byte-level BPE of at most `size` tokens trained on `texts` with Hugging Face tokenizers: GPT-2's
-    pre-tokenizer (its regex, bytes shown as unicode) and decoder, the 256 bytes first, no special tokens (texts
-    are joined without EOS, as char vocabularies), so decoding is exact for any text."""
+    pre-tokenizer (its regex, bytes shown as unicode) and decoder, the 256 bytes first, no special tokens
+    (texts are joined without EOS, as char vocabularies), so decoding is exact for any text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -124,9 +127,9 @@ def get_tokenizer(meta):
 
 
 def checkpoint_codec(ckpt_path, vocab_size, meta_path='', trust=False):
-    """(encode, decode, train config) of a checkpoint: the tokenizer of its data (the meta dict train.py stores in
-    it, or the meta.json at meta_path), GPT-2 BPE for 50257-token models, else (None, None, config): ids only.
-    trust: as checkpoint_io.load."""
+    """(encode, decode, train config) of a checkpoint: the tokenizer of its data (the meta dict train.py
+    stores in it, or the meta.json at meta_path), GPT-2 BPE for 50257-token models, else (None, None, config):
+    ids only. trust: as checkpoint_io.load."""
     try:  # mmap: reading the dicts does not load the weights a second time
         ck = checkpoint_io.load(ckpt_path, trust, mmap=True)
     except Exception:  # MDLM .safetensors / hub ids carry no meta
@@ -163,8 +166,9 @@ def prompt_ids(encode, prompt, suffix, L, mask_id):
 
 
 def folder_error(path, flag='--out_dir'):
-    """None if `path` is a folder or can be made one, else why not, naming the command-line flag. The CLIs check
-    their output folders before any work: a bad one fails at once, not after training, and writes nothing."""
+    """None if `path` is a folder or can be made one, else why not, naming the command-line flag. The CLIs
+    check their output folders before any work: a bad one fails at once, not after training, and writes
+    nothing."""
     p = os.path.abspath(path)
     while not os.path.exists(p):  # the nearest existing ancestor
         p = os.path.dirname(p)
@@ -257,8 +261,8 @@ def _encode_texts(texts, tokenizer, chars=None, desc='encode', bpe=None):
 
 def prepare_text(texts, out_dir, tokenizer='char', source='', val_frac=0.1, chars=None):
     """Local text(s) -> out_dir: the last val_frac of each text's characters is validation (nanoGPT's
-    90/10 split for shakespeare_char); char vocabulary = the sorted set of characters seen; bpe:N = a byte-level
-    BPE trained on the training split alone."""
+    90/10 split for shakespeare_char); char vocabulary = the sorted set of characters seen; bpe:N = a
+    byte-level BPE trained on the training split alone."""
     if err := tokenizer_error(tokenizer or 'char'):
         raise SystemExit(f"data: {err}")
     sha = hashlib.sha256(''.join(texts).encode()).hexdigest()
@@ -457,8 +461,8 @@ def ensure(dataset='shakespeare_char', data='', tokenizer='', data_dir=''):
 
 def get_batch(data_dir, split, batch_size, block_size, rng, dtype='uint16', device='cpu'):
     """(batch_size, block_size) int64 random windows of split.bin. The memmap is reopened on every call
-    (as nanoGPT: a long-lived np.memmap keeps growing resident memory). rng: np.random.Generator, so a batch is
-    a pure function of the caller's seed: that is what makes resume and DDP reproducible."""
+    (as nanoGPT: a long-lived np.memmap keeps growing resident memory). rng: np.random.Generator, so a batch
+    is a pure function of the caller's seed: that is what makes resume and DDP reproducible."""
     data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=dtype, mode='r')
     if len(data) < block_size:
         raise SystemExit(f"data: {split}.bin has {len(data)} tokens, fewer than block_size={block_size}")

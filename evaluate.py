@@ -1,17 +1,19 @@
 """
-Scoring generated text (docs/evaluation.md §1-3): is a sample set any good? MAUVE, generative perplexity under a judge, unigram
-entropy, distinct-n. Probing a model on held-out data (bounds, calibration, error detection) is probe.py; the
-step sweep is sweep.py.
+Scoring generated text (docs/evaluation.md §1-3): is a sample set any good? MAUVE, generative perplexity
+under a judge, unigram entropy, distinct-n. Probing a model on held-out data (bounds, calibration, error
+detection) is probe.py; the step sweep is sweep.py.
 
-    python evaluate.py --samples out/samples_loop_T128_s0.jsonl --refs data/shakespeare_char --judge out/ar/ckpt.pt
-    python evaluate.py --samples s.jsonl --refs data/openwebtext                     # gpt2-large: the published protocol
+    python evaluate.py --samples out/samples_loop_T128_s0.jsonl --refs data/shakespeare_char \
+        --judge out/ar/ckpt.pt
+    python evaluate.py --samples s.jsonl --refs data/openwebtext     # gpt2-large: the published protocol
 
 Judges: 'gpt2-large' (Hugging Face) follows the ReMDM/DSL protocol exactly: MAUVE on last-token final hidden
-states, 500 buckets at n = 5000 (n/10), scaling 5, seed 25; generative perplexity of the decoded text retokenized
-with the judge's tokenizer, truncated to 1024, fp32, first token not scored, EOS after the first excluded,
-token-weighted mean then exp. A path to this project's AR checkpoint is the offline judge: perplexity is its
-teacher-forced likelihood exactly as trained (noise.ar_loss: a [MASK] start token, all L tokens scored) and MAUVE
-features are its final hidden states (mean-pooled by default). Numbers made that way compare only among themselves.
+states, 500 buckets at n = 5000 (n/10), scaling 5, seed 25; generative perplexity of the decoded text
+retokenized with the judge's tokenizer, truncated to 1024, fp32, first token not scored, EOS after the first
+excluded, token-weighted mean then exp. A path to this project's AR checkpoint is the offline judge:
+perplexity is its teacher-forced likelihood exactly as trained (noise.ar_loss: a [MASK] start token, all L
+tokens scored) and MAUVE features are its final hidden states (mean-pooled by default). Numbers made that way
+compare only among themselves.
 """
 
 import argparse
@@ -179,8 +181,8 @@ def ar_judge(path, pool='mean', trust=False):
 
 
 def gpt2_encode():
-    """GPT-2 BPE from tiktoken (the same merges as the HF tokenizer). '<|endoftext|>' in text is the EOS token,
-    as the HF tokenizer reads it: the EOS rule of generative perplexity depends on it."""
+    """GPT-2 BPE from tiktoken (the same merges as the HF tokenizer). '<|endoftext|>' in text is the EOS
+    token, as the HF tokenizer reads it: the EOS rule of generative perplexity depends on it."""
     enc = data.gpt2_encoding()
     return lambda text: enc.encode(text, allowed_special={'<|endoftext|>'})
 
@@ -232,7 +234,8 @@ def judge_inputs(judge, x, texts, where):
     ):
         raise ValueError(
             f"{where}: the samples' tokenizer differs from judge {judge['name']}'s "
-            f"({judge['meta']['tokenizer'] if judge['meta'] else '?'}, V={V}): use a judge trained on the same data"
+            f"({judge['meta']['tokenizer'] if judge['meta'] else '?'}, V={V}): use a judge trained on the "
+            "same data"
         )
     if judge['block_size'] and x.shape[1] > judge['block_size']:
         raise ValueError(
@@ -256,11 +259,11 @@ def ar_nll(m, x, batch_size=64):
 
 @torch.no_grad()
 def ar_features(m, x, pool='mean', batch_size=64):
-    """Final hidden states (the input of the output head) after reading the whole sample, input [MASK], x_0..x_{L-1}:
-    'last' = the state at the last token (MAUVE's GPT-2 featurizer), 'mean' = averaged over positions (default).
-    A small model's last state encodes the last few tokens, not the text: on a 32-character test corpus a tiny AR
-    featurizer gave MAUVE 0.82 for random letters against real text with 'last', 0.02 with 'mean'.
-    A forward hook reads the states, so model.py needs no extra output."""
+    """Final hidden states (the input of the output head) after reading the whole sample, input [MASK],
+    x_0..x_{L-1}: 'last' = the state at the last token (MAUVE's GPT-2 featurizer), 'mean' = averaged over
+    positions (default). A small model's last state encodes the last few tokens, not the text: on a
+    32-character test corpus a tiny AR featurizer gave MAUVE 0.82 for random letters against real text with
+    'last', 0.02 with 'mean'. A forward hook reads the states, so model.py needs no extra output."""
     feats, grab = [], lambda mod, inp, out: feats.append(inp[0].double())
     hook = m.output_layer.linear.register_forward_hook(grab)
     try:
@@ -283,9 +286,10 @@ def _pad(seqs, pad):
 
 @torch.no_grad()
 def hf_nll(m, seqs, eos, batch_size=8):
-    """Generative NLL of a Hugging Face causal LM (docs/evaluation.md §2, ReMDM's compute_generative_perplexity): targets
-    x_1..x_{n-1} (the first token is not scored: nothing precedes it), every non-EOS token plus the first EOS of the
-    sequence (later EOS are padding-like filler). Returns (nll (N,), scored tokens (N,)), float64."""
+    """Generative NLL of a Hugging Face causal LM (docs/evaluation.md §2, ReMDM's
+    compute_generative_perplexity): targets x_1..x_{n-1} (the first token is not scored: nothing precedes it),
+    every non-EOS token plus the first EOS of the sequence (later EOS are padding-like filler). Returns (nll
+    (N,), scored tokens (N,)), float64."""
     nll, cnt = [], []
     for i in range(0, len(seqs), batch_size):
         ids, valid = _pad(seqs[i : i + batch_size], eos)
@@ -330,8 +334,8 @@ def features(judge, inp):
 
 
 def mauve(p_feats, q_feats, seed=MAUVE_SEED):
-    """MAUVE (Pillutla et al. 2021) of generated p vs reference q features: k-means into n/10 buckets, area under
-    the divergence frontier with scaling factor 5. ReMDM/DSL settings."""
+    """MAUVE (Pillutla et al. 2021) of generated p vs reference q features: k-means into n/10 buckets, area
+    under the divergence frontier with scaling factor 5. ReMDM/DSL settings."""
     mv = need('mauve', 'mauve-text', 'MAUVE')
     n = min(len(p_feats), len(q_feats))
     out = mv.compute_mauve(
@@ -437,7 +441,8 @@ def metrics(
     for p, (recs, x) in files.items():
         for K in {id(J): J, id(F): F}.values():
             judge_inputs(K, x, [r.get('text') for r in recs], p)
-    n_ref = {}  # per length: as many reference chunks as the largest file has samples, the same for every file
+    # per length: as many reference chunks as the largest file has samples, the same for every file
+    n_ref = {}
     for recs, x in files.values():
         n_ref[x.shape[1]] = max(n_ref.get(x.shape[1], 0), len(x))
     q = {}
@@ -523,7 +528,8 @@ def main(argv=None):
     ) as e:  # user errors: one line; bugs keep tracebacks
         die(str(e.args[0]) if e.args else type(e).__name__)
     print(
-        f"judge {rep['judge']}, featurizer {rep['featurizer']}, refs {a.refs} (seed {a.seed}), MAUVE seed {MAUVE_SEED}"
+        f"judge {rep['judge']}, featurizer {rep['featurizer']}, refs {a.refs} (seed {a.seed}), MAUVE seed "
+        f"{MAUVE_SEED}"
     )
     print(table(rep['rows'], ['n', 'L', 'nfe', 'mauve', 'gen_ppl', 'entropy', 'distinct_2']))
     print(f"wrote {a.out}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """
-Every figure the project draws, one small function each, from plain data (lists, dicts, tensors) that the science
-files return. matplotlib is imported here alone, lazily (Agg, no display), so sampling, training and scoring never
-need it; each figure is written to a temporary file and renamed, so a kill never leaves a torn PNG.
+Every figure the project draws, one small function each, from plain data (lists, dicts, tensors) that the
+science files return. matplotlib is imported here alone, lazily (Agg, no display), so sampling, training and
+scoring never need it; each figure is written to a temporary file and renamed, so a kill never leaves a torn
+PNG.
 
     trajectory   one sample's refinement, rows = denoiser calls (sample.py --trajectory)
     toy_repair   the toy's draft repair per arm (toy.py, paper Fig. 3)
@@ -36,8 +37,9 @@ def _plt():
 
 
 def _save(fig, path, dpi, colors=0):
-    """Atomic write. colors > 0: a palette PNG of that many colours (Pillow, a matplotlib dependency), for token
-    grids: a few flat colours, so the same pixels in a third of the bytes (a 128-token trajectory: 0.9 -> 0.3 MB)."""
+    """Atomic write. colors > 0: a palette PNG of that many colours (Pillow, a matplotlib dependency), for
+    token grids: a few flat colours, so the same pixels in a third of the bytes (a 128-token trajectory: 0.9
+    -> 0.3 MB)."""
     plt = _plt()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path + '.tmp.png', dpi=dpi)
@@ -53,7 +55,8 @@ def _save(fig, path, dpi, colors=0):
 
 
 def _token_grid(ax, cells, fontsize=7):
-    """cells[k][i] = (text, colour, pink background?, bold?): row k = a denoiser call, column i = a position."""
+    """cells[k][i] = (text, colour, pink background?, bold?): row k = a denoiser call, column i = a
+    position."""
     plt = _plt()
     K, L = len(cells), len(cells[0])
     for k, row in enumerate(cells):
@@ -78,13 +81,14 @@ def _token_grid(ax, cells, fontsize=7):
 
 
 def trajectory(states, mask_id, piece, path, title=''):
-    """One sample's refinement (the toy's Fig. 3 on real text): states = the (L,) ids after each call, piece(id) ->
-    its text. Grey '_' = hidden; bold = revealed at this call; red on pink = remasked at this call (visible before,
-    hidden now) or replaced by another token."""
+    """One sample's refinement (the toy's Fig. 3 on real text): states = the (L,) ids after each call,
+    piece(id) -> its text. Grey '_' = hidden; bold = revealed at this call; red on pink = remasked at this
+    call (visible before, hidden now) or replaced by another token."""
     plt = _plt()
     S = [[int(v) for v in s] for s in states]  # (K, L)
     K, L = len(S), len(S[0])
-    # a byte-level token can be a control byte or half of a UTF-8 character: shown as '?', never a missing glyph
+    # a byte-level token can be a control byte or half of a UTF-8 character: shown as '?', never a missing
+    # glyph
     show = lambda v: (
         ''.join(c if c.isprintable() else '?' for c in piece(v).replace('\n', '⏎').replace(' ', '·'))[:6]
         or '?'
@@ -129,9 +133,9 @@ def toy_repair(panels, path, suptitle):
 
 
 def sweep(rows, path, title):
-    """MAUVE and generative perplexity against NFE (log x), one line per (model, sampler): colour = sampler, line
-    style = model, so 15 lines stay tellable apart; the reference data and the AR model as horizontal lines.
-    rows: dicts with model, sampler, nfe, mauve, gen_ppl (strings or numbers)."""
+    """MAUVE and generative perplexity against NFE (log x), one line per (model, sampler): colour = sampler,
+    line style = model, so 15 lines stay tellable apart; the reference data and the AR model as horizontal
+    lines. rows: dicts with model, sampler, nfe, mauve, gen_ppl (strings or numbers)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     # one top-p per line (the reference row's: the sweep's first); the others belong to the frontier figure
@@ -173,9 +177,9 @@ def sweep(rows, path, title):
 
 
 def frontier(curves, path, title, ref_entropy=None, marks=()):
-    """Generative NLL against entropy, one panel per T and one line per (model, sampler), each point a top-p value
-    (labelled). curves: {T: {label: [(entropy, gen_nll, top_p), ...]}}; ref_entropy: a vertical line (the data's);
-    marks: [(T, entropy, gen_nll, label)] for the matched-entropy estimates."""
+    """Generative NLL against entropy, one panel per T and one line per (model, sampler), each point a top-p
+    value (labelled). curves: {T: {label: [(entropy, gen_nll, top_p), ...]}}; ref_entropy: a vertical line
+    (the data's); marks: [(T, entropy, gen_nll, label)] for the matched-entropy estimates."""
     plt = _plt()
     Ts = sorted(curves)
     fig, axes = plt.subplots(1, len(Ts), figsize=(4.2 * len(Ts), 4), squeeze=False)
@@ -228,7 +232,8 @@ def curves(panels, path, title):
 
 
 def reliability(rows, path, title=''):
-    """Accuracy against confidence per level; rows: dicts with level, value, ece and bins [(lo, hi, n, conf, acc)]."""
+    """Accuracy against confidence per level; rows: dicts with level, value, ece and bins [(lo, hi, n,
+    conf, acc)]."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], 'k:', lw=1)

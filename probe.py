@@ -1,7 +1,7 @@
 """
-Probing a model on held-out data, teacher-forced on fixed validation windows (docs/evaluation.md §4): its NLL bounds, its
-calibration (ECE, reliability diagram) and whether it can find its own wrong tokens (error-detection AUROC).
-Scoring generated text is evaluate.py.
+Probing a model on held-out data, teacher-forced on fixed validation windows (docs/evaluation.md §4): its NLL
+bounds, its calibration (ECE, reliability diagram) and whether it can find its own wrong tokens
+(error-detection AUROC). Scoring generated text is evaluate.py.
 
     python probe.py bounds --ckpt out/ckpt.pt --data data/shakespeare_char
     python probe.py calibration --ckpt out/ckpt.pt --data data/shakespeare_char --out reliability.png
@@ -36,13 +36,14 @@ def windows(data_dir, n, L, seed=0):
 def check_data(m, meta, where):
     if meta['vocab_size'] != m.vocab_size:
         raise ValueError(
-            f"{where}: the model's vocabulary ({m.vocab_size}) does not match the data's ({meta['vocab_size']})"
+            f"{where}: the model's vocabulary ({m.vocab_size}) does not match the data's "
+            f"({meta['vocab_size']})"
         )
 
 
 def ece(conf, correct, n_bins=15):
-    """Expected calibration error (Guo et al. 2017): sum_b n_b/N |acc_b - conf_b| over equal-width confidence bins.
-    Returns (ece, bins: list of (lo, hi, count, mean confidence, accuracy))."""
+    """Expected calibration error (Guo et al. 2017): sum_b n_b/N |acc_b - conf_b| over equal-width confidence
+    bins. Returns (ece, bins: list of (lo, hi, count, mean confidence, accuracy))."""
     conf, correct = torch.as_tensor(conf, dtype=torch.float64), torch.as_tensor(correct, dtype=torch.float64)
     b = (conf * n_bins).ceil().long().clamp(1, n_bins) - 1  # bin (k/n, (k+1)/n]; 0 goes to the first
     bins, total = [], 0.0
@@ -57,9 +58,9 @@ def ece(conf, correct, n_bins=15):
 
 @torch.no_grad()
 def corrupted_predictions(m, x, level, g):
-    """Teacher-forced (confidence, correct) on corrupted windows. DSL: one shared SNR gamma = level per sequence
-    (noise.localize), every position is corrupted and scored. MDLM: mask fraction t = level; only masked
-    positions are scored (visible ones are copied through, trivially correct)."""
+    """Teacher-forced (confidence, correct) on corrupted windows. DSL: one shared SNR gamma = level per
+    sequence (noise.localize), every position is corrupted and scored. MDLM: mask fraction t = level; only
+    masked positions are scored (visible ones are copied through, trivially correct)."""
     if m.dsl:
         logits = m(z=noise.localize(m.E()[x], torch.tensor(float(level)), g))
         where = torch.ones_like(x, dtype=torch.bool)
@@ -72,8 +73,8 @@ def corrupted_predictions(m, x, level, g):
 
 
 def calibration(ckpt, data_dir, levels=None, n=64, L=None, seed=0, out='', trust=False):
-    """ECE at each level (DSL: SNRs, default gamma_max x {0.03, 0.1, 0.3, 1}; MDLM: mask rates {0.15, 0.5, 0.85})
-    and a reliability diagram PNG (out). Returns rows. trust, here and below: as evaluate.load."""
+    """ECE at each level (DSL: SNRs, default gamma_max x {0.03, 0.1, 0.3, 1}; MDLM: mask rates {0.15, 0.5,
+    0.85}) and a reliability diagram PNG (out). Returns rows. trust, here and below: as evaluate.load."""
     m, _, cfg = evaluate.load(ckpt, trust=trust)
     if m.config.get('causal'):
         raise ValueError(f"{ckpt}: calibration needs a DSL or MDLM checkpoint, not an autoregressive one")
@@ -116,15 +117,16 @@ def auroc(scores, labels):
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-# How a sampler presents a visible token to the model: name -> fn(model, ids with mask_id where hidden, generator)
-# -> logits (B, L, V+1). Discrete samplers today: a DSL model sees z = gamma_max e_x (z = 0 hidden), an MDLM
-# model sees the ids. A commit state at a lower SNR is one more entry here.
+# How a sampler presents a visible token to the model: name -> fn(model, ids with mask_id where hidden,
+# generator) -> logits (B, L, V+1). Discrete samplers today: a DSL model sees z = gamma_max e_x (z = 0
+# hidden), an MDLM model sees the ids. A commit state at a lower SNR is one more entry here.
 STATES = dict(endpoint=lambda m, x, g: m(z=m.endpoint_z(x)), tokens=lambda m, x, g: m(x=x))
 
 
 def commit_states(gammas):
-    """The commit states of sample.py's --gamma_commit g (DSL): every visible token at z = g e_x, deterministic
-    ('commit@g') or as a channel sample z = g e_x + sqrt(g) eps ('commit@g+noise', --commit_noise 1)."""
+    """The commit states of sample.py's --gamma_commit g (DSL): every visible token at z = g e_x,
+    deterministic ('commit@g') or as a channel sample z = g e_x + sqrt(g) eps ('commit@g+noise',
+    --commit_noise 1)."""
 
     def state(gc, noisy):
         def fn(m, x, g):
@@ -193,8 +195,8 @@ def detect_auroc(m, x, states, hows=('uniform', 'plausible'), hide=0.25, frac=0.
 def detect(
     ckpt, data_dir, n=64, L=None, hide=0.25, frac=0.1, proposer='', seed=0, gamma_commit=None, trust=False
 ):
-    """Error-detection AUROC for every state a sampler can present visible tokens in: DSL models at the endpoint
-    and at the commit states of gamma_commit (default gamma_max / 3 and / 10), MDLM models as ids."""
+    """Error-detection AUROC for every state a sampler can present visible tokens in: DSL models at the
+    endpoint and at the commit states of gamma_commit (default gamma_max / 3 and / 10), MDLM models as ids."""
     m, _, cfg = evaluate.load(ckpt, trust=trust)
     if m.config.get('causal'):
         raise ValueError(f"{ckpt}: detect needs a DSL or MDLM checkpoint, not an autoregressive one")

@@ -1,19 +1,19 @@
 """
-The paper's claim at small scale, end to end (Wu et al., arXiv 2602.16169, §5): DSL *fine-tuned from MDLM* against
-MDLM trained on from the same weights, generative NLL at matched diversity against real denoiser calls, and
-calibration with atomic vs smoothed endpoints. One resumable protocol per corpus:
+The paper's claim at small scale, end to end (Wu et al., arXiv 2602.16169, §5): DSL *fine-tuned from MDLM*
+against MDLM trained on from the same weights, generative NLL at matched diversity against real denoiser
+calls, and calibration with atomic vs smoothed endpoints. One resumable protocol per corpus:
 
     python repro.py --preset cpu                          # shakespeare_char, ~100 min on 2 CPU cores
-    python repro.py --preset cpu --recipe '' --results r  # the same with its own recipe ablation (results/char_recipe)
+    python repro.py --preset cpu --recipe '' --results r  # the same, its own recipe ablation (char_recipe)
     python repro.py --preset cpu --corpora speech --text a.txt,b.txt   # a GPT-2-tokenised corpus
     python repro.py --preset cpu --corpora speech-bpe --text a.txt,b.txt   # word pieces: bpe:2048, L = 128
     python repro.py --preset gpu --launcher "torchrun --standalone --nproc_per_node=8"
 
-Stages (each skipped when finished; an interrupted training stage restarts from its checkpoint, a sweep from its
-last finished cell):
+Stages (each skipped when finished; an interrupted training stage restarts from its checkpoint, a sweep from
+its last finished cell):
   1. data      prepare the corpus
-  2. train     mdlm_pre: MDLM from scratch (gpu preset: the published MDLM OWT weights instead); ar: an AR model
-               of the same size (the AR row, the judge and the featurizer)
+  2. train     mdlm_pre: MDLM from scratch (gpu preset: the published MDLM OWT weights instead); ar: an AR
+               model of the same size (the AR row, the judge and the featurizer)
   3. tune      the recipe ablation: every DSL and MDLM variant (DSL_GRID, MDLM_GRID) trained tune_iters steps
                from mdlm_pre, sampled on seed 1, scored by one criterion fixed in advance (choose)
   4. train     mdlm_ft, dsl_ft: each arm's winner continued until its validation NELBO stops improving
@@ -47,9 +47,10 @@ import sample
 import sweep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# a corpus may set preset keys of its own, for every preset or under a preset's name (a command-line override wins)
-# char, cpu: the recipe ablation of results/char_recipe (ten 500-step runs, 2 Dec) is reused, so that the budget
-# goes to continuations run to a plateau of the NELBO (min_delta over patience evals from step patience_from)
+# a corpus may set preset keys of its own, for every preset or under a preset's name (a command-line override
+# wins) char, cpu: the recipe ablation of results/char_recipe (ten 500-step runs, 2 Dec) is reused, so that
+# the budget goes to continuations run to a plateau of the NELBO (min_delta over patience evals from step
+# patience_from)
 CORPORA = {
     'char': dict(
         dataset='shakespeare_char',
@@ -57,8 +58,8 @@ CORPORA = {
         cpu=dict(recipe=os.path.join(HERE, 'results', 'char_recipe', 'tuning.json')),
     ),
     'speech': dict(dataset='', tokenizer='gpt2'),  # local text files (--text), GPT-2 BPE
-    # word pieces at near-character cost: a byte-level BPE of 2048 tokens trained on the training split. Here a
-    # train.py step takes 160 ms (MDLM) and 420-434 ms (DSL + ROAR), a DSL eval 11 s (results/speed/
+    # word pieces at near-character cost: a byte-level BPE of 2048 tokens trained on the training split. Here
+    # a train.py step takes 160 ms (MDLM) and 420-434 ms (DSL + ROAR), a DSL eval 11 s (results/speed/
     # bpe2048_train_pilot.txt): shorter stages and N = 128 keep the cpu preset at 100 min (results/speech_bpe)
     'speech-bpe': dict(
         dataset='',
@@ -79,9 +80,10 @@ CORPORA = {
     ),
     'owt': dict(dataset='openwebtext', tokenizer='gpt2'),
 }
-# The recipe ablation (issue: DSL2's lever is the ROAR weight, its fine-tuning EMA starts at the loaded weights):
-# DSL around a base recipe, one knob changed at a time (lr 'alt' = the preset's alt_lr); MDLM over learning rate
-# and EMA mode. Every variant trains tune_iters steps from the same pre-train; the winner is continued.
+# The recipe ablation (issue: DSL2's lever is the ROAR weight, its fine-tuning EMA starts at the loaded
+# weights): DSL around a base recipe, one knob changed at a time (lr 'alt' = the preset's alt_lr); MDLM over
+# learning rate and EMA mode. Every variant trains tune_iters steps from the same pre-train; the winner is
+# continued.
 DSL_BASE = dict(roar_weight=1.44, p_end=0.25, ema_warmup=False)
 DSL_GRID = [
     {},
@@ -135,8 +137,9 @@ PRESETS = dict(
         bootstrap=1000,
         compile=True,
     ),
-    # the paper's setting (Wu et al. 2026 §5; docs/method.md §18): the published MDLM OWT model as mdlm_pre, ~10k steps at lr 3e-4 and batch
-    # ~40 per GPU (per process here), L = 1024, N = 5000, gpt2-large as judge and featurizer; no tuning runs
+    # the paper's setting (Wu et al. 2026 §5; docs/method.md §18): the published MDLM OWT model as mdlm_pre,
+    # ~10k steps at lr 3e-4 and batch ~40 per GPU (per process here), L = 1024, N = 5000, gpt2-large as judge
+    # and featurizer; no tuning runs
     gpu=dict(
         corpora='owt',
         preset='small',
@@ -237,7 +240,8 @@ def stage(res, name, fn):
 
 def train(out_dir, args, max_iters, launcher, log_path, resume_args=()):
     """train.py in a child process: a fresh start, or --init_from resume (with resume_args) when an unfinished
-    checkpoint exists. A run that stopped early (--patience: its stored max_iters is its last step) is finished."""
+    checkpoint exists. A run that stopped early (--patience: its stored max_iters is its last step) is
+    finished."""
     ck = os.path.join(out_dir, 'ckpt.pt')
     if os.path.isfile(ck):
         c = checkpoint_io.load(ck, mmap=True)
@@ -262,7 +266,8 @@ def train(out_dir, args, max_iters, launcher, log_path, resume_args=()):
             f.write(line)
             f.flush()
         if p.wait():
-            # the child printed its own error or traceback above: this process only says where and how to resume
+            # the child printed its own error or traceback above: this process only says where and how to
+            # resume
             raise SystemExit(
                 f"repro.py: training stage {out_dir} failed (exit {p.returncode}); see {log_path}. "
                 f"Rerun the same command to resume"
@@ -270,7 +275,8 @@ def train(out_dir, args, max_iters, launcher, log_path, resume_args=()):
 
 
 def variant(kind, knobs, P):
-    """(name, train.py args) of one recipe variant: DSL_BASE (DSL) plus knobs, at the preset's ft_lr or alt_lr."""
+    """(name, train.py args) of one recipe variant: DSL_BASE (DSL) plus knobs, at the preset's ft_lr or
+    alt_lr."""
     knobs = {**(DSL_BASE if kind == 'dsl' else {}), **knobs}
     lr = P['alt_lr'] if knobs.pop('lr', None) == 'alt' else P['ft_lr']
     name = f"{kind}_lr{lr:g}" + ''.join(
@@ -295,7 +301,8 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
     launcher = launcher or shlex.quote(sys.executable)
     d = {k: os.path.join(runs, k) for k in ('mdlm_pre', 'mdlm_ft', 'dsl_ft', 'dsl_atomic', 'ar')}
     ck = {k: os.path.join(v, 'ckpt.pt') for k, v in d.items()}
-    # the training loop's evals follow a trend on fixed windows: val_windows (results/speed/README.md); bounds use eval_windows
+    # the training loop's evals follow a trend on fixed windows: val_windows (results/speed/README.md); bounds
+    # use eval_windows
     common = [
         '--data_dir',
         dd,
@@ -456,7 +463,8 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
                 own[kind],
             ),
         )
-    # atomic endpoints (paper Fig. 4/5): the chosen DSL recipe, as many steps as dsl_ft took (no patience: fewer evals)
+    # atomic endpoints (paper Fig. 4/5): the chosen DSL recipe, as many steps as dsl_ft took (no patience:
+    # fewer evals)
     steps_dsl = checkpoint_io.load(ck['dsl_ft'], mmap=True)['step']
     stage(
         res,
@@ -507,7 +515,8 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
 
     stage(res, 'bounds', bounds)
 
-    def detect():  # can a model find wrong visible tokens? the same corruptions for every model (one proposer)
+    # can a model find wrong visible tokens? the same corruptions for every model (one proposer)
+    def detect():
         prop = ck['mdlm_pre'] if os.path.isfile(ck['mdlm_pre']) else ck['mdlm_ft']
         out = {}
         for k in ('mdlm_ft', 'dsl_ft', 'dsl_atomic'):
@@ -564,7 +573,8 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
 
 
 def trajectories(res, ck, T, dd):
-    """The refinement of one real sample (seed 0): DSL with uncertainty-guided remasking, MDLM with ReMDM-loop."""
+    """The refinement of one real sample (seed 0): DSL with uncertainty-guided remasking, MDLM with
+    ReMDM-loop."""
     dec = data.get_tokenizer(data.load_meta(dd))[1]
     for name, k, s in (('dsl_uncertainty', 'dsl_ft', 'uncertainty'), ('mdlm_loop', 'mdlm_ft', 'remdm-loop')):
         m, _, cfg = evaluate.load(ck[k])
@@ -627,9 +637,12 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen, recipe=''):
         f"Preset `{P['name']}`: {P['preset']} models, L = {P['block_size']}, batch {P['batch_size']}; MDLM "
         f"pre-training {P['pre_iters'] or P['init_from']} steps; each continuation from it at most "
         f"{P['ft_iters']} steps, stopped once its validation "
-        f"{'MDLM NELBO' if P['stop_bound'] == 'mdlm' else 'bound (MDLM: NELBO, DSL: diffusion bound)'} had not "
-        f"improved by more than {P['min_delta']:g} nats for {P['patience']} evals ({P['patience'] * P['ft_eval']} "
-        f"steps), counted from step {P['patience_from']}: MDLM {ft_steps['mdlm_ft']}, DSL {ft_steps['dsl_ft']} steps. "
+        f"{'MDLM NELBO' if P['stop_bound'] == 'mdlm' else 'bound (MDLM: NELBO, DSL: diffusion bound)'} had "
+        "not "
+        f"improved by more than {P['min_delta']:g} nats for {P['patience']} evals "
+        f"({P['patience'] * P['ft_eval']} "
+        f"steps), counted from step {P['patience_from']}: MDLM {ft_steps['mdlm_ft']}, DSL "
+        f"{ft_steps['dsl_ft']} steps. "
         f"N = {P['num_samples']} samples per cell, top-p {P['top_ps']}, judge: an AR model of the same size "
         f"({P['ar_iters']} steps). Hardware: {hw}.",
         '',
@@ -657,7 +670,8 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen, recipe=''):
             '',
             f"Every variant: {P['tune_iters']} steps from the same pre-train. "
             f"Criterion, fixed before the test sweep: generative NLL at the entropy every variant's curve "
-            f"reaches (the data's, clipped), sampled with hybrid (DSL) or remdm-loop (MDLM) at T = {P['tune_T']}, "
+            "reaches (the data's, clipped), sampled with hybrid (DSL) or remdm-loop (MDLM) at T = "
+            f"{P['tune_T']}, "
             f"N = {P['tune_n']}, top-p {P['tune_top_p']}, sample seed 1 (the test sweep uses seed 0).",
             '',
             '| variant | val MDLM NELBO at the end | gen NLL at H | H | chosen |',
@@ -674,7 +688,8 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen, recipe=''):
                 )
         md += [
             '',
-            "H 'nearest': the variants' curves share no entropy, so each is read at its point nearest the data's "
+            "H 'nearest': the variants' curves share no entropy, so each is read at its point nearest the "
+            "data's "
             "entropy. [tuning/results.md](tuning/results.md) has every tuning cell.",
         ]
     md += [
@@ -712,7 +727,8 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen, recipe=''):
             '',
             '## Error detection: AUROC of u = 1 - p(x_i | state) for corrupted vs true visible tokens',
             '',
-            f"{P['eval_windows']} validation windows; 25% of positions hidden, 10% of the visible ones replaced: "
+            f"{P['eval_windows']} validation windows; 25% of positions hidden, 10% of the visible ones "
+            "replaced: "
             f"'uniform' by a random token, 'plausible' by a draw from {who} given"
             f" the rest. 0.5 = chance. A DSL model reads visible tokens at its endpoint and at the commit "
             f"states of sample.py's --gamma_commit; an MDLM model reads them as ids.",
@@ -721,7 +737,8 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen, recipe=''):
             '|---|---|---|---|---|---|',
         ]
         md += [
-            f"| {k} | {r['state']} | {r['corruption']} | {r['auroc']:.3f} | {r['u_wrong']:.3f} | {r['u_true']:.3f} |"
+            f"| {k} | {r['state']} | {r['corruption']} | {r['auroc']:.3f} | {r['u_wrong']:.3f} | "
+            f"{r['u_true']:.3f} |"
             for k, v in det['rows'].items()
             for r in v
         ]
@@ -730,7 +747,8 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen, recipe=''):
         '',
         '## Verdict: generative NLL at matched entropy, DSL at T vs MDLM + ReMDM at T and 4T',
         '',
-        f"Data entropy {H_data:.3f} nats (held-out windows). NFE = real denoiser calls per sample (a step that "
+        f"Data entropy {H_data:.3f} nats (held-out windows). NFE = real denoiser calls per sample (a step "
+        "that "
         f"changes nothing is not a call). {P['bootstrap']} bootstrap resamples of each cell's samples.",
         '',
     ] + lines
@@ -755,7 +773,8 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen, recipe=''):
         "## The same, against each of ReMDM's rules alone",
         '',
         "A best-of-rules arm drops a rule whose top-p "
-        "curve stops short of the compared entropy, however little. Here each MDLM rule alone is read at the entropy"
+        "curve stops short of the compared entropy, however little. Here each MDLM rule alone is read at "
+        "the entropy"
         " nearest the data's that it and the DSL rule both reach.",
         '',
     ]

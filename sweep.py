@@ -1,8 +1,8 @@
 """
-Step sweeps (docs/evaluation.md §5): sample every valid (checkpoint, sampler, steps) cell with sample.generate, score it
-with evaluate.py's metrics (MAUVE, generative perplexity, entropy, distinct-n), and write results.csv, results.md
-and a plot of quality against NFE. Resumable: finished cells are read back from results.csv, which is rewritten
-atomically after each cell.
+Step sweeps (docs/evaluation.md §5): sample every valid (checkpoint, sampler, steps) cell with
+sample.generate, score it with evaluate.py's metrics (MAUVE, generative perplexity, entropy, distinct-n), and
+write results.csv, results.md and a plot of quality against NFE. Resumable: finished cells are read back from
+results.csv, which is rewritten atomically after each cell.
 
     python sweep.py --ckpt out/dsl/ckpt.pt --ckpt out/mdlm/ckpt.pt --samplers mdlm,remdm-loop,uncertainty \
         --steps 16,32,64,128 --num_samples 256 --judge out/ar/ckpt.pt
@@ -50,9 +50,10 @@ KEY = ('ckpt', 'sampler', 'steps', 'n', 'L', 'seed', 'top_p', 'judge')
 
 
 def parse_spec(spec):
-    """'uncertainty:gamma_commit=10:kappa=2' -> ('uncertainty', {'gamma_commit': 10.0, 'kappa': 2.0}): a sampler and
-    its knobs (rules.KNOBS) in one sweep label (':' separates them, so a comma-separated list of labels stays one
-    CLI argument). Numbers become floats (ints for T_c and commit_noise), the rest stay strings."""
+    """'uncertainty:gamma_commit=10:kappa=2' -> ('uncertainty', {'gamma_commit': 10.0, 'kappa': 2.0}): a
+    sampler and its knobs (rules.KNOBS) in one sweep label (':' separates them, so a comma-separated list of
+    labels stays one CLI argument). Numbers become floats (ints for T_c and commit_noise), the rest stay
+    strings."""
     name, *items = spec.split(':')
     kw = {}
     for item in filter(None, items):
@@ -119,15 +120,15 @@ def sweep(
     compile=False,
     trust=False,
 ):
-    """Sample and score every valid cell; results.csv is rewritten atomically after each cell, and cells already
-    in it (same key) are read back instead of recomputed. samplers: one list for every checkpoint, or a dict
-    {ckpt: list}; a sampler may carry knobs ('uncertainty:gamma_commit=10') and its own top-p values, last
-    ('hybrid:top_p=0.8,0.9,1.0'; else top_p, a float or a list). steps: one list, or a dict {ckpt: list}. The
-    first keep_texts decoded samples of each cell go to samples.jsonl; every cell's per-sample judge NLL, token
-    count and entropy go to per_sample.jsonl (for a bootstrap). Adds a 'reference' row (held-out chunks vs other
-    held-out chunks) and, with an AR judge, the AR model's own samples. Writes results.csv, .md, .png.
-    compile: torch.compile each diffusion model's forward (dynamic shapes: the batch of a chunk and the head's rows
-    change). trust: unpickle the checkpoints (the judge's too) in full, as evaluate.load."""
+    """Sample and score every valid cell; results.csv is rewritten atomically after each cell, and cells
+    already in it (same key) are read back instead of recomputed. samplers: one list for every checkpoint, or
+    a dict {ckpt: list}; a sampler may carry knobs ('uncertainty:gamma_commit=10') and its own top-p values,
+    last ('hybrid:top_p=0.8,0.9,1.0'; else top_p, a float or a list). steps: one list, or a dict {ckpt: list}.
+    The first keep_texts decoded samples of each cell go to samples.jsonl; every cell's per-sample judge NLL,
+    token count and entropy go to per_sample.jsonl (for a bootstrap). Adds a 'reference' row (held-out chunks
+    vs other held-out chunks) and, with an AR judge, the AR model's own samples. Writes results.csv, .md,
+    .png. compile: torch.compile each diffusion model's forward (dynamic shapes: the batch of a chunk and the
+    head's rows change). trust: unpickle the checkpoints (the judge's too) in full, as evaluate.load."""
     from tqdm import tqdm
 
     need('mauve', 'mauve-text', 'MAUVE', check=True)

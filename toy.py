@@ -129,13 +129,13 @@ def train_toy(objective, steps=1500, batch=64, lr=2e-3, seed=0):
 # ---------------------------------------------------------------------------------------------
 # Experiments. Every refinement goes through sample.py's one loop (`repair`, `generate`).
 
-# Every rule on every model: rows oracle / DSL / MDLM, columns the rules, each at its default knobs and applied
-# through the same sample.repair / sample.generate call, so a column differs between rows only by the model.
-# `uncertainty` needs p(x_i | state) at visible tokens, which only DSL-capable models (the oracle, DSL) give.
-# At frozen alpha ReMDM's reveal probability (eq. 9) of a hidden token is sigma * alpha / (1 - alpha): 0 under
-# conf (hidden tokens have weight 0), ~0.02 under cap, 0.05 under loop, 0.25 under budget (eta = 1/T), so with
-# conf hidden tokens wait for the final call's argmax whatever the model. `uncertainty` instead reveals, in
-# expectation, as many tokens as it remasked (docs/method.md §12).
+# Every rule on every model: rows oracle / DSL / MDLM, columns the rules, each at its default knobs and
+# applied through the same sample.repair / sample.generate call, so a column differs between rows only by the
+# model. `uncertainty` needs p(x_i | state) at visible tokens, which only DSL-capable models (the oracle, DSL)
+# give. At frozen alpha ReMDM's reveal probability (eq. 9) of a hidden token is sigma * alpha / (1 - alpha): 0
+# under conf (hidden tokens have weight 0), ~0.02 under cap, 0.05 under loop, 0.25 under budget (eta = 1/T),
+# so with conf hidden tokens wait for the final call's argmax whatever the model. `uncertainty` instead
+# reveals, in expectation, as many tokens as it remasked (docs/method.md §12).
 MODELS = dict(oracle='oracle', dsl='DSL', mdlm='MDLM')
 RULES = ('uncertainty', 'conf', 'cap', 'loop', 'budget')
 FIG_ARMS = [
@@ -202,11 +202,11 @@ def auroc(score, positive):
 
 @torch.no_grad()
 def doubt(m, drafts, targets):
-    """u_i = 1 - p(x_i | draft) at the visible tokens, from one call on the drafts as the samplers present them
-    (DSL: endpoint states z = gamma_max e_x). For a token-mode (MDLM) model this is the raw network output at a
-    visible position, which its training never scores (the MDLM loss counts masked positions only) and which
-    its sampling never reads (SUBS copies visible tokens). Returns (AUROC of u for wrong vs right visible
-    tokens, mean u on wrong, mean u on right)."""
+    """u_i = 1 - p(x_i | draft) at the visible tokens, from one call on the drafts as the samplers present
+    them (DSL: endpoint states z = gamma_max e_x). For a token-mode (MDLM) model this is the raw network
+    output at a visible position, which its training never scores (the MDLM loss counts masked positions only)
+    and which its sampling never reads (SUBS copies visible tokens). Returns (AUROC of u for wrong vs right
+    visible tokens, mean u on wrong, mean u on right)."""
     m.eval()
     p = torch.softmax(m(x=drafts)[..., :V].double(), -1)  # (B, L, V)
     u = 1 - p.gather(-1, drafts.clamp(max=V - 1)[..., None])[..., 0]  # (B, L)
@@ -230,7 +230,8 @@ def run(steps_train=1500, seeds=100, seed=0, Ts=(3, 7), verbose=True):
         )
     draft, target = encode(DRAFT)[None].repeat(seeds, 1), encode(TARGET)[None].repeat(seeds, 1)
     rand_drafts, rand_targets = corrupt(seeds, generator=torch.Generator().manual_seed(seed + 1))
-    # error detection on more drafts than the repair uses: 500 drafts = 1000 wrong and 1500 right visible tokens
+    # error detection on more drafts than the repair uses: 500 drafts = 1000 wrong and 1500 right visible
+    # tokens
     det_drafts, det_targets = corrupt(500, generator=torch.Generator().manual_seed(seed + 2))
     results, detect, trajs = {}, {}, {}
     for key, m in models.items():
@@ -293,8 +294,8 @@ def print_table(results, detect, seeds):
 
 def plot(trajs, path, results=None, row=0, labels=None):
     """Tokens by step for each arm (Fig. 3 style, the arms of FIG_ARMS): rows = denoiser calls, columns =
-    positions; black = correct, red on pink = wrong, grey '_' = hidden. Titles carry the recovery rate when results
-    are given. Returns the path, or None (with one line) when matplotlib is missing."""
+    positions; black = correct, red on pink = wrong, grey '_' = hidden. Titles carry the recovery rate when
+    results are given. Returns the path, or None (with one line) when matplotlib is missing."""
     labels = labels or fig_labels(trajs)
     rates = {arm_label(k, r): v[DRAFT] for k, res in (results or {}).items() for r, v in res.items()}
     panels = []

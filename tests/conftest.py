@@ -19,8 +19,9 @@ if 'TIKTOKEN_CACHE_DIR' not in os.environ and os.path.isdir(os.path.join(SHARED,
     shutil.copytree(os.path.join(SHARED, 'tiktoken'), cache, dirs_exist_ok=True)
     os.environ['TIKTOKEN_CACHE_DIR'] = cache
 
-# the real tiny-shakespeare text, for the few checks that need it: ../shared/data (CI), else a quick-start copy;
-# else those checks skip. Everything else runs on the generated corpus below, so a bare clone tests it too.
+# the real tiny-shakespeare text, for the few checks that need it: ../shared/data (CI), else a quick-start
+# copy; else those checks skip. Everything else runs on the generated corpus below, so a bare clone tests it
+# too.
 SHAKESPEARE = next(
     (
         p

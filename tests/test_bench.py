@@ -1,4 +1,5 @@
-"""bench_gpu.sh end to end at its CPU smoke size, and bench.py's top-k lookup error against the dense lookup."""
+"""bench_gpu.sh end to end at its CPU smoke size, and bench.py's top-k lookup error against the dense
+lookup."""
 
 import json
 import os

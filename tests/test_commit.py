@@ -48,7 +48,8 @@ def test_commit_table_is_the_converter_at_the_commit_state():
 
 
 def test_sampler_shows_revealed_free_tokens_at_gamma_commit_and_the_prompt_at_gamma_max():
-    """Record what the model sees: prompt rows at gamma_max, revealed free rows at gamma_commit, hidden at 0."""
+    """Record what the model sees: prompt rows at gamma_max, revealed free rows at gamma_commit, hidden at
+    0."""
     m, g = tiny(True), 5.0
     seen = []
     hook = m.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw), with_kwargs=True)
@@ -81,8 +82,9 @@ def test_sampler_shows_revealed_free_tokens_at_gamma_commit_and_the_prompt_at_ga
 
 
 def test_gamma_commit_lowers_the_oracles_confidence_in_a_visible_token():
-    """The exact oracle: at gamma_commit < gamma_max a visible token's evidence is weaker, so even a right token
-    gets some doubt u = 1 - p(x_i | state); the wrong ones of __CDBFF stay flagged and the repair still works."""
+    """The exact oracle: at gamma_commit < gamma_max a visible token's evidence is weaker, so even a right
+    token gets some doubt u = 1 - p(x_i | state); the wrong ones of __CDBFF stay flagged and the repair still
+    works."""
     o, draft = toy.Oracle(), toy.encode('__CDBFF')[None]
     vis = draft != toy.V
     us = {}

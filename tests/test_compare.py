@@ -32,7 +32,8 @@ def test_the_compared_entropy_is_the_datas_when_both_arms_reach_it():
 
 
 def cell(rng, nll, h, n=400, L=64, noise=0.3):
-    """n samples whose mean judge NLL is exactly nll nats/token and mean entropy exactly h, as in a sweep's CSV."""
+    """n samples whose mean judge NLL is exactly nll nats/token and mean entropy exactly h, as in a sweep's
+    CSV."""
     x, y = rng.normal(0, noise, n), rng.normal(0, 0.05, n)
     return dict(nll=list((x - x.mean() + nll) * L), cnt=[L] * n, H=list(y - y.mean() + h))
 
@@ -137,7 +138,8 @@ def test_verdict_compares_at_the_datas_entropy_with_each_arms_best_rule():
 
 
 def test_tuning_choice_is_made_at_matched_entropy_not_by_raw_nll():
-    """v1 has the lowest raw NLL (at low entropy); at the entropy both reach (3.2 clipped to 3.0) v2 is better."""
+    """v1 has the lowest raw NLL (at low entropy); at the entropy both reach (3.2 clipped to 3.0) v2 is
+    better."""
     rows, _ = table(
         {
             ('dsl:v1', 'hybrid', 32): [(0.9, 2.0, 2.6, 32), (1.0, 2.6, 3.0, 32)],  # at 3.0: 2.6
@@ -192,7 +194,8 @@ def test_cli_reads_a_sweep_folder_and_fails_in_one_line(tmp_path, capsys):
 
 
 def test_frontier_legend_names_every_panels_lines(tmp_path, monkeypatch):
-    """The legend sits on the last panel; it must name the lines of every panel (DSL has no cells at large T)."""
+    """The legend sits on the last panel; it must name the lines of every panel (DSL has no cells at large
+    T)."""
     import matplotlib.axes
 
     import figures

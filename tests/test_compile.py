@@ -1,5 +1,5 @@
-"""torch.compile on the CPU (inductor): a compiled DSL training step gives eager's loss and gradients, compiled
-sampling gives eager's samples, and a compiler that fails leaves the run eager with one line."""
+"""torch.compile on the CPU (inductor): a compiled DSL training step gives eager's loss and gradients,
+compiled sampling gives eager's samples, and a compiler that fails leaves the run eager with one line."""
 
 import os
 import shutil
@@ -74,7 +74,8 @@ def test_a_failing_compiler_falls_back_to_eager_with_one_line():
 
 
 def test_train_compile_failure_runs_eager_with_one_line(tmp_path, corpus, monkeypatch, capsys):
-    """train.py --compile where the compiler fails on the first step: one line, then the run finishes eager."""
+    """train.py --compile where the compiler fails on the first step: one line, then the run finishes
+    eager."""
     import data
     import train
 

@@ -133,8 +133,9 @@ def test_openwebtext_pipeline_on_a_stand_in(tmp_path, monkeypatch):
 
 
 def test_bpe_depends_on_the_training_split_alone_and_round_trips(tmp_path, corpus):
-    """bpe:N trains on the training split only: changing only the validation text leaves the tokenizer (and the
-    training ids) unchanged; decoding the validation split gives its text back exactly; the folder is reused."""
+    """bpe:N trains on the training split only: changing only the validation text leaves the tokenizer (and
+    the training ids) unchanged; decoding the validation split gives its text back exactly; the folder is
+    reused."""
     text = open(corpus, encoding='utf-8').read()[:60_000]
     cut = int(len(text) * 0.9)  # prepare_text's 90/10 split
     a, b = tmp_path / 'a.txt', tmp_path / 'b.txt'

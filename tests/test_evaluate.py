@@ -1,7 +1,7 @@
-"""evaluate.py (issue 9): MAUVE separates real from shuffled/foreign text under a tiny AR featurizer, generative
-perplexity equals an independently computed NLL (AR judge; GPT-2 path's first-token and EOS rules), entropy /
-distinct-n / ECE / AUROC on hand-made inputs, a killed sweep resumes to the same results.csv, and bad input is
-one line with exit 2. Tiny models trained on a generated corpus: no downloads, no shared data."""
+"""evaluate.py (issue 9): MAUVE separates real from shuffled/foreign text under a tiny AR featurizer,
+generative perplexity equals an independently computed NLL (AR judge; GPT-2 path's first-token and EOS rules),
+entropy / distinct-n / ECE / AUROC on hand-made inputs, a killed sweep resumes to the same results.csv, and
+bad input is one line with exit 2. Tiny models trained on a generated corpus: no downloads, no shared data."""
 
 import csv
 import json
@@ -345,7 +345,10 @@ def test_bad_input_is_one_line_and_exit_2(world, tmp_path):
         out,
         '--samples',
     ]
-    no_mauve = "import sys; sys.modules['mauve'] = None; sys.argv[0] = 'evaluate.py'; import evaluate; evaluate.main()"
+    no_mauve = (
+        "import sys; sys.modules['mauve'] = None; sys.argv[0] = 'evaluate.py'; "
+        "import evaluate; evaluate.main()"
+    )
     cases = [
         (metrics + [tmp_path / 'empty.jsonl'], 'empty'),
         (metrics + [tmp_path / 'bad.jsonl'], 'bad.jsonl:2'),

@@ -18,8 +18,8 @@ def perturbed_model(V=7):
 
 
 def draws(fn, m, pool, B, n, seed):
-    """n values of fn's loss and of its gradient for the head's first bias, each on B rows drawn from the pool without replacement
-    (exchangeable rows, as the training batches)."""
+    """n values of fn's loss and of its gradient for the head's first bias, each on B rows drawn from the pool
+    without replacement (exchangeable rows, as the training batches)."""
     g = torch.Generator().manual_seed(seed)
     losses, grads = [], []
     for _ in range(n):

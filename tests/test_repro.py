@@ -1,5 +1,5 @@
-"""The small-scale protocol (repro.py): end to end at the toy preset, resumable, and a verdict computed from the
-numbers (never written by hand)."""
+"""The small-scale protocol (repro.py): end to end at the toy preset, resumable, and a verdict computed from
+the numbers (never written by hand)."""
 
 import csv
 import json
@@ -73,7 +73,8 @@ def test_toy_protocol_end_to_end_and_resumes(tmp_path, monkeypatch, corpus, caps
     assert '## Verdict' in readme and 'at equal T:' in readme and '| mdlm_ft | mdlm_bound |' in readme
     assert '## Error detection' in readme and '| dsl_ft | endpoint | plausible |' in readme
     assert '## Recipe ablation' in readme and '**yes**' in readme
-    # the tuning runs start from the pre-trained MDLM weights; each winner is continued (resumed), not restarted
+    # the tuning runs start from the pre-trained MDLM weights; each winner is continued (resumed), not
+    # restarted
     chosen = json.loads((res / 'tuning.json').read_text())
     assert set(chosen) == {'mdlm', 'dsl'} and chosen['mdlm']['winner'] == 'mdlm_lr0.001'
     for kind in ('mdlm', 'dsl'):
@@ -157,8 +158,8 @@ def test_sweep_labels_carry_knobs_and_bad_ones_fail_before_any_work():
 
 
 def test_toy_protocol_on_word_pieces(tmp_path, monkeypatch, corpus):
-    """The speech-bpe corpus's path at the toy preset: a byte-level BPE (bpe:256) trained on the generated text,
-    every stage through it, samples decoded by it."""
+    """The speech-bpe corpus's path at the toy preset: a byte-level BPE (bpe:256) trained on the generated
+    text, every stage through it, samples decoded by it."""
     monkeypatch.chdir(tmp_path)
     repro.repro(
         'toy',

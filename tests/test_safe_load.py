@@ -1,7 +1,8 @@
-"""Loading a checkpoint never runs code in it (issue #29): a checkpoint whose unpickling would create a file is
-refused by every command that loads checkpoints, with one line and a non-zero exit, and the file never appears;
-checkpoints written before the numpy RNG state was stored as plain types still load, resume and sample the same;
---trust_checkpoint loads a foreign but harmless pickle (a Lightning-style .ckpt with a config object)."""
+"""Loading a checkpoint never runs code in it (issue #29): a checkpoint whose unpickling would create a file
+is refused by every command that loads checkpoints, with one line and a non-zero exit, and the file never
+appears; checkpoints written before the numpy RNG state was stored as plain types still load, resume and
+sample the same; --trust_checkpoint loads a foreign but harmless pickle (a Lightning-style .ckpt with a config
+object)."""
 
 import argparse
 import json
@@ -55,7 +56,8 @@ class Payload:
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory, corpus):
-    """A prepared corpus, a tiny DSL checkpoint trained by train.py, and that checkpoint with a payload added."""
+    """A prepared corpus, a tiny DSL checkpoint trained by train.py, and that checkpoint with a payload
+    added."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp('safe_load')
@@ -126,7 +128,8 @@ def test_the_refusal_holds_for_torchs_legacy_format_and_a_damaged_file_is_no_ref
 
 
 def spell_numpy_1(src, dst):
-    """The same checkpoint as numpy 1 writes it: its array rebuilder named numpy.core.multiarray._reconstruct."""
+    """The same checkpoint as numpy 1 writes it: its array rebuilder named
+    numpy.core.multiarray._reconstruct."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, 'w', zipfile.ZIP_STORED) as zout:
         for name in zin.namelist():
             raw = zin.read(name)
@@ -137,10 +140,12 @@ def spell_numpy_1(src, dst):
 
 
 def test_checkpoints_of_the_old_format_load_resume_and_sample_the_same(world, tmp_path):
-    # today's checkpoints hold only tensors and plain types: plain weights_only loads them, nothing allowed extra
+    # today's checkpoints hold only tensors and plain types: plain weights_only loads them, nothing allowed
+    # extra
     new = torch.load(world['ckpt'], map_location='cpu', weights_only=True)
     assert isinstance(new['rng']['numpy'][1], list)
-    # the format before, the same state: numpy's as the old code stored it, np.random.get_state() (key an ndarray)
+    # the format before, the same state: numpy's as the old code stored it, np.random.get_state() (key an
+    # ndarray)
     algorithm, key, pos, has_gauss, gauss = new['rng']['numpy']
     np.random.set_state((algorithm, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
     old = dict(new, rng=dict(new['rng'], numpy=np.random.get_state()))

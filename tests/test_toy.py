@@ -1,7 +1,7 @@
-"""The cyclic toy (issues #5, #10): a reduced `python toy.py` (fewer training steps and seeds) with every rule on
-every model. The claim that survives separating the rule from the model: the DSL-trained model's u = 1 - p(x_i |
-state) flags wrong visible tokens, an MDLM model's visible-position output does not; the rules themselves are
-applied identically to every model."""
+"""The cyclic toy (issues #5, #10): a reduced `python toy.py` (fewer training steps and seeds) with every rule
+on every model. The claim that survives separating the rule from the model: the DSL-trained model's u = 1 -
+p(x_i | state) flags wrong visible tokens, an MDLM model's visible-position output does not; the rules
+themselves are applied identically to every model."""
 
 import os
 
