@@ -28,3 +28,57 @@ def dsl_loss(model, x, cfg, roar_weight, generator):
     hidden = ~revealed
     roar = (-(logp * hidden).sum(1) / hidden.sum(1)).mean()
     return ce_mixed + roar_weight * roar
+
+
+@torch.no_grad()
+def nucleus_draw(logits, top_p, generator):
+    """One token per row of logits (N, V) from the nucleus of ReMDM's code: sort the probabilities (float64),
+    keep tokens while the cumulative probability stays <= top_p (the top token always), renormalise, draw by
+    inverse CDF with one uniform per row."""
+    u = torch.rand(len(logits), 1, generator=generator, dtype=torch.float64, device=logits.device)
+    p = torch.softmax(logits.double(), dim=-1)
+    if top_p >= 1:
+        cdf = p.cumsum(-1)
+        return torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=p.shape[-1] - 1)[:, 0]
+    p_sorted, order = p.sort(dim=-1, descending=True)
+    cdf = p_sorted.cumsum(-1)
+    keep = (cdf <= top_p).sum(-1, keepdim=True).clamp(min=1)  # (N, 1) nucleus size
+    mass = cdf.gather(-1, keep - 1)
+    j = torch.searchsorted(cdf, u * mass).clamp(max=keep - 1)
+    return order.gather(-1, j)[:, 0]
+
+
+@torch.no_grad()
+def uncertainty_sample(model, B, L, T, top_p=0.9, kappa=1.0, generator=None):
+    """DSL's uncertainty-guided remasking, unconditional, T steps on alpha_k = k / T (the revealed fraction).
+
+    Each step calls the denoiser on the current endpoint state (hidden tokens at z = 0, revealed ones at
+    gamma_max e_x) and, for every revealed token, u_i = 1 - p_theta(x_i | state):
+      remask a revealed token with probability sigma_i = min(1, kappa u_i);
+      reveal each hidden token with probability (alpha_s L - sum_revealed (1 - sigma_i)) / #hidden, so that
+      E[#revealed after the step] = alpha_s L, and draw its value from the top-p nucleus of p_theta.
+    One uniform per position decides both moves (the sets are disjoint). After the last step, positions still
+    hidden take the argmax. sample.generate(model, B, L, T, 'uncertainty') is the fast path of this loop."""
+    model.eval()
+    V, mask = model.vocab_size, model.mask_id
+    x = torch.full((B, L), mask, dtype=torch.long)
+    alpha = torch.arange(T + 1) / T
+    for k in range(T):
+        a_s = alpha[k + 1]
+        hidden = x == mask
+        revealed = ~hidden
+        logits = model(x=x)[..., :V].float()  # (B, L, V)
+        p_current = torch.softmax(logits, -1).gather(-1, x.clamp(max=V - 1)[..., None])[..., 0]
+        sigma = (kappa * (1 - p_current)).clamp(0, 1) * revealed
+        kept = ((1 - sigma) * revealed).sum(1, keepdim=True)
+        reveal_p = ((a_s * L - kept) / hidden.sum(1, keepdim=True).clamp(min=1)).clamp(0, 1) * hidden
+        r = torch.rand((B, L), generator=generator)
+        remask = revealed & (r < sigma)
+        reveal = hidden & (r < reveal_p)
+        tokens = nucleus_draw(logits[reveal], top_p, generator)
+        left = hidden & ~reveal | remask
+        x = x.masked_fill(remask, mask)
+        x[reveal] = tokens
+        if k == T - 1:
+            x[left] = logits[left].argmax(-1)
+    return x
