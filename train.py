@@ -57,9 +57,9 @@ config = dict(
     gamma_max=None,  # SNR of a revealed token (100, as DSL2); the model's gamma_max too
     gamma_min=None,  # smoothed endpoints: hidden gamma ~ U(0, gamma_min)
     p_end=None,  # fraction of sequences at (smoothed) endpoints
-    c=None,  # smoothed endpoints: revealed gamma ~ U(c gamma_max, gamma_max)
-    mu=None,  # intermediate sequences: gamma ~ LogNormal(mu, sigma)
-    sigma=None,  # see mu
+    reveal_floor=None,  # smoothed endpoints: revealed gamma ~ U(reveal_floor gamma_max, gamma_max)
+    log_snr_mean=None,  # intermediate sequences: gamma ~ LogNormal(log_snr_mean, log_snr_std)
+    log_snr_std=None,  # see log_snr_mean
     jitter=None,  # intermediate sequences: per-token multiplicative SNR jitter
     smooth_endpoints=None,  # smoothed (True) or atomic (False) endpoints
     roar_weight=1.44,  # any-order-AR term's weight (CE at hidden endpoint positions); DSL2's lambda 0.5
@@ -105,9 +105,9 @@ AUTO_TYPES = dict(
     gamma_max=float,
     gamma_min=float,
     p_end=float,
-    c=float,
-    mu=float,
-    sigma=float,
+    reveal_floor=float,
+    log_snr_mean=float,
+    log_snr_std=float,
     jitter=float,
     smooth_endpoints=bool,
     ema_warmup=bool,
@@ -138,9 +138,9 @@ RANGES = dict(
     gamma_max=(0, INF, '()'),
     gamma_min=(0, INF, '[)'),
     p_end=(0, 1, '[]'),
-    c=(0, 1, '[]'),
-    mu=(-INF, INF, '()'),
-    sigma=(0, INF, '[)'),
+    reveal_floor=(0, 1, '[]'),
+    log_snr_mean=(-INF, INF, '()'),
+    log_snr_std=(0, INF, '[)'),
     jitter=(0, INF, '[)'),
     roar_weight=(0, INF, '[)'),
     max_iters=(0, INF, '[)'),
@@ -159,7 +159,16 @@ RANGES = dict(
     min_delta=(0, INF, '[)'),
     patience_from=(0, INF, '[)'),
 )
-SNR_KEYS = ('gamma_max', 'gamma_min', 'p_end', 'c', 'mu', 'sigma', 'jitter', 'smooth_endpoints')
+SNR_KEYS = (
+    'gamma_max',
+    'gamma_min',
+    'p_end',
+    'reveal_floor',
+    'log_snr_mean',
+    'log_snr_std',
+    'jitter',
+    'smooth_endpoints',
+)
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, '4090': 165e12}  # dense bf16
 
 
@@ -226,7 +235,8 @@ def check_paths(cfg):
 
 
 def parse_args(argv):
-    """--key value | --key=value | --flag (bools). Returns {key: typed value} of the keys given."""
+    """--key value | --key=value | --flag (bools). Returns {key: typed value} of the keys given. The SNR keys'
+    old names (--mu, --sigma, --c: noise.OLD_SNR_KEYS) still work."""
     given, i = {}, 0
     while i < len(argv):
         a = argv[i]
@@ -234,6 +244,7 @@ def parse_args(argv):
             print(usage())
             sys.exit(0)
         key, eq, val = a[2:].partition('=') if a.startswith('--') else (a, '', '')
+        key = noise.OLD_SNR_KEYS.get(key, key)
         if not a.startswith('--') or key not in config:
             die(f"unknown key '{a}'; valid keys: {', '.join('--' + k for k in config)}", 2)
         if not eq:
@@ -284,7 +295,9 @@ def resume_config(cfg, given, log):
         )
     if missing:
         die(f"checkpoint {path} is not a train.py checkpoint (missing {', '.join(missing)})")
-    cfg = {**config, **ckpt['config'], **given}
+    # an older checkpoint stores the SNR keys under their old names (mu, sigma, c)
+    stored = noise.new_snr_keys(ckpt['config'])
+    cfg = {**config, **stored, **given}
     cfg['ema_warmup'] = (
         cfg['ema_warmup'] is not False
     )  # None: a checkpoint from before the key (it warmed up)

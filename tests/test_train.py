@@ -12,6 +12,7 @@ import torch
 import checkpoint_io
 import data
 import model as M
+import noise
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,8 +88,12 @@ def test_cli(capsys):
     assert train.parse_args(['--lr', '3e-4', '--max_iters=7', '--compile', '--gamma_max', '10']) == dict(
         lr=3e-4, max_iters=7, compile=True, gamma_max=10.0
     )
-    assert train.parse_args(['--mu=auto', '--smooth_endpoints', 'false']) == dict(
-        mu=None, smooth_endpoints=False
+    assert train.parse_args(['--log_snr_mean=auto', '--smooth_endpoints', 'false']) == dict(
+        log_snr_mean=None, smooth_endpoints=False
+    )
+    # the SNR keys' old names, as old commands and tuning files pass them
+    assert train.parse_args(['--mu', '0.5', '--sigma=1', '--c', '0.7']) == dict(
+        log_snr_mean=0.5, log_snr_std=1.0, reveal_floor=0.7
     )
     for bad, words in [
         (['--lrr', '1'], ['--lrr', '--lr', '--objective']),
@@ -345,14 +350,34 @@ def test_resume_of_a_cuda_checkpoint_on_a_cpu_machine(data_dir, tmp_path):
 
 def test_recipe_defaults_gamma_max_100_at_any_vocabulary():
     """DSL2 trains at snr_max = 100 whatever the vocabulary; 30 at 65 characters was a misread inference grid."""
-    import noise
-
     for V in (65, 2048, 50257):
         assert (
             M.model_config('tiny', V, dsl=True)['gamma_max'] == 100.0
             and noise.snr_config(V)['gamma_max'] == 100.0
         )
-    assert noise.snr_config(65)['mu'] == 1.4  # the character lognormal stays
+    assert noise.snr_config(65)['log_snr_mean'] == 1.4  # the character lognormal stays
+
+
+def test_a_checkpoint_with_the_old_snr_key_names_resumes_identically(data_dir, tmp_path, one_thread):
+    """Checkpoints from before the rename store mu, sigma and c (now log_snr_mean, log_snr_std, reveal_floor):
+    resumed, such a checkpoint trains exactly as the same one with the new names, its values in force."""
+    snr = ['--log_snr_mean', 0.3, '--log_snr_std', 2.0, '--reveal_floor', 0.5]
+    new, old = tmp_path / 'new', tmp_path / 'old'
+    train.main([str(a) for a in SMALL + snr + ['--data_dir', data_dir, '--max_iters', 2, '--out_dir', new]])
+    c = ckpt(new)
+    old_name = {v: k for k, v in noise.OLD_SNR_KEYS.items()}
+    for key in ('config', 'snr_config'):
+        c[key] = {old_name.get(k, k): v for k, v in c[key].items()}
+    assert c['config']['mu'] == 0.3 and 'log_snr_mean' not in c['config']
+    old.mkdir()
+    torch.save(c, old / 'ckpt.pt')
+    for out in (new, old):
+        train.main(['--init_from', 'resume', '--out_dir', str(out), '--max_iters', '4'])
+    a, b = ckpt(new), ckpt(old)
+    assert b['step'] == 4 and b['config']['log_snr_mean'] == 0.3 and 'mu' not in b['config']
+    assert b['snr_config'] == a['snr_config'] and a['snr_config']['reveal_floor'] == 0.5
+    for key in ('model', 'ema'):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
 
 
 @pytest.mark.parametrize('warmup', [None, True])
