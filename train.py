@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint_io
+import common
 import data
 import model as M
 import noise
@@ -214,7 +215,7 @@ def convert(key, val):
             )
     if key == 'tokenizer' and (err := data.tokenizer_error(v)):
         die(f"--tokenizer: {err}", 2)
-    if key == 'device' and v != 'auto' and (err := M.device_error(v)):
+    if key == 'device' and v != 'auto' and (err := common.device_error(v)):
         die(err + " (or auto)", 2)
     return v
 
@@ -304,30 +305,10 @@ def resume_config(cfg, given, log):
     log(f"resuming {path} at step {ckpt['step']}" + (f", overriding {sorted(given)}" if given else ''))
     # a run started with --device cuda stored that device; moved to a machine without it (a CPU-only one),
     # the weights load to the CPU anyway (map_location), so run where auto points unless told otherwise
-    if 'device' not in given and cfg['device'] != 'auto' and M.device_error(cfg['device']):
+    if 'device' not in given and cfg['device'] != 'auto' and common.device_error(cfg['device']):
         log(f"the checkpoint's device {cfg['device']} is not available on this machine; using device auto")
         cfg['device'] = 'auto'
     return cfg, ckpt
-
-
-def setup_processes(cfg):
-    """DDP when torchrun set RANK (docs/method.md §18), else one process. Returns (ddp, rank, world, device,
-    device_type, autocast): under DDP on CUDA, process LOCAL_RANK takes the GPU cuda:LOCAL_RANK."""
-    ddp = 'RANK' in os.environ
-    rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
-    if ddp:
-        dist.init_process_group('nccl' if torch.cuda.is_available() and cfg['device'] != 'cpu' else 'gloo')
-    device = cfg['device'] if cfg['device'] != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu'
-    if ddp and device.startswith('cuda'):
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(device)
-    device_type = 'cuda' if device.startswith('cuda') else 'cpu'
-    autocast = (
-        torch.autocast('cuda', dtype=torch.bfloat16) if device_type == 'cuda' else contextlib.nullcontext()
-    )
-    if device_type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    return ddp, rank, world, device, device_type, autocast
 
 
 def build_model(cfg, ckpt, V, log):
@@ -471,9 +452,8 @@ def main(argv):
     cfg, ckpt = resume_config(cfg, given, log) if cfg['init_from'] == 'resume' else (cfg, None)
     # stored resolved; auto: a fine-tune's EMA starts at the loaded weights with no warmup (DSL2)
     cfg['ema_warmup'] = cfg['init_from'] == 'scratch' if cfg['ema_warmup'] is None else cfg['ema_warmup']
-    ddp, rank, world, device, device_type, autocast = setup_processes(
-        cfg
-    )  # after the resume: its device counts
+    # after the resume: the checkpoint's device counts
+    ddp, rank, world, device, device_type, autocast = common.setup_processes(cfg['device'])
     if cfg['grad_accum'] == 0:  # auto: one micro-step per process, so any number of processes runs
         cfg['grad_accum'] = world  # stored resolved, so that a resume replays the same global batches
     if cfg['grad_accum'] % world:
@@ -506,7 +486,7 @@ def main(argv):
     del ckpt  # the CPU copy of the weights and moments, no longer needed
     if cfg['compile']:  # in place (checkpoints and the EMA copy above unchanged); the trial step compiles it
         trial_x = torch.randint(0, V, (cfg['batch_size'], L), device=device)
-        M.compile_forward(
+        common.compile_forward(
             raw,
             lambda m: (
                 noise.loss_fn(
