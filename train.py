@@ -18,7 +18,6 @@ import contextlib
 import copy
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -29,10 +28,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint_io
+import cli
 import common
 import data
 import model as M
 import noise
+from cli import die
 
 config = dict(
     # data
@@ -99,67 +100,6 @@ config = dict(
     debug_nan_step=-1,  # >= 0: make the loss NaN at this step (tests the non-finite stop)
     debug_kill_step=-1,  # >= 0: SIGKILL this process at this step (tests exact resume)
 )
-AUTO_TYPES = dict(
-    n_layer=int,
-    n_embd=int,
-    n_head=int,
-    gamma_max=float,
-    gamma_min=float,
-    p_end=float,
-    reveal_floor=float,
-    log_snr_mean=float,
-    log_snr_std=float,
-    jitter=float,
-    smooth_endpoints=bool,
-    ema_warmup=bool,
-)  # the None defaults
-CHOICES = dict(
-    objective=('dsl', 'mdlm', 'ar'),
-    lr_decay=('constant', 'cosine'),
-    preset=tuple(M.PRESETS),
-    eval_bound=('', 'mdlm'),
-)
-POSITIVE = (
-    'block_size',
-    'batch_size',
-    'eval_interval',
-    'eval_windows',
-    'eval_grid',
-    'log_interval',
-    'ckpt_interval',
-)
-INF = math.inf
-# valid values, in interval notation: '[' and ']' include the bound, '(' and ')' exclude it (NaN is never valid)
-RANGES = dict(
-    n_layer=(1, INF, '[)'),
-    n_embd=(1, INF, '[)'),
-    n_head=(1, INF, '[)'),
-    noise_dim=(0, INF, '[)'),
-    dropout=(0, 1, '[)'),
-    gamma_max=(0, INF, '()'),
-    gamma_min=(0, INF, '[)'),
-    p_end=(0, 1, '[]'),
-    reveal_floor=(0, 1, '[]'),
-    log_snr_mean=(-INF, INF, '()'),
-    log_snr_std=(0, INF, '[)'),
-    jitter=(0, INF, '[)'),
-    roar_weight=(0, INF, '[)'),
-    max_iters=(0, INF, '[)'),
-    lr=(0, INF, '()'),
-    min_lr=(0, INF, '[)'),
-    warmup_iters=(0, INF, '[)'),
-    weight_decay=(0, INF, '[)'),
-    beta1=(0, 1, '[)'),
-    beta2=(0, 1, '[)'),
-    grad_clip=(0, INF, '[)'),
-    ema_decay=(0, 1, '[)'),
-    seed=(0, INF, '[)'),  # numpy seeds are >= 0
-    grad_accum=(0, INF, '[)'),
-    lookup_topk=(-1, INF, '[)'),
-    patience=(0, INF, '[)'),
-    min_delta=(0, INF, '[)'),
-    patience_from=(0, INF, '[)'),
-)
 SNR_KEYS = (
     'gamma_max',
     'gamma_min',
@@ -171,93 +111,6 @@ SNR_KEYS = (
     'smooth_endpoints',
 )
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, '4090': 165e12}  # dense bf16
-
-
-def die(msg, code=1):
-    """User errors: one line on stderr, no traceback."""
-    print(f"train.py: {msg}", file=sys.stderr)
-    sys.exit(code)
-
-
-def usage():
-    """-h: the config block of this file, key by key with its default and comment."""
-    src = open(os.path.abspath(__file__)).read()
-    start = src.index('config = dict(')
-    out = [
-        'usage: python train.py [--key value | --key=value ...]   (DDP: torchrun --nproc_per_node=N train.py ...)'
-    ]
-    for line in src[start : src.index('\n)\n', start)].splitlines()[1:]:
-        m = re.match(r"\s*(\w+)=(.*?),\s*#\s?(.*)", line)
-        out.append(f"  --{m[1]:<17} {m[2]:<19} {m[3]}" if m else line.strip())
-    return '\n'.join(out)
-
-
-def convert(key, val):
-    typ = AUTO_TYPES.get(key) or type(config[key])
-    if config[key] is None and val.lower() in ('none', 'auto'):
-        return None
-    try:
-        if typ is bool and val.lower() not in ('true', 'false', '1', '0', 'yes', 'no'):
-            raise ValueError
-        v = val.lower() in ('true', '1', 'yes') if typ is bool else typ(val)
-    except ValueError:
-        die(f"--{key} expects {typ.__name__}, got '{val}'", 2)
-    if key in POSITIVE and v < 1:
-        die(f"--{key} expects a positive int, got '{val}'", 2)
-    if key in CHOICES and v not in CHOICES[key]:
-        die(f"--{key} expects one of {', '.join(repr(c) for c in CHOICES[key])}, got '{val}'", 2)
-    if key in RANGES and v is not None:
-        lo, hi, br = RANGES[key]
-        if not ((lo <= v if br[0] == '[' else lo < v) and (v <= hi if br[1] == ']' else v < hi)):
-            die(
-                f"--{key} expects {'an int' if typ is int else 'a number'} in {br[0]}{lo}, {hi}{br[1]}, got '{val}'",
-                2,
-            )
-    if key == 'tokenizer' and (err := data.tokenizer_error(v)):
-        die(f"--tokenizer: {err}", 2)
-    if key == 'device' and v != 'auto' and (err := common.device_error(v)):
-        die(err + " (or auto)", 2)
-    return v
-
-
-def check_paths(cfg):
-    """Folders the run writes and the checkpoint it starts from, checked before any work: a bad one fails at
-    once (not after data preparation or training) and nothing is written."""
-    for key in ('out_dir', 'data_dir'):
-        if cfg[key] and (err := data.folder_error(cfg[key], f'--{key}')):
-            die(err, 2)
-    src = cfg['init_from']
-    if (
-        src not in ('scratch', 'resume')
-        and not os.path.exists(src)
-        and (src.count('/') != 1 or src.startswith(('.', '/')))
-    ):
-        die(f"--init_from {src}: no such file; pass scratch, resume, a checkpoint file or a hub id", 2)
-
-
-def parse_args(argv):
-    """--key value | --key=value | --flag (bools). Returns {key: typed value} of the keys given. The SNR keys'
-    old names (--mu, --sigma, --c: noise.OLD_SNR_KEYS) still work."""
-    given, i = {}, 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ('-h', '--help'):
-            print(usage())
-            sys.exit(0)
-        key, eq, val = a[2:].partition('=') if a.startswith('--') else (a, '', '')
-        key = noise.OLD_SNR_KEYS.get(key, key)
-        if not a.startswith('--') or key not in config:
-            die(f"unknown key '{a}'; valid keys: {', '.join('--' + k for k in config)}", 2)
-        if not eq:
-            if type(config[key]) is bool and (i + 1 == len(argv) or argv[i + 1].startswith('--')):
-                val = 'true'  # a bare boolean flag
-            elif i + 1 == len(argv):
-                die(f"--{key} needs a value ({(AUTO_TYPES.get(key) or type(config[key])).__name__})", 2)
-            else:
-                val, i = argv[i + 1], i + 1
-        given[key] = convert(key, val)
-        i += 1
-    return given
 
 
 def get_lr(step, cfg):
@@ -443,9 +296,9 @@ def check_finite(first_bad, ckpt_path, last_saved, ddp, master):
 
 
 def main(argv):
-    given = parse_args(argv)
+    given = cli.parse_args(argv, config)
     cfg = {**config, **given}
-    check_paths(cfg)
+    cli.check_paths(cfg)
     master = int(os.environ.get('RANK', 0)) == 0  # torchrun's rank 0 (RANK is set before any process group)
     log = print if master else (lambda *a, **k: None)
     ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
@@ -572,7 +425,10 @@ def main(argv):
                 flush=True,
             )
             t_log += time.time() - t  # keep eval time out of ms/step
-            best_at, b = len(evals) - 1, INF  # the last counted eval that beat every earlier one by min_delta
+            best_at, b = (
+                len(evals) - 1,
+                math.inf,
+            )  # the last counted eval that beat every earlier one by min_delta
             for i, (at, v) in enumerate(evals):
                 best_at, b = (
                     (i, v) if at >= cfg['patience_from'] and v < b - cfg['min_delta'] else (best_at, b)

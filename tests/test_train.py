@@ -10,12 +10,14 @@ import pytest
 import torch
 
 import checkpoint_io
+import cli
 import data
 import model as M
 import noise
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# compiling tiny models costs, gains nothing
 SMALL = [
     '--preset',
     'tiny',
@@ -33,7 +35,7 @@ SMALL = [
     '0',
     '--compile',
     'False',
-]  # compiling tiny models costs, gains nothing
+]
 
 
 @pytest.fixture(scope='module')
@@ -85,15 +87,26 @@ def max_diff(a, b):
 
 
 def test_cli(capsys):
-    assert train.parse_args(['--lr', '3e-4', '--max_iters=7', '--compile', '--gamma_max', '10']) == dict(
+    def parse_args(argv):
+        return cli.parse_args(argv, train.config)
+
+    assert parse_args(['--lr', '3e-4', '--max_iters=7', '--compile', '--gamma_max', '10']) == dict(
         lr=3e-4, max_iters=7, compile=True, gamma_max=10.0
     )
-    assert train.parse_args(['--log_snr_mean=auto', '--smooth_endpoints', 'false']) == dict(
+    assert parse_args(['--log_snr_mean=auto', '--smooth_endpoints', 'false']) == dict(
         log_snr_mean=None, smooth_endpoints=False
     )
     # the SNR keys' old names, as old commands and tuning files pass them
-    assert train.parse_args(['--mu', '0.5', '--sigma=1', '--c', '0.7']) == dict(
+    assert parse_args(['--mu', '0.5', '--sigma=1', '--c', '0.7']) == dict(
         log_snr_mean=0.5, log_snr_std=1.0, reveal_floor=0.7
+    )
+    # the one range checker (rules.check_options uses it too): brackets include, parentheses exclude, no NaN
+    assert (
+        cli.in_range(0, (0, 1, '[)')) and not cli.in_range(1, (0, 1, '[)')) and cli.in_range(1, (0, 1, '(]'))
+    )
+    assert (
+        not cli.in_range(float('nan'), (-cli.INF, cli.INF, '()'))
+        and cli.interval((0, cli.INF, '[)')) == '[0, inf)'
     )
     for bad, words in [
         (['--lrr', '1'], ['--lrr', '--lr', '--objective']),
@@ -105,11 +118,11 @@ def test_cli(capsys):
         (['lr=1'], ['valid keys']),
     ]:
         with pytest.raises(SystemExit) as e:
-            train.parse_args(bad)
+            parse_args(bad)
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.count('\n') == 1 and all(w in err for w in words), (bad, err)
     with pytest.raises(SystemExit) as e:
-        train.parse_args(['-h'])
+        parse_args(['-h'])
     out = capsys.readouterr().out
     assert e.value.code == 0 and all(f'--{k}' in out for k in train.config)
     # the real exit status, no traceback
@@ -349,7 +362,8 @@ def test_resume_of_a_cuda_checkpoint_on_a_cpu_machine(data_dir, tmp_path):
 
 
 def test_recipe_defaults_gamma_max_100_at_any_vocabulary():
-    """DSL2 trains at snr_max = 100 whatever the vocabulary; 30 at 65 characters was a misread inference grid."""
+    """DSL2 trains at snr_max = 100 whatever the vocabulary; 30 at 65 characters was a misread inference
+    grid."""
     for V in (65, 2048, 50257):
         assert (
             M.model_config('tiny', V, dsl=True)['gamma_max'] == 100.0
@@ -418,9 +432,10 @@ def test_fine_tuning_ema_starts_at_the_loaded_weights(data_dir, tmp_path, one_th
 
 
 def test_a_plateau_stops_a_run_that_still_improves_a_little(data_dir, tmp_path, one_thread, capsys):
-    """--min_delta: an eval is a new best only if it beats the best by more than min_delta, so a run whose bound
-    still falls, by less, stops; --patience_from: evals before that step are not counted (an EMA that starts at
-    loaded weights lags), so the first counted eval (step 4) is the best and the stop comes 2 evals later."""
+    """--min_delta: an eval is a new best only if it beats the best by more than min_delta, so a run whose
+    bound still falls, by less, stops; --patience_from: evals before that step are not counted (an EMA that
+    starts at loaded weights lags), so the first counted eval (step 4) is the best and the stop comes 2 evals
+    later."""
     out = tmp_path / 'p'
     train.main(
         SMALL
@@ -470,14 +485,14 @@ def test_a_plateau_stops_a_run_that_still_improves_a_little(data_dir, tmp_path, 
             'mdlm',
         ]
     )
-    assert (
-        'early stop' not in capsys.readouterr().out and ckpt(tmp_path / 'q')['step'] == 8
-    )  # every eval better
+    # every eval better
+    assert 'early stop' not in capsys.readouterr().out and ckpt(tmp_path / 'q')['step'] == 8
 
 
 def test_patience_stops_a_run_whose_val_bound_stops_improving(data_dir, tmp_path, one_thread, capsys):
-    """lr 1e-30 (below float32 resolution): the val bound never improves, so --patience 2 stops at the second eval after the first, stores that
-    step as max_iters (a resume stops there too), and repro's train() counts the run as finished."""
+    """lr 1e-30 (below float32 resolution): the val bound never improves, so --patience 2 stops at the second
+    eval after the first, stores that step as max_iters (a resume stops there too), and repro's train() counts
+    the run as finished."""
     import repro
 
     out = tmp_path / 'p'
