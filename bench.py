@@ -19,6 +19,7 @@ import time
 
 import torch
 
+import common
 import model as modellib
 import noise
 import reference
@@ -92,7 +93,7 @@ def train_step(args, mode, amp, compiled=False):
             return loss(m, torch.Generator(args.device).manual_seed(1)).item()
 
     if compiled:  # the first step compiles (in the warm-up, not timed)
-        modellib.compile_forward(m, step)
+        common.compile_forward(m, step)
     return step, m, loss_at_seed
 
 
@@ -160,7 +161,7 @@ def bench_sample(args, sampler, batch, amp, compiled=False):
     )
     warm = lambda m: sample.generate(m, batch, args.block_size, 2, sampler)
     with amp:
-        modellib.compile_forward(m, warm, dynamic=True) if compiled else warm(
+        common.compile_forward(m, warm, dynamic=True) if compiled else warm(
             m
         )  # the head's rows change every step
         best, first = None, None
@@ -274,7 +275,7 @@ def check_args(ap, args):
             ap.error(f"--{k} must be >= 0, got {getattr(args, k)}")
     if not args.peak_flops > 0:
         ap.error(f"--peak_flops must be > 0, got {args.peak_flops}")
-    if err := modellib.device_error(args.device):
+    if err := common.device_error(args.device):
         ap.error(err)
     modes = ('mdlm', 'dsl', 'dsl-dense', 'dsl-topk', 'dsl-two-pass', 'ar')
     bad = [m for m in args.modes.split(',') if m and m not in modes]

@@ -32,44 +32,6 @@ PRESETS = {
 }
 
 
-def device_error(device):
-    """None if this machine can run on `device`, else a one-line reason and fix. The CLIs call it before any
-    work, so that a missing GPU is one line, not an assertion deep inside torch."""
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError):
-        return f"unknown device '{device}': use cpu, cuda or cuda:N"
-    if d.type == 'cuda':
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            why = 'this torch has no CUDA support' if torch.version.cuda is None else 'no GPU is visible'
-            return f"device '{device}': CUDA is not available on this machine ({why}); use --device cpu"
-        if d.index is not None and d.index >= n:
-            return f"device '{device}': this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}"
-    elif d.type == 'mps' and not torch.backends.mps.is_available():
-        return f"device '{device}': MPS is not available on this machine; use --device cpu"
-    elif d.type not in ('cpu', 'cuda', 'mps'):
-        return f"unknown device '{device}': use cpu, cuda or cuda:N"
-    return None
-
-
-def compile_forward(m, trial, log=print, **kw):
-    """torch.compile m's forward in place (attributes, state_dict, callers unchanged); trial(m) compiles it. If that
-    fails (no C++ compiler for inductor, an op a backend lacks), m runs eager and one line says why."""
-    m.forward = torch.compile(m.forward, **kw)
-    try:
-        trial(m)
-    except Exception as e:
-        del m.forward  # the class's eager forward again
-        e = (
-            getattr(e, 'inner_exception', None) or e
-        )  # dynamo's BackendCompilerFailed wraps the compiler's error
-        log(
-            f"torch.compile failed, running eager ({type(e).__name__}: {(str(e).strip() or '?').splitlines()[0][:160]})"
-        )
-    return m
-
-
 def model_config(preset='tiny', vocab_size=65, **overrides):
     """The model's config dict: everything needed to rebuild it (stored in checkpoints)."""
     if preset not in PRESETS:

@@ -3,7 +3,8 @@ Corruption processes, training losses and NLL bounds (docs/method.md §5-9).
 
 Notation: x (B, L) int64 token ids, V real tokens, mask_id = V.
   MDLM:  each token is masked with probability t, t ~ U(eps, 1) stratified over the global batch;
-         loss = (1/t) * sum_masked -log p(x_i | x_t) / L   (Sahoo et al. 2024, MDLM eq. 10, log-linear schedule)
+         loss = (1/t) * sum_masked -log p(x_i | x_t) / L
+         (Sahoo et al. 2024, MDLM eq. 10, log-linear schedule)
   DSL:   z_i = gamma_i e_{x_i} + sqrt(gamma_i) eps_i  (the localization channel), gamma from a mixture of
          endpoint and intermediate corruption; loss = plain cross-entropy, no time weighting.
   Bounds: mdlm_bound (NELBO), roar_bound (any-order AR), diffusion_bound (I-MMSE integral).
@@ -15,27 +16,43 @@ import math
 import torch
 import torch.nn.functional as F
 
-# mixed-corruption defaults (docs/method.md §5); char vocabularies override mu, sigma (DSL2's text8 lognormal).
-# gamma_max is 100 at every vocabulary (DSL2: ROARSNRPath(snr_max=100.)); 30 made ~3% of the revealed
-# endpoint tokens of a 65-character model read as another token
+# mixed-corruption defaults (docs/method.md §5); char vocabularies override the lognormal of intermediate SNRs
+# (DSL2's text8 one). gamma_max is 100 at every vocabulary (DSL2: ROARSNRPath(snr_max=100.)); 30 made ~3% of
+# the revealed endpoint tokens of a 65-character model read as another token
 SNR_DEFAULTS = dict(
-    p_end=0.25,  # fraction of sequences at (smoothed) endpoints
+    # fraction of sequences at (smoothed) endpoints
+    p_end=0.25,
     smooth_endpoints=True,
-    gamma_max=100.0,  # SNR of a revealed token
-    gamma_min=1.0,  # smoothed endpoints: hidden gamma ~ U(0, gamma_min)
-    c=0.8,  # smoothed endpoints: revealed gamma ~ U(c gamma_max, gamma_max)
-    mu=2.69,
-    sigma=1.41,  # intermediate sequences: gamma ~ LogNormal(mu, sigma)
+    # SNR of a revealed token
+    gamma_max=100.0,
+    # smoothed endpoints: hidden gamma ~ U(0, gamma_min)
+    gamma_min=1.0,
+    # smoothed endpoints: revealed gamma ~ U(reveal_floor gamma_max, gamma_max)
+    reveal_floor=0.8,
+    # intermediate sequences: gamma ~ LogNormal(log_snr_mean, log_snr_std), one per sequence
+    log_snr_mean=2.69,
+    log_snr_std=1.41,
+    # intermediate sequences: per-token multiplicative jitter exp(jitter * N(0,1))
     jitter=0.0,
-)  # intermediate: per-token multiplicative jitter exp(jitter * N(0,1))
-SNR_CHAR = dict(mu=1.4, sigma=0.55)
+)
+SNR_CHAR = dict(log_snr_mean=1.4, log_snr_std=0.55)
+# the names these keys had before (mu, sigma, c: each also meant something else); old checkpoints and old
+# commands still use them
+OLD_SNR_KEYS = dict(mu='log_snr_mean', sigma='log_snr_std', c='reveal_floor')
+
+
+def new_snr_keys(cfg):
+    """cfg with the SNR keys' old names (OLD_SNR_KEYS) replaced by the new ones, the order kept."""
+    return {OLD_SNR_KEYS.get(k, k): v for k, v in cfg.items()}
 
 
 def snr_config(vocab_size, **overrides):
+    """The mixed corruption's settings for this vocabulary size: the defaults, then the overrides (their old
+    names too)."""
     cfg = dict(SNR_DEFAULTS)
     if vocab_size <= 1000:
         cfg.update(SNR_CHAR)
-    cfg.update(overrides)
+    cfg.update(new_snr_keys(overrides))
     return cfg
 
 
@@ -70,7 +87,8 @@ def token_logprobs(logits, x, V):
 
 def mdlm_loss(model, x, t, generator=None):
     """Continuous-time MDLM NELBO per sequence (B,), nats/token: (1/t) sum_masked -log p(x_i | x_t) / L.
-    DSL models read the masked ids through their endpoint path, so this is also their atomic-endpoint bound."""
+    DSL models read the masked ids through their endpoint path, so this is also their atomic-endpoint
+    bound."""
     xt, masked = mdlm_corrupt(x, t, model.mask_id, generator)
     logp = token_logprobs(model(x=xt), x, model.vocab_size)  # (B, L)
     return -(logp * masked).sum(1) / x.shape[1] / t
@@ -92,7 +110,8 @@ def localize(e, gamma, generator=None):
 def sample_endpoint_mask(B, L, device, generator=None):
     """k ~ U{0..L-1} revealed positions per sequence, chosen uniformly. Returns revealed (B, L) bool."""
     k = torch.randint(0, L, (B, 1), generator=generator, device=device)
-    order = _rand((B, L), generator, device).argsort(dim=1).argsort(dim=1)  # random rank of each position
+    # a random rank of each position
+    order = _rand((B, L), generator, device).argsort(dim=1).argsort(dim=1)
     return order < k
 
 
@@ -103,13 +122,14 @@ def sample_gamma(B, L, cfg, device, generator=None):
     is_end = _rand(B, generator, device) < cfg['p_end']
     revealed = sample_endpoint_mask(B, L, device, generator)
     if cfg['smooth_endpoints']:
-        g_vis = gmax * (cfg['c'] + (1 - cfg['c']) * _rand((B, L), generator, device))
+        floor = cfg['reveal_floor']
+        g_vis = gmax * (floor + (1 - floor) * _rand((B, L), generator, device))
         g_hid = cfg['gamma_min'] * _rand((B, L), generator, device)
     else:
         g_vis, g_hid = torch.full((B, L), gmax, device=device), torch.zeros(B, L, device=device)
     g_end = torch.where(revealed, g_vis, g_hid)
     n = torch.randn(B, 1, generator=generator, device=device)
-    g_mid = torch.exp(cfg['mu'] + cfg['sigma'] * n).expand(B, L)
+    g_mid = torch.exp(cfg['log_snr_mean'] + cfg['log_snr_std'] * n).expand(B, L)
     if cfg['jitter'] > 0:
         g_mid = g_mid * torch.exp(cfg['jitter'] * torch.randn(B, L, generator=generator, device=device))
     g_mid = g_mid.clamp(0, gmax)
@@ -121,8 +141,8 @@ def sample_gamma(B, L, cfg, device, generator=None):
 
 
 def roar_rows(B, roar_weight):
-    """How many of a micro-batch's B rows carry the ROAR corruption: the share q = w / (1 + w), rounded, at least
-    one row of each kind. With equal per-row variances s^2 of the two terms, the estimate's variance
+    """How many of a micro-batch's B rows carry the ROAR corruption: the share q = w / (1 + w), rounded, at
+    least one row of each kind. With equal per-row variances s^2 of the two terms, the estimate's variance
     s^2 (1 / n_mixed + w^2 / n_roar) is smallest at n_roar / n_mixed = w, i.e. q = w / (1 + w)."""
     if roar_weight <= 0:
         return 0
@@ -154,7 +174,8 @@ def dsl_loss(model, x, cfg, generator=None, roar_weight=0.0):
     ce = F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction='none').view(B, L)
     loss = ce[n_roar:].mean()
     if n_roar:
-        hidden = ~revealed  # k <= L - 1, so every row has a hidden position
+        # k <= L - 1, so every row has a hidden position
+        hidden = ~revealed
         roar = ((ce[:n_roar] * hidden).sum(1) / hidden.sum(1)).mean()
         loss = loss + roar_weight * roar
     return loss
@@ -195,7 +216,8 @@ def mdlm_bound(model, x, n_t=8, generator=None):
     total = 0.0
     for j in range(n_t):
         u = _rand(x.shape[0], generator, x.device)
-        t = 1e-3 + (1 - 1e-3) * (u + j) / n_t  # stratified over the n_t repeats
+        # stratified over the n_t repeats
+        t = 1e-3 + (1 - 1e-3) * (u + j) / n_t
         total += mdlm_loss(model, x, t, generator).mean().item()
     return total / n_t
 
@@ -214,7 +236,8 @@ def roar_bound(model, x, n_k=8, generator=None):
 
 
 def snr_grid(g_end, n=64, g_first=1e-2):
-    """0 followed by n-1 log-spaced points g_first .. g_end: dense at small gamma where mmse changes fastest."""
+    """0 followed by n-1 log-spaced points g_first .. g_end: dense at small gamma, where mmse changes
+    fastest."""
     if n == 2:
         return torch.tensor([0.0, g_end])
     return torch.cat([torch.zeros(1), torch.logspace(math.log10(g_first), math.log10(g_end), n - 1)])
@@ -240,13 +263,14 @@ def path_integral(model, x, gammas, generator=None):
     & Verdu 2005; dI/dgamma_i = mmse_i / 2). gammas: (S, B, L) or (S,) grid, non-decreasing in S,
     from 0. Returns (cumulative integral per sequence in nats (S, B), nll (S, B) = sum_i -log p(x_i|z_s))."""
     B, L = x.shape
-    g = gammas.to(x.device).float()
-    g = g[:, None, None].expand(-1, B, L) if g.dim() == 1 else g  # (S, B, L)
-    S = g.shape[0]
-    mm, nl = zip(*[mmse_and_nll(model, x, g[s], generator) for s in range(S)])
+    gammas = gammas.to(x.device).float()
+    if gammas.dim() == 1:
+        gammas = gammas[:, None, None].expand(-1, B, L)  # (S, B, L)
+    S = gammas.shape[0]
+    mm, nl = zip(*[mmse_and_nll(model, x, gammas[s], generator) for s in range(S)])
     mm, nl = torch.stack(mm), torch.stack(nl)  # (S, B, L)
-    dg = g[1:] - g[:-1]
-    steps = 0.5 * (mm[1:] + mm[:-1]) * dg  # trapezoid per token
+    # the trapezoid rule, per token
+    steps = 0.5 * (mm[1:] + mm[:-1]) * (gammas[1:] - gammas[:-1])
     cum = torch.cat([torch.zeros(1, B, device=x.device), 0.5 * steps.sum(-1).cumsum(0)])
     return cum, nl.sum(-1)
 

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+import cli
+
 # rule knobs (None: the rule's own default). eta: cap 0.008, rescale 0.015, loop 0.02 (ReMDM's defaults)
 KNOBS = dict(eta=None, rho=1.0, kappa=1.0, t_on=0.55, t_off=0.05, alpha_on=0.9,
              gamma_end=None,      # sde: final SNR (default gamma_max)
@@ -25,7 +27,8 @@ KNOBS = dict(eta=None, rho=1.0, kappa=1.0, t_on=0.55, t_off=0.05, alpha_on=0.9,
              commit_noise=0)      # 1: show them as channel samples gamma_commit e_x + sqrt(gamma_commit) eps
 INF = math.inf
 HYBRID_RULES = ('mdlm', 'cap', 'rescale', 'conf', 'budget', 'uncertainty')  # no frozen-alpha stretch: no loop
-# valid knob values, in interval notation: '[' and ']' include the bound, '(' and ')' exclude it; t_off <= t_on
+# valid knob values, in interval notation (cli.in_range: '[' and ']' include the bound, '(' and ')' exclude
+# it); t_off <= t_on
 KNOB_RANGES = dict(eta=(0, 1, '[]'), rho=(0, INF, '[)'), kappa=(0, INF, '[)'), t_on=(0, 1, '()'),
                    t_off=(0, 1, '[)'), alpha_on=(0, 1, '[]'), gamma_end=(0, INF, '()'), gamma_first=(0, INF, '()'),
                    gamma_switch=(0, INF, '()'), T_c=(0, INF, '[)'), commit_p=(0, 1, '[]'))
@@ -40,10 +43,8 @@ def check_options(top_p, kw):
     if bad:
         raise ValueError(f"unknown sampler option(s) {bad}: valid ones are {sorted(KNOBS)}")
     for k, v in kw.items():
-        if k in KNOB_RANGES and v is not None:
-            lo, hi, br = KNOB_RANGES[k]
-            if not ((lo <= v if br[0] == '[' else lo < v) and (v <= hi if br[1] == ']' else v < hi)):
-                raise ValueError(f"{k} must lie in {br[0]}{lo}, {hi}{br[1]}, got {v}")
+        if k in KNOB_RANGES and v is not None and not cli.in_range(v, KNOB_RANGES[k]):
+            raise ValueError(f"{k} must lie in {cli.interval(KNOB_RANGES[k])}, got {v}")
     kn = {**KNOBS, **{k: v for k, v in kw.items() if v is not None}}
     if kn['t_off'] > kn['t_on']:  # the loop schedule's phases would overlap
         raise ValueError(f"t_off must lie in [0, t_on] (t_on = {kn['t_on']}), got {kn['t_off']}")

@@ -24,6 +24,7 @@ import time
 
 import torch
 
+import common
 import data
 import figures
 import model as modellib
@@ -422,7 +423,7 @@ def check_cli(args, sampler, kw):
     rules.check_options(args.top_p, kw)
     if args.seq_len < 0:
         raise ValueError(f"--seq_len must be >= 0 (0 = the checkpoint's block_size), got {args.seq_len}")
-    if err := modellib.device_error(args.device):
+    if err := common.device_error(args.device):
         raise ValueError(err)
     if os.path.isdir(args.ckpt):
         raise ValueError(f"--ckpt {args.ckpt} is a folder: pass a file, e.g. {os.path.join(args.ckpt, 'ckpt.pt')}")

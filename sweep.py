@@ -18,9 +18,9 @@ import time
 
 import torch
 
+import common
 import data
 import figures
-import model as M
 import rules
 import sample
 from evaluate import features, get_judge, judge_inputs, load, need, references, score, write_atomic
@@ -145,7 +145,7 @@ def sweep(
     models = {p: load(p, trust=trust) for p in ckpts}
     for p, (m, meta, cfg) in models.items() if compile else ():
         if not m.config.get('causal'):  # the AR model's own samples are one cell: not worth a compile
-            M.compile_forward(
+            common.compile_forward(
                 m, lambda m: sample.generate(m, 2, L or cfg.get('block_size'), 2, 'mdlm'), dynamic=True
             )
     J = get_judge(judge, pool, trust)

@@ -40,7 +40,7 @@ DRAFT, TARGET = '__CDBFF', 'ABCDEFG'
 # smoothed endpoints, no jitter). With orthonormal codes a token at gamma_max = 30 is unambiguous, and
 # LogNormal(1.4, 0.55) puts intermediate sequences around gamma ~ 4, where single tokens are often misread
 # and only the context can fix them: those are the states that teach the model to doubt a visible token.
-TOY_SNR = dict(gamma_max=30.0, mu=1.4, sigma=0.55, jitter=0.0)
+TOY_SNR = dict(gamma_max=30.0, log_snr_mean=1.4, log_snr_std=0.55, jitter=0.0)
 
 
 def shifts():

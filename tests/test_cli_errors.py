@@ -67,7 +67,9 @@ CASES = [
     ('train.py --p_end 1.5', 2, '[0, 1]'),
     ('train.py --beta2 1', 2, '[0, 1)'),
     ('train.py --ema_decay -0.1', 2, '[0, 1)'),
-    ('train.py --sigma -1', 2, '[0, inf)'),
+    ('train.py --log_snr_std -1', 2, '--log_snr_std expects a number in [0, inf)'),
+    ('train.py --reveal_floor 1.5', 2, '--reveal_floor expects a number in [0, 1]'),
+    ('train.py --sigma -1', 2, '--log_snr_std expects a number in [0, inf)'),  # the old name still works
     ('train.py --seed -1', 2, '--seed expects an int in [0, inf)'),
     ('train.py --n_layer 0', 2, '--n_layer expects an int in [1, inf)'),
     ('train.py --max_iters -1', 2, '--max_iters'),
@@ -141,7 +143,8 @@ def sha256(path):
 
 
 def snapshot(d):
-    """Every file under d and the repository's data/ folder, with its bytes and mtime: a failed run changes none."""
+    """Every file under d and the repository's data/ folder, with its bytes and mtime: a failed run changes
+    none."""
     files = {}
     for top in (str(d), os.path.join(ROOT, 'data')):
         for dirpath, dirnames, names in os.walk(top):
@@ -163,9 +166,8 @@ def child(script, argv, cwd, out_path, err_path):
         setattr(sys, name, f)
     sys.argv = [script] + argv
     sys.path.insert(0, ROOT)
-    runpy.run_path(
-        os.path.join(ROOT, script), run_name='__main__'
-    )  # SystemExit / tracebacks: multiprocessing
+    # SystemExit and tracebacks go to multiprocessing, which sets the exit status
+    runpy.run_path(os.path.join(ROOT, script), run_name='__main__')
 
 
 @pytest.fixture(scope='module')
@@ -205,9 +207,8 @@ def check(inputs, forkserver, case, real=False):
     cmd, code, msg = case
     d, paths = inputs
     argv = shlex.split(cmd.format(**paths))
-    (d / 'work').mkdir(
-        exist_ok=True
-    )  # cwd: a default out_dir ('out') would appear here and fail the snapshot
+    # the cwd: a default out_dir ('out') would appear here and fail the snapshot
+    (d / 'work').mkdir(exist_ok=True)
     before = snapshot(d)
     rc, err = run_case(forkserver, d / 'work', argv, real)
     lines = [line for line in err.splitlines() if line.strip()]

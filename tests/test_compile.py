@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+import common
 import model
 import noise
 import sample
@@ -41,7 +42,7 @@ def test_compiled_dsl_step_matches_eager(tmp_path, monkeypatch):
     m = dsl_model()
     loss0, g0 = loss_and_grads(m, x, snr)
     lines = []
-    model.compile_forward(m, lambda m: loss_and_grads(m, x, snr), log=lines.append)
+    common.compile_forward(m, lambda m: loss_and_grads(m, x, snr), log=lines.append)
     assert lines == [] and 'forward' in vars(m)  # compiled, in place
     loss1, g1 = loss_and_grads(m, x, snr)
     assert loss1 == pytest.approx(loss0, rel=1e-5, abs=1e-6)  # float rounding of fused kernels only
@@ -52,7 +53,7 @@ def test_compiled_dsl_step_matches_eager(tmp_path, monkeypatch):
     ]
     eager = draw(dsl_model())
     m2 = dsl_model()
-    model.compile_forward(m2, draw, dynamic=True, log=lines.append)
+    common.compile_forward(m2, draw, dynamic=True, log=lines.append)
     assert lines == [] and torch.equal(draw(m2), eager)
 
 
@@ -64,7 +65,7 @@ def test_a_failing_compiler_falls_back_to_eager_with_one_line():
     x = torch.randint(0, 65, (2, 8))
     want = m(x=x)
     lines = []
-    model.compile_forward(m, lambda m: m(x=x), log=lines.append, backend=broken)
+    common.compile_forward(m, lambda m: m(x=x), log=lines.append, backend=broken)
     assert (
         len(lines) == 1
         and lines[0].startswith('torch.compile failed, running eager')

@@ -96,21 +96,21 @@ def test_mixed_snr_sampler_matches_its_settings():
     assert abs(frac - 0.3) < 4 * math.sqrt(0.3 * 0.7 / B)
     end, mid = gamma[is_end], gamma[~is_end]
     vis, hid = end[revealed[is_end]], end[~revealed[is_end]]
-    assert vis.min() >= cfg['c'] * cfg['gamma_max'] and vis.max() <= cfg['gamma_max']
+    assert vis.min() >= cfg['reveal_floor'] * cfg['gamma_max'] and vis.max() <= cfg['gamma_max']
     assert hid.min() >= 0 and hid.max() <= cfg['gamma_min']
     assert abs(vis.mean() - 0.9 * cfg['gamma_max']) < 0.5 and abs(hid.mean() - 0.5 * cfg['gamma_min']) < 0.02
     # k ~ U{0..L-1}: the revealed fraction averages (L-1)/(2L)
     assert abs(revealed[is_end].float().mean() - (L - 1) / (2 * L)) < 0.01
-    # intermediate rows share one gamma per sequence, lognormal(mu, sigma) before the clamp
+    # intermediate rows share one gamma per sequence, lognormal(log_snr_mean, log_snr_std) before the clamp
     assert (mid == mid[:, :1]).all()
     assert mid.max() <= cfg['gamma_max']
-    p_clamp = 1 - torch.distributions.Normal(cfg['mu'], cfg['sigma']).cdf(
+    p_clamp = 1 - torch.distributions.Normal(cfg['log_snr_mean'], cfg['log_snr_std']).cdf(
         torch.tensor(math.log(cfg['gamma_max']))
     )
     assert abs((mid[:, 0] == cfg['gamma_max']).float().mean() - p_clamp) < 0.015
     wide = dict(cfg, p_end=0.0, gamma_max=1e9)  # no clamp: the lognormal moments themselves
     logg = noise.sample_gamma(B, 1, wide, 'cpu', torch.Generator().manual_seed(5))[0].log()
-    assert abs(logg.mean() - cfg['mu']) < 0.05 and abs(logg.std() - cfg['sigma']) < 0.05
+    assert abs(logg.mean() - cfg['log_snr_mean']) < 0.05 and abs(logg.std() - cfg['log_snr_std']) < 0.05
     # atomic endpoints and per-token jitter
     atomic = dict(cfg, p_end=1.0, smooth_endpoints=False)
     g2, _, rev2 = noise.sample_gamma(100, L, atomic, 'cpu', torch.Generator().manual_seed(1))
@@ -322,8 +322,9 @@ def test_topk_softmax_backward_is_exact():
 
 
 def test_sparse_lookup_against_its_dense_formula_and_the_exact_lookup():
-    """lookup_topk = k: h = sum_top p_v W_v + p_mask W_mask + r Wbar. Values and gradients (E, beta, b, W) equal
-    autograd through that formula built from the dense softmax; at endpoints it equals the exact lookup."""
+    """lookup_topk = k: h = sum_top p_v W_v + p_mask W_mask + r Wbar. Values and gradients (E, beta, b, W)
+    equal autograd through that formula built from the dense softmax; at endpoints it equals the exact
+    lookup."""
     V, k = 3000, 16  # above model.DENSE_LOOKUP_MAX: top-64 by default
     m = randomize(model.DiT(model.model_config('tiny', V, dsl=True)), std=0.05).train()
     assert (

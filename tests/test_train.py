@@ -10,11 +10,14 @@ import pytest
 import torch
 
 import checkpoint_io
+import cli
 import data
 import model as M
+import noise
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# compiling tiny models costs, gains nothing
 SMALL = [
     '--preset',
     'tiny',
@@ -32,7 +35,7 @@ SMALL = [
     '0',
     '--compile',
     'False',
-]  # compiling tiny models costs, gains nothing
+]
 
 
 @pytest.fixture(scope='module')
@@ -84,11 +87,26 @@ def max_diff(a, b):
 
 
 def test_cli(capsys):
-    assert train.parse_args(['--lr', '3e-4', '--max_iters=7', '--compile', '--gamma_max', '10']) == dict(
+    def parse_args(argv):
+        return cli.parse_args(argv, train.config)
+
+    assert parse_args(['--lr', '3e-4', '--max_iters=7', '--compile', '--gamma_max', '10']) == dict(
         lr=3e-4, max_iters=7, compile=True, gamma_max=10.0
     )
-    assert train.parse_args(['--mu=auto', '--smooth_endpoints', 'false']) == dict(
-        mu=None, smooth_endpoints=False
+    assert parse_args(['--log_snr_mean=auto', '--smooth_endpoints', 'false']) == dict(
+        log_snr_mean=None, smooth_endpoints=False
+    )
+    # the SNR keys' old names, as old commands and tuning files pass them
+    assert parse_args(['--mu', '0.5', '--sigma=1', '--c', '0.7']) == dict(
+        log_snr_mean=0.5, log_snr_std=1.0, reveal_floor=0.7
+    )
+    # the one range checker (rules.check_options uses it too): brackets include, parentheses exclude, no NaN
+    assert (
+        cli.in_range(0, (0, 1, '[)')) and not cli.in_range(1, (0, 1, '[)')) and cli.in_range(1, (0, 1, '(]'))
+    )
+    assert (
+        not cli.in_range(float('nan'), (-cli.INF, cli.INF, '()'))
+        and cli.interval((0, cli.INF, '[)')) == '[0, inf)'
     )
     for bad, words in [
         (['--lrr', '1'], ['--lrr', '--lr', '--objective']),
@@ -100,11 +118,11 @@ def test_cli(capsys):
         (['lr=1'], ['valid keys']),
     ]:
         with pytest.raises(SystemExit) as e:
-            train.parse_args(bad)
+            parse_args(bad)
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.count('\n') == 1 and all(w in err for w in words), (bad, err)
     with pytest.raises(SystemExit) as e:
-        train.parse_args(['-h'])
+        parse_args(['-h'])
     out = capsys.readouterr().out
     assert e.value.code == 0 and all(f'--{k}' in out for k in train.config)
     # the real exit status, no traceback
@@ -344,15 +362,36 @@ def test_resume_of_a_cuda_checkpoint_on_a_cpu_machine(data_dir, tmp_path):
 
 
 def test_recipe_defaults_gamma_max_100_at_any_vocabulary():
-    """DSL2 trains at snr_max = 100 whatever the vocabulary; 30 at 65 characters was a misread inference grid."""
-    import noise
-
+    """DSL2 trains at snr_max = 100 whatever the vocabulary; 30 at 65 characters was a misread inference
+    grid."""
     for V in (65, 2048, 50257):
         assert (
             M.model_config('tiny', V, dsl=True)['gamma_max'] == 100.0
             and noise.snr_config(V)['gamma_max'] == 100.0
         )
-    assert noise.snr_config(65)['mu'] == 1.4  # the character lognormal stays
+    assert noise.snr_config(65)['log_snr_mean'] == 1.4  # the character lognormal stays
+
+
+def test_a_checkpoint_with_the_old_snr_key_names_resumes_identically(data_dir, tmp_path, one_thread):
+    """Checkpoints from before the rename store mu, sigma and c (now log_snr_mean, log_snr_std, reveal_floor):
+    resumed, such a checkpoint trains exactly as the same one with the new names, its values in force."""
+    snr = ['--log_snr_mean', 0.3, '--log_snr_std', 2.0, '--reveal_floor', 0.5]
+    new, old = tmp_path / 'new', tmp_path / 'old'
+    train.main([str(a) for a in SMALL + snr + ['--data_dir', data_dir, '--max_iters', 2, '--out_dir', new]])
+    c = ckpt(new)
+    old_name = {v: k for k, v in noise.OLD_SNR_KEYS.items()}
+    for key in ('config', 'snr_config'):
+        c[key] = {old_name.get(k, k): v for k, v in c[key].items()}
+    assert c['config']['mu'] == 0.3 and 'log_snr_mean' not in c['config']
+    old.mkdir()
+    torch.save(c, old / 'ckpt.pt')
+    for out in (new, old):
+        train.main(['--init_from', 'resume', '--out_dir', str(out), '--max_iters', '4'])
+    a, b = ckpt(new), ckpt(old)
+    assert b['step'] == 4 and b['config']['log_snr_mean'] == 0.3 and 'mu' not in b['config']
+    assert b['snr_config'] == a['snr_config'] and a['snr_config']['reveal_floor'] == 0.5
+    for key in ('model', 'ema'):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
 
 
 @pytest.mark.parametrize('warmup', [None, True])
@@ -393,9 +432,10 @@ def test_fine_tuning_ema_starts_at_the_loaded_weights(data_dir, tmp_path, one_th
 
 
 def test_a_plateau_stops_a_run_that_still_improves_a_little(data_dir, tmp_path, one_thread, capsys):
-    """--min_delta: an eval is a new best only if it beats the best by more than min_delta, so a run whose bound
-    still falls, by less, stops; --patience_from: evals before that step are not counted (an EMA that starts at
-    loaded weights lags), so the first counted eval (step 4) is the best and the stop comes 2 evals later."""
+    """--min_delta: an eval is a new best only if it beats the best by more than min_delta, so a run whose
+    bound still falls, by less, stops; --patience_from: evals before that step are not counted (an EMA that
+    starts at loaded weights lags), so the first counted eval (step 4) is the best and the stop comes 2 evals
+    later."""
     out = tmp_path / 'p'
     train.main(
         SMALL
@@ -445,14 +485,14 @@ def test_a_plateau_stops_a_run_that_still_improves_a_little(data_dir, tmp_path, 
             'mdlm',
         ]
     )
-    assert (
-        'early stop' not in capsys.readouterr().out and ckpt(tmp_path / 'q')['step'] == 8
-    )  # every eval better
+    # every eval better
+    assert 'early stop' not in capsys.readouterr().out and ckpt(tmp_path / 'q')['step'] == 8
 
 
 def test_patience_stops_a_run_whose_val_bound_stops_improving(data_dir, tmp_path, one_thread, capsys):
-    """lr 1e-30 (below float32 resolution): the val bound never improves, so --patience 2 stops at the second eval after the first, stores that
-    step as max_iters (a resume stops there too), and repro's train() counts the run as finished."""
+    """lr 1e-30 (below float32 resolution): the val bound never improves, so --patience 2 stops at the second
+    eval after the first, stores that step as max_iters (a resume stops there too), and repro's train() counts
+    the run as finished."""
     import repro
 
     out = tmp_path / 'p'
