@@ -45,7 +45,10 @@ os.makedirs(folder)
 rng = np.random.default_rng(0)
 for split, size in (('train', n), ('val', max(n // 100, 20000))):
     rng.integers(0, V, size).astype(np.uint16).tofile(os.path.join(folder, f'{split}.bin'))
-json.dump(dict(vocab_size=V, dtype='uint16', tokenizer='ids', train_tokens=n), open(f'{folder}/meta.json', 'w'))
+# a character vocabulary of V made-up symbols, so that sample.py can decode what it draws
+chars = [chr(0x100 + i) for i in range(V)]
+meta = dict(vocab_size=V, dtype='uint16', tokenizer='char', chars=chars, train_tokens=n)
+json.dump(meta, open(f'{folder}/meta.json', 'w'))
 PY
 start=$(date +%s)
 torchrun --standalone --nproc_per_node=1 train.py $train --data_dir "$tmp/data" --out_dir "$tmp/run" \
