@@ -154,32 +154,143 @@ def draw_moves(sigma, reveal_p, hidden, eligible, g, exact_count=None):
 # ---------------------------------------------------------------------------------------------
 # Token draws: nucleus in float64 on the rows being sampled only, in row chunks
 
+HEAD_MIN = 16  # the shortest sorted head nucleus_head takes
+HEAD_STEPS = 4  # head lengths per doubling (k rounded up to a power of 2^(1/HEAD_STEPS): few topk calls)
+OCTAVE_BINS = 8  # nucleus_bound's histogram: bins per halving of the probability
+OCTAVES = 24  # ... and halvings below the top token before the last bin, which takes the rest
+
+
 def sample_tokens(logits, top_p, g, chunk=1 << 22, nucleus='remdm'):
     """logits (N, V) over real tokens -> (tokens (N,), their probability under the distribution they were drawn
     from (N,), i.e. the renormalised nucleus). float64: float32 sampling over large vocabularies truncates the
     tail (Zheng et al. 2024). nucleus='remdm' (default, ReMDM's and MDLM's code): sort, keep tokens while the
     cumulative probability is <= top_p, the top token always. 'hf' (Hugging Face): the smallest prefix with
-    mass >= top_p, i.e. also the token that crosses top_p; less greedy, and not what published numbers used."""
+    mass >= top_p, i.e. also the token that crosses top_p; less greedy, and not what published numbers used.
+    On the CPU each row sorts only the head its nucleus can reach (nucleus_head): the same draws as a full
+    sort of every row at the same generator state, token for token (tests/test_nucleus.py)."""
     N, V = logits.shape
     u = torch.rand(N, 1, generator=g, device=logits.device, dtype=torch.float64)
     tok, prob, rows = [], [], max(1, chunk // V)
     for i in range(0, N, rows):
         p = torch.softmax(logits[i:i + rows].double(), dim=-1)  # (n, V)
         ui = u[i:i + len(p)]
-        if top_p < 1:
-            ps, idx = p.sort(dim=-1, descending=True)
-            c = ps.cumsum(-1)
-            before = c if nucleus == 'remdm' else c - ps  # remdm: c_j <= p; hf: c_{j-1} < p
-            keep = (before <= top_p if nucleus == 'remdm' else before < top_p).sum(-1, keepdim=True).clamp(min=1)
-            mass = c.gather(-1, keep - 1)  # (n, 1) nucleus mass
-            j = torch.searchsorted(c, ui * mass).clamp(max=keep - 1)
-            t, q = idx.gather(-1, j), ps.gather(-1, j) / mass
-        else:
+        if top_p >= 1:  # inverse CDF in the vocabulary's order: no sort
             c = p.cumsum(-1)
             t = torch.searchsorted(c, ui * c[:, -1:]).clamp(max=V - 1)
             q = p.gather(-1, t)
+        elif p.device.type == 'cpu':
+            t, q = nucleus_head(logits[i:i + rows], p, top_p, ui, nucleus)
+        else:  # a GPU's cumsum is a parallel scan: a head's sums need not round as the full row's do
+            t, q = nucleus_sorted(p, top_p, ui, nucleus)
         tok.append(t[:, 0])
         prob.append(q[:, 0])
     if not tok:
         return logits.new_zeros(0, dtype=torch.long), logits.new_zeros(0, dtype=torch.float64)
     return torch.cat(tok), torch.cat(prob)
+
+
+def nucleus_mask(c, ps, top_p, nucleus):
+    """Which positions of descending-sorted rows ps (their cumulative sums c) lie in the nucleus.
+    remdm: c_j <= top_p. hf: c_{j-1} < top_p, computed as c_j - ps_j.
+    Both are monotone along a row, rounding included (c_j never decreases, and c_j - ps_j never decreases
+    because ps_j does not increase), so a row's mask is True up to the nucleus size, then False."""
+    if nucleus == 'remdm':
+        return c <= top_p
+    return c - ps < top_p
+
+
+def nucleus_draw(ps, idx, top_p, u, nucleus):
+    """Inverse-CDF draw in the nucleus of descending-sorted rows ps (n, k) with token ids idx (n, k) and one
+    uniform per row u (n, 1); the top token is always kept. Returns (tokens (n, 1), probability under the
+    renormalised nucleus (n, 1), drawn position j (n, 1), open (n,): the row's last position is still in the
+    nucleus, so a longer row could have a longer nucleus)."""
+    c = ps.cumsum(-1)
+    inside = nucleus_mask(c, ps, top_p, nucleus)
+    keep = inside.sum(-1, keepdim=True).clamp(min=1)
+    mass = c.gather(-1, keep - 1)  # (n, 1) nucleus mass
+    j = torch.searchsorted(c, u * mass).clamp(max=keep - 1)
+    return idx.gather(-1, j), ps.gather(-1, j) / mass, j, inside[:, -1]
+
+
+def nucleus_sorted(p, top_p, u, nucleus):
+    """The nucleus draw on fully sorted rows p (n, V): (tokens (n, 1), probabilities (n, 1))."""
+    ps, idx = p.sort(dim=-1, descending=True)
+    t, q, _, _ = nucleus_draw(ps, idx, top_p, u, nucleus)
+    return t, q
+
+
+def nucleus_bound(logits, p, top_p):
+    """A bound on each row's nucleus size plus one (n,), from a histogram instead of a sort. Tokens are binned
+    by log2(p_max / p) (read off the logits: log p is the logit less a constant per row), OCTAVE_BINS bins per
+    halving; the first bins whose mass passes top_p hold the nucleus and the token after it, since every
+    later bin holds smaller probabilities. The bins sum in another order than the sorted cumulative sum, hence
+    the margin. A bound that comes out too small costs time, not a different draw (nucleus_head checks)."""
+    n, V = p.shape
+    bins = OCTAVE_BINS * OCTAVES + 1
+    x = logits.float()
+    level = ((x.amax(-1, keepdim=True) - x) * (OCTAVE_BINS / math.log(2))).floor()
+    # -inf logits (and NaN rows) go to the last bin, with the rest of the tail
+    level = torch.where(level < bins - 1, level, bins - 1).long()  # (n, V)
+    mass = torch.zeros(n, bins, dtype=p.dtype, device=p.device).scatter_add_(1, level, p).cumsum(-1)
+    count = torch.zeros(n, bins, dtype=torch.long, device=p.device)
+    count = count.scatter_add_(1, level, torch.ones_like(level)).cumsum(-1)
+    first = (mass <= top_p + 1e-9).sum(-1, keepdim=True).clamp(max=bins - 1)  # first bin past top_p
+    return count.gather(-1, first)[:, 0] + 1
+
+
+def drawn_tie(ps, j):
+    """Whether the drawn probability ps[j] (j (n, 1)) equals a neighbour's in descending rows ps (n, k): (n,).
+    Equal values sit next to each other, so this finds every other token of the same probability."""
+    k = ps.shape[1]
+    drawn = ps.gather(-1, j)
+    before = ps.gather(-1, (j - 1).clamp(min=0))
+    after = ps.gather(-1, (j + 1).clamp(max=k - 1))
+    return ((j > 0) & (before == drawn) | (j < k - 1) & (after == drawn))[:, 0]
+
+
+def nucleus_head(logits, p, top_p, u, nucleus):
+    """nucleus_sorted's draws, token for token, sorting only the head of each row that its nucleus reaches.
+
+    topk(k) returns the k largest probabilities in the order a full sort puts them, and cumsum adds left to
+    right, so the head's cumulative sums are the full sort's first k. Where the k-th token is outside the
+    nucleus, so is every later one (nucleus_mask is monotone): the nucleus size, its mass, the drawn position
+    and its probability are then the full sort's. k is nucleus_bound rounded up to a power of
+    2^(1/HEAD_STEPS) (few distinct k, one topk each); rows whose bound reaches V, or whose head turns out too
+    short, take the full sort. What the head cannot reproduce is the order of equal probabilities (the full
+    sort is unstable, and topk may order ties otherwise): a row whose drawn probability equals another
+    token's takes the full sort."""
+    n, V = p.shape
+    tok = torch.empty(n, 1, dtype=torch.long, device=p.device)
+    prob = torch.empty(n, 1, dtype=p.dtype, device=p.device)
+    k = nucleus_bound(logits, p, top_p).clamp(min=HEAD_MIN).double()
+    k = torch.exp2(torch.ceil(HEAD_STEPS * torch.log2(k)) / HEAD_STEPS).ceil().long()
+    full = [torch.nonzero(k >= V)[:, 0]]  # rows for the full sort
+    for size in torch.unique(k[k < V]).tolist():
+        rows = torch.nonzero(k == size)[:, 0]
+        ps, idx = p[rows].topk(size, dim=-1)  # (m, size) descending
+        t, q, j, open_ = nucleus_draw(ps, idx, top_p, u[rows], nucleus)
+        done = ~open_ & ~drawn_tie(ps, j)
+        tok[rows[done]] = t[done]
+        prob[rows[done]] = q[done]
+        full.append(rows[~done])
+    rest = torch.cat(full)
+    if len(rest):
+        tok[rest], prob[rest] = nucleus_sorted(p[rest], top_p, u[rest], nucleus)
+    return tok, prob
+
+
+def token_logprobs(logits, tokens, rows, chunk=1 << 21):
+    """log softmax(logits)[i, tokens[i]] at the rows i where rows (N,) is True: logits (N, V), tokens (N,) ->
+    (rows.sum(),) float32. In chunks of `chunk` logits: a row's log-softmax does not depend on the other rows
+    (the same values bit for bit), and one output of N x V floats can pass the size above which the CPU
+    allocator maps fresh pages from the OS on every call, which then costs more than the softmax itself."""
+    n = max(1, chunk // logits.shape[1])
+    out = []
+    for i in range(0, len(logits), n):
+        # index_select copies whole rows; a boolean index goes element by element
+        sel = rows[i:i + n].nonzero()[:, 0]
+        lp = torch.log_softmax(logits[i:i + n].index_select(0, sel).float(), -1)
+        out.append(lp.gather(-1, tokens[i:i + n][sel][:, None])[:, 0])
+    if not out:
+        return logits.new_zeros(0, dtype=torch.float32)
+    return torch.cat(out)

@@ -119,9 +119,9 @@ def discrete_loop(model, x, fixed, alphas, name, knobs, top_p, g, info, traj, ps
         u = None
         if name == 'uncertainty':  # needs p_theta(x_i | state) at every revealed token: head on all free
             lg_free = call(model, info, out_idx=free, **state)[:, :V]  # (N_free, V)
-            lp = torch.log_softmax(lg_free.float(), -1).gather(-1, x[free].clamp(max=V - 1)[:, None])[:, 0]
+            lp = rules.token_logprobs(lg_free, x[free], eligible[free])  # (N_revealed,)
             u = torch.zeros(x.shape, device=x.device)
-            u[free] = 1 - lp.exp()
+            u[eligible] = 1 - lp.exp()
         sigma, reveal_p = rules.step_probs(name, knobs, a_t, a_s, hidden, eligible, n_free, T, psi, u)
         if last and not model.dsl:
             sigma = torch.zeros_like(sigma)  # SUBS: an MDLM model has no prediction for a visible token
