@@ -8,6 +8,7 @@ Discrete step t -> s on alpha_t, the revealed fraction of free tokens (alpha_t =
   hidden token -> revealed with prob (alpha_s - (1 - sigma_i) alpha_t) / (1 - alpha_t), value ~ top-p(p_theta)
 A rule chooses sigma from (alpha_t, alpha_s (B, 1)) and the state; it returns sigma (B, L) or (B, 1).
 """
+
 import math
 
 import torch
@@ -15,23 +16,40 @@ import torch
 import cli
 
 # rule knobs (None: the rule's own default). eta: cap 0.008, rescale 0.015, loop 0.02 (ReMDM's defaults)
-KNOBS = dict(eta=None, rho=1.0, kappa=1.0, t_on=0.55, t_off=0.05, alpha_on=0.9,
-             gamma_end=None,      # sde: final SNR (default gamma_max)
-             gamma_first=None,    # sde/hybrid: first nonzero SNR of the log grid (default gamma_end / 100)
-             gamma_switch=None,   # hybrid: SNR at which the continuous phase stops (default gamma_max / 4)
-             T_c=None,            # hybrid: continuous steps (default T // 4)
-             commit_p=0.9,        # hybrid: commit positions whose posterior max >= commit_p, hide the rest
-             rule='uncertainty',  # hybrid: the rule of the discrete phase (it can undo a bad commit)
-             nucleus='remdm',     # top-p convention: remdm (ReMDM's code, the default) | hf (Hugging Face)
-             gamma_commit=None,   # DSL discrete samplers: SNR of revealed non-prompt tokens (default gamma_max)
-             commit_noise=0)      # 1: show them as channel samples gamma_commit e_x + sqrt(gamma_commit) eps
+KNOBS = dict(
+    eta=None,
+    rho=1.0,
+    kappa=1.0,
+    t_on=0.55,
+    t_off=0.05,
+    alpha_on=0.9,
+    gamma_end=None,  # sde: final SNR (default gamma_max)
+    gamma_first=None,  # sde/hybrid: first nonzero SNR of the log grid (default gamma_end / 100)
+    gamma_switch=None,  # hybrid: SNR at which the continuous phase stops (default gamma_max / 4)
+    T_c=None,  # hybrid: continuous steps (default T // 4)
+    commit_p=0.9,  # hybrid: commit positions whose posterior max >= commit_p, hide the rest
+    rule='uncertainty',  # hybrid: the rule of the discrete phase (it can undo a bad commit)
+    nucleus='remdm',  # top-p convention: remdm (ReMDM's code, the default) | hf (Hugging Face)
+    gamma_commit=None,  # DSL discrete samplers: SNR of revealed non-prompt tokens (default gamma_max)
+    commit_noise=0,
+)  # 1: show them as channel samples gamma_commit e_x + sqrt(gamma_commit) eps
 INF = math.inf
 HYBRID_RULES = ('mdlm', 'cap', 'rescale', 'conf', 'budget', 'uncertainty')  # no frozen-alpha stretch: no loop
 # valid knob values, in interval notation (cli.in_range: '[' and ']' include the bound, '(' and ')' exclude
 # it); t_off <= t_on
-KNOB_RANGES = dict(eta=(0, 1, '[]'), rho=(0, INF, '[)'), kappa=(0, INF, '[)'), t_on=(0, 1, '()'),
-                   t_off=(0, 1, '[)'), alpha_on=(0, 1, '[]'), gamma_end=(0, INF, '()'), gamma_first=(0, INF, '()'),
-                   gamma_switch=(0, INF, '()'), T_c=(0, INF, '[)'), commit_p=(0, 1, '[]'))
+KNOB_RANGES = dict(
+    eta=(0, 1, '[]'),
+    rho=(0, INF, '[)'),
+    kappa=(0, INF, '[)'),
+    t_on=(0, 1, '()'),
+    t_off=(0, 1, '[)'),
+    alpha_on=(0, 1, '[]'),
+    gamma_end=(0, INF, '()'),
+    gamma_first=(0, INF, '()'),
+    gamma_switch=(0, INF, '()'),
+    T_c=(0, INF, '[)'),
+    commit_p=(0, 1, '[]'),
+)
 
 
 def check_options(top_p, kw):
@@ -49,17 +67,24 @@ def check_options(top_p, kw):
     if kn['t_off'] > kn['t_on']:  # the loop schedule's phases would overlap
         raise ValueError(f"t_off must lie in [0, t_on] (t_on = {kn['t_on']}), got {kn['t_off']}")
     if kn['rule'] not in HYBRID_RULES:  # loop would never remask on hybrid's rising schedule
-        raise ValueError(f"hybrid rule '{kn['rule']}' must be one of {', '.join(HYBRID_RULES)} (its discrete phase "
-                         f"follows a rising schedule, so 'loop' would never remask)")
+        raise ValueError(
+            f"hybrid rule '{kn['rule']}' must be one of {', '.join(HYBRID_RULES)} (its discrete phase "
+            f"follows a rising schedule, so 'loop' would never remask)"
+        )
     if kn['nucleus'] not in ('remdm', 'hf'):
-        raise ValueError(f"nucleus must be 'remdm' (ReMDM's top-p) or 'hf' (Hugging Face's), got '{kn['nucleus']}'")
+        raise ValueError(
+            f"nucleus must be 'remdm' (ReMDM's top-p) or 'hf' (Hugging Face's), got '{kn['nucleus']}'"
+        )
     if kn['commit_noise'] not in (0, 1):  # also False / True
-        raise ValueError(f"commit_noise must be 0 (deterministic commit state) or 1 (channel noise), "
-                         f"got {kn['commit_noise']}")
+        raise ValueError(
+            f"commit_noise must be 0 (deterministic commit state) or 1 (channel noise), "
+            f"got {kn['commit_noise']}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Remasking rules
+
 
 def sigma_max(a_t, a_s):
     """Largest remasking probability that keeps the reveal probability <= 1 (ReMDM eq. 8)."""
@@ -86,7 +111,9 @@ def conf(a_t, a_s, psi, eligible, **_):
 
 def loop(a_t, a_s, eta=0.02, **_):
     """Remask at constant eta only while alpha is frozen (phase 2 of ReMDM-loop, or draft repair)."""
-    return torch.where(a_t == a_s, eta * torch.ones_like(a_t), torch.zeros_like(a_t)).clamp(max=sigma_max(a_t, a_s))
+    return torch.where(a_t == a_s, eta * torch.ones_like(a_t), torch.zeros_like(a_t)).clamp(
+        max=sigma_max(a_t, a_s)
+    )
 
 
 def budget(a_t, a_s, T, rho=1.0, **_):
@@ -99,7 +126,9 @@ def uncertainty(a_t, a_s, u, kappa=1.0, **_):
     return (kappa * u).clamp(0, 1)
 
 
-RULES = dict(mdlm=mdlm, cap=cap, rescale=rescale, conf=conf, loop=loop, budget=budget, uncertainty=uncertainty)
+RULES = dict(
+    mdlm=mdlm, cap=cap, rescale=rescale, conf=conf, loop=loop, budget=budget, uncertainty=uncertainty
+)
 
 
 def loop_alphas(T, t_on=0.55, t_off=0.05, alpha_on=0.9, eps=1e-5):
@@ -110,16 +139,23 @@ def loop_alphas(T, t_on=0.55, t_off=0.05, alpha_on=0.9, eps=1e-5):
     461 / 512 / 51. A step that straddles a phase boundary uses its own phase's formula at both ends (so
     alpha_s may pass alpha_on slightly), as ReMDM does; what the last step leaves hidden (a fraction ~eps)
     takes the argmax, as ReMDM's final noise removal does."""
+
     def rise(t):
         return alpha_on * (1 - t) / (1 - t_on)
 
     def final(t):
         return 1 - t * (1 - alpha_on) / t_off
+
     dt, out = (1 - eps) / T, []
     for k in range(T):
         t = 1 - k * dt
-        out.append((rise(t), rise(t - dt)) if t > t_on else (final(t), final(t - dt)) if t <= t_off
-                   else (alpha_on, alpha_on))
+        out.append(
+            (rise(t), rise(t - dt))
+            if t > t_on
+            else (final(t), final(t - dt))
+            if t <= t_off
+            else (alpha_on, alpha_on)
+        )
     return out
 
 
@@ -172,14 +208,14 @@ def sample_tokens(logits, top_p, g, chunk=1 << 22, nucleus='remdm'):
     u = torch.rand(N, 1, generator=g, device=logits.device, dtype=torch.float64)
     tok, prob, rows = [], [], max(1, chunk // V)
     for i in range(0, N, rows):
-        p = torch.softmax(logits[i:i + rows].double(), dim=-1)  # (n, V)
-        ui = u[i:i + len(p)]
+        p = torch.softmax(logits[i : i + rows].double(), dim=-1)  # (n, V)
+        ui = u[i : i + len(p)]
         if top_p >= 1:  # inverse CDF in the vocabulary's order: no sort
             c = p.cumsum(-1)
             t = torch.searchsorted(c, ui * c[:, -1:]).clamp(max=V - 1)
             q = p.gather(-1, t)
         elif p.device.type == 'cpu':
-            t, q = nucleus_head(logits[i:i + rows], p, top_p, ui, nucleus)
+            t, q = nucleus_head(logits[i : i + rows], p, top_p, ui, nucleus)
         else:  # a GPU's cumsum is a parallel scan: a head's sums need not round as the full row's do
             t, q = nucleus_sorted(p, top_p, ui, nucleus)
         tok.append(t[:, 0])
@@ -288,9 +324,9 @@ def token_logprobs(logits, tokens, rows, chunk=1 << 21):
     out = []
     for i in range(0, len(logits), n):
         # index_select copies whole rows; a boolean index goes element by element
-        sel = rows[i:i + n].nonzero()[:, 0]
-        lp = torch.log_softmax(logits[i:i + n].index_select(0, sel).float(), -1)
-        out.append(lp.gather(-1, tokens[i:i + n][sel][:, None])[:, 0])
+        sel = rows[i : i + n].nonzero()[:, 0]
+        lp = torch.log_softmax(logits[i : i + n].index_select(0, sel).float(), -1)
+        out.append(lp.gather(-1, tokens[i : i + n][sel][:, None])[:, 0])
     if not out:
         return logits.new_zeros(0, dtype=torch.float32)
     return torch.cat(out)

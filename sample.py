@@ -15,6 +15,7 @@ Remasking rules, the loop schedule and token draws live in rules.py (ReMDM, Wang
 Rules choose sigma: mdlm, cap, rescale, conf, loop, budget, uncertainty (DSL). Other paths: roar (exact
 counts, random order), sde (continuous localization, DSL), hybrid (sde then discrete, DSL); ar for causal models.
 """
+
 import argparse
 import json
 import math
@@ -38,6 +39,7 @@ SAMPLERS = DISCRETE + ('roar', 'sde', 'hybrid', 'ar')
 # ---------------------------------------------------------------------------------------------
 # One denoiser call
 
+
 def call(model, info, out_idx=None, **state):
     """One denoiser evaluation on state x=ids (optionally commit=mask) or z=vectors, timed so that the loop's own
     overhead can be reported. Real NFE, as ReMDM's sampler (_ddpm_caching_update reuses its last output when
@@ -49,8 +51,14 @@ def call(model, info, out_idx=None, **state):
     last, keep = info.get('last'), {} if hasattr(model, 'head') else None
     B = next(iter(state.values())).shape[0]
     changed = torch.ones(B, dtype=torch.bool, device=key[next(iter(key))].device)
-    if last is not None and last[0].keys() == key.keys() and all(last[0][k].shape == v.shape for k, v in key.items()):
-        changed = torch.stack([(last[0][k] != v).reshape(B, -1).any(1) for k, v in key.items()]).any(0)  # (B,)
+    if (
+        last is not None
+        and last[0].keys() == key.keys()
+        and all(last[0][k].shape == v.shape for k, v in key.items())
+    ):
+        changed = torch.stack([(last[0][k] != v).reshape(B, -1).any(1) for k, v in key.items()]).any(
+            0
+        )  # (B,)
     info['nfe_rows'] = info['nfe_rows'] + changed.long() if 'nfe_rows' in info else changed.long()
     cuda = changed.is_cuda  # synchronise so that the timing is the forward's
     if cuda:
@@ -59,7 +67,11 @@ def call(model, info, out_idx=None, **state):
     if last is not None and last[1] is not None and not changed.any():
         out, keep = model.head(*last[1], out_idx), dict(hc=last[1])
     else:
-        out = model(out_idx=out_idx, keep=keep, **state) if keep is not None else model(out_idx=out_idx, **state)
+        out = (
+            model(out_idx=out_idx, keep=keep, **state)
+            if keep is not None
+            else model(out_idx=out_idx, **state)
+        )
         info['calls'] += 1
     if cuda:
         torch.cuda.synchronize()
@@ -70,6 +82,7 @@ def call(model, info, out_idx=None, **state):
 
 # ---------------------------------------------------------------------------------------------
 # The commit state: the SNR at which a revealed token is shown to a DSL model
+
 
 def table_gamma(model, kn):
     """gamma_commit of the commit table that a discrete sampler with knobs kn reads (None: it needs none)."""
@@ -95,6 +108,7 @@ def present(model, x, commit, gamma_commit, eps=None):
 # ---------------------------------------------------------------------------------------------
 # The loops
 
+
 def discrete_loop(model, x, fixed, alphas, name, knobs, top_p, g, info, traj, psi=None, exact=False):
     """x (B, L) ids, fixed (B, L) bool never remasked, alphas (T, 2, B or 1, 1): each step's (alpha_t, alpha_s),
     the revealed fraction of free tokens before and after it.
@@ -110,7 +124,11 @@ def discrete_loop(model, x, fixed, alphas, name, knobs, top_p, g, info, traj, ps
     psi = torch.zeros(x.shape, device=x.device) if psi is None else psi  # prob at reveal (0: unknown)
     gc, noisy = knobs.get('gamma_commit') or model.config.get('gamma_max'), bool(knobs.get('commit_noise'))
     soft = model.dsl and (noisy or gc != model.config['gamma_max'])  # else today's endpoints, bit for bit
-    eps = torch.randn(*x.shape, model.config['noise_dim'], generator=g, device=x.device) if soft and noisy else None
+    eps = (
+        torch.randn(*x.shape, model.config['noise_dim'], generator=g, device=x.device)
+        if soft and noisy
+        else None
+    )
     for k in range(T):
         (a_t, a_s), last = alphas[k], k == T - 1
         hidden = x == mask  # (B, L)
@@ -179,8 +197,9 @@ def ar_loop(model, x, fixed, top_p, g, info, traj, nucleus='remdm'):
         inp = torch.cat([start, x[:, :i]], 1)  # (B, i + 1)
         sel = torch.zeros(inp.shape, dtype=torch.bool, device=x.device)
         sel[:, -1] = True  # head at the last position only
-        tok, p = rules.sample_tokens(call(model, info, x=inp, out_idx=sel)[:, :model.vocab_size], top_p, g,
-                               nucleus=nucleus)
+        tok, p = rules.sample_tokens(
+            call(model, info, x=inp, out_idx=sel)[:, : model.vocab_size], top_p, g, nucleus=nucleus
+        )
         x[:, i] = torch.where(fixed[:, i], x[:, i], tok)
         info['token_prob'][:, i] = torch.where(fixed[:, i], 1.0, p)
         if traj is not None:
@@ -191,9 +210,10 @@ def ar_loop(model, x, fixed, top_p, g, info, traj, nucleus='remdm'):
 # ---------------------------------------------------------------------------------------------
 # Public API
 
+
 def sampler_name(sampler):
     """'remdm-loop' -> 'loop'; an unknown name is a ValueError listing the valid ones."""
-    name = sampler[len('remdm-'):] if sampler.startswith('remdm-') else sampler
+    name = sampler[len('remdm-') :] if sampler.startswith('remdm-') else sampler
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler '{sampler}': choose one of {', '.join(SAMPLERS)}")
     return name
@@ -206,19 +226,28 @@ def _check(model, sampler, steps, top_p, kw):
     rules.check_options(top_p, kw)
     causal = model.config.get('causal', False)
     if causal != (sampler == 'ar'):
-        raise ValueError("sampler 'ar' needs a causal checkpoint" if not causal else
-                         f"this checkpoint is causal (autoregressive): use --sampler ar, not '{sampler}'")
+        raise ValueError(
+            "sampler 'ar' needs a causal checkpoint"
+            if not causal
+            else f"this checkpoint is causal (autoregressive): use --sampler ar, not '{sampler}'"
+        )
     if not model.dsl and (sampler in DSL_ONLY):
-        raise ValueError(f"sampler '{sampler}' needs a DSL checkpoint; this one is token-mode (MDLM): "
-                         f"use mdlm, cap, rescale, conf, loop, budget or roar")
+        raise ValueError(
+            f"sampler '{sampler}' needs a DSL checkpoint; this one is token-mode (MDLM): "
+            f"use mdlm, cap, rescale, conf, loop, budget or roar"
+        )
     gc, noisy = kw.get('gamma_commit'), kw.get('commit_noise', 0)
     if gc is not None or noisy:
         if not model.dsl:
-            raise ValueError("gamma_commit / commit_noise set the SNR of a DSL model's revealed tokens; "
-                             "this checkpoint is token-mode (MDLM)")
+            raise ValueError(
+                "gamma_commit / commit_noise set the SNR of a DSL model's revealed tokens; "
+                "this checkpoint is token-mode (MDLM)"
+            )
         gmax = model.config['gamma_max']
         # above gamma_max: a state no training row ever shows (endpoints sit at or below gamma_max)
-        if gc is not None and (isinstance(gc, bool) or not isinstance(gc, (int, float)) or not 0 < gc <= gmax):
+        if gc is not None and (
+            isinstance(gc, bool) or not isinstance(gc, (int, float)) or not 0 < gc <= gmax
+        ):
             raise ValueError(f"gamma_commit must be a number in (0, gamma_max = {gmax:g}], got {gc}")
     return sampler, {**rules.KNOBS, **kw}
 
@@ -253,8 +282,18 @@ def _run(model, fn, gamma_commit=None):
     return x, info
 
 
-def generate(model, num_samples, L, steps, sampler='mdlm', top_p=0.9, prompt=None, generator=None,
-             trajectory=False, **kw):
+def generate(
+    model,
+    num_samples,
+    L,
+    steps,
+    sampler='mdlm',
+    top_p=0.9,
+    prompt=None,
+    generator=None,
+    trajectory=False,
+    **kw,
+):
     """Unconditional/prompted generation. prompt: None or (L,) / (B, L) int64 ids with model.mask_id where
     free (those given are revealed from the start and never remasked).
     sampler in {'mdlm','cap','rescale','conf','loop','budget','uncertainty','roar','sde','hybrid','ar'}
@@ -270,7 +309,7 @@ def generate(model, num_samples, L, steps, sampler='mdlm', top_p=0.9, prompt=Non
         prompt = torch.as_tensor(prompt, device=dev).long()
         if prompt.shape[-1] > L:
             raise ValueError(f"the prompt ({prompt.shape[-1]} tokens) is longer than the sequence (L = {L})")
-        x[:, :prompt.shape[-1]] = prompt.expand(B, -1)
+        x[:, : prompt.shape[-1]] = prompt.expand(B, -1)
     fixed = x != mask  # (B, L)
     traj = [] if trajectory else None
     T, gmax = steps, model.config['gamma_max']
@@ -285,17 +324,28 @@ def generate(model, num_samples, L, steps, sampler='mdlm', top_p=0.9, prompt=Non
                 return sde_loop(model, x, fixed, grid, generator, info, traj)[0]
             T_c = min(T - 1, T // 4 if kn['T_c'] is None else kn['T_c'])
             xs, psi = x, None
-            if T_c > 0:  # continuous phase, then commit confident positions (z = gamma_max e_argmax), hide the rest
+            if (
+                T_c > 0
+            ):  # continuous phase, then commit confident positions (z = gamma_max e_argmax), hide the rest
                 g_sw = kn['gamma_switch'] or gmax / 4
-                xs, lg = sde_loop(model, x, fixed, noise.snr_grid(g_sw, T_c + 1, kn['gamma_first'] or g_sw / 100),
-                                  generator, info, traj)
+                xs, lg = sde_loop(
+                    model,
+                    x,
+                    fixed,
+                    noise.snr_grid(g_sw, T_c + 1, kn['gamma_first'] or g_sw / 100),
+                    generator,
+                    info,
+                    traj,
+                )
                 pmax = torch.softmax(lg, -1).max(-1).values  # (N_free,)
                 xs = xs.clone()
                 xs[~fixed] = torch.where(pmax >= kn['commit_p'], xs[~fixed], mask)
                 psi = torch.zeros(x.shape, device=dev).masked_scatter(~fixed, pmax)
             n_free = (~fixed).sum(1, keepdim=True).clamp(min=1)
             a0 = ((xs != mask) & ~fixed).sum(1, keepdim=True) / n_free  # (B, 1) committed fraction
-            alphas = rules.grid_pairs(a0 + (1 - a0) * torch.linspace(0, 1, T - T_c + 1, device=dev)[:, None, None])
+            alphas = rules.grid_pairs(
+                a0 + (1 - a0) * torch.linspace(0, 1, T - T_c + 1, device=dev)[:, None, None]
+            )
             return discrete_loop(model, xs, fixed, alphas, kn['rule'], kn, top_p, generator, info, traj, psi)
         if sampler == 'loop':
             alphas = torch.tensor(rules.loop_alphas(T, kn['t_on'], kn['t_off'], kn['alpha_on']), device=dev)
@@ -303,8 +353,9 @@ def generate(model, num_samples, L, steps, sampler='mdlm', top_p=0.9, prompt=Non
             alphas = rules.grid_pairs(torch.arange(T + 1, device=dev) / T)
         alphas = alphas.float()[:, :, None, None]  # (T, 2, 1, 1)
         name = 'mdlm' if sampler == 'roar' else sampler
-        return discrete_loop(model, x, fixed, alphas, name, kn, top_p, generator, info, traj,
-                             exact=sampler == 'roar')
+        return discrete_loop(
+            model, x, fixed, alphas, name, kn, top_p, generator, info, traj, exact=sampler == 'roar'
+        )
 
     out, info = _run(model, fn, table_gamma(model, kn))
     info.update(sampler=sampler, steps=steps, top_p=top_p, knobs=dict(kw))
@@ -313,8 +364,9 @@ def generate(model, num_samples, L, steps, sampler='mdlm', top_p=0.9, prompt=Non
     return out, info
 
 
-def repair(model, draft, steps, sampler='uncertainty', alpha=None, top_p=1.0, generator=None, trajectory=False,
-           **kw):
+def repair(
+    model, draft, steps, sampler='uncertainty', alpha=None, top_p=1.0, generator=None, trajectory=False, **kw
+):
     """Draft repair (docs/method.md §11): draft (B, L) ids, mask_id at hidden positions, the rest visible (possibly
     wrong) and remaskable. Runs the rule at frozen alpha (float or (B,); default: each draft's revealed
     fraction) for `steps` calls, then reveals what is left with the last call's argmax. Returns (x, info)."""
@@ -330,8 +382,11 @@ def repair(model, draft, steps, sampler='uncertainty', alpha=None, top_p=1.0, ge
     alphas = a[None, None].expand(steps, 2, -1, -1)  # (T, 2, B, 1) frozen
     traj = [] if trajectory else None
     fixed = torch.zeros_like(x, dtype=torch.bool)
-    out, info = _run(model, lambda info: discrete_loop(model, x, fixed, alphas, sampler, kn, top_p, generator,
-                                                       info, traj), table_gamma(model, kn))
+    out, info = _run(
+        model,
+        lambda info: discrete_loop(model, x, fixed, alphas, sampler, kn, top_p, generator, info, traj),
+        table_gamma(model, kn),
+    )
     info.update(sampler=sampler, steps=steps, top_p=top_p, alpha=a[:, 0].tolist(), knobs=dict(kw))
     if trajectory:
         info['trajectory'] = traj
@@ -341,9 +396,22 @@ def repair(model, draft, steps, sampler='uncertainty', alpha=None, top_p=1.0, ge
 # ---------------------------------------------------------------------------------------------
 # Batches, for the CLI and the sweep
 
+
 @torch.no_grad()
-def draw(model, n, L, steps, sampler='mdlm', top_p=0.9, prompt=None, generator=None, batch_size=64, bar=None,
-         trajectory=False, **kw):
+def draw(
+    model,
+    n,
+    L,
+    steps,
+    sampler='mdlm',
+    top_p=0.9,
+    prompt=None,
+    generator=None,
+    batch_size=64,
+    bar=None,
+    trajectory=False,
+    **kw,
+):
     """n samples through generate in batches of batch_size, one generator for all; a DSL model's endpoint tables
     are built once, not per batch. Returns (x (n, L), info of the first batch with 'nfe_rows' of all samples, 'nfe'
     their mean, and 'calls' and the timings summed over batches)."""
@@ -352,8 +420,18 @@ def draw(model, n, L, steps, sampler='mdlm', top_p=0.9, prompt=None, generator=N
     xs, info = [], None
     try:
         for i in range(0, n, batch_size):
-            x, inf = generate(model, min(batch_size, n - i), L, steps, sampler, top_p, prompt, generator,
-                              trajectory=trajectory and not xs, **kw)
+            x, inf = generate(
+                model,
+                min(batch_size, n - i),
+                L,
+                steps,
+                sampler,
+                top_p,
+                prompt,
+                generator,
+                trajectory=trajectory and not xs,
+                **kw,
+            )
             xs.append(x)
             if info is None:
                 info = dict(inf, nfe_rows=[], calls=0, model_s=0.0, total_s=0.0)
@@ -372,15 +450,28 @@ def draw(model, n, L, steps, sampler='mdlm', top_p=0.9, prompt=None, generator=N
 # ---------------------------------------------------------------------------------------------
 # CLI
 
+
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description='sample from a DSL / MDLM / AR checkpoint (docs/method.md §10-16)')
+    ap = argparse.ArgumentParser(
+        description='sample from a DSL / MDLM / AR checkpoint (docs/method.md §10-16)'
+    )
     ap.error = lambda msg: _die(msg)  # one line, no usage dump
     add = ap.add_argument
     add('--ckpt', required=True, help='train.py checkpoint, MDLM .ckpt/.safetensors or hub id')
-    add('--trust_checkpoint', action='store_true', help='unpickle in full: only for files from a source you trust')
-    add('--sampler', default='', help=', '.join(SAMPLERS) + " ('remdm-' prefix accepted); '' = uncertainty for DSL "
-        "models (the best measured, results/quickstart/README.md), mdlm for MDLM, ar for AR")
-    add('--steps', type=int, default=128, help='sampler steps T (the denoiser calls per sample are at most T)')
+    add(
+        '--trust_checkpoint',
+        action='store_true',
+        help='unpickle in full: only for files from a source you trust',
+    )
+    add(
+        '--sampler',
+        default='',
+        help=', '.join(SAMPLERS) + " ('remdm-' prefix accepted); '' = uncertainty for DSL "
+        "models (the best measured, results/quickstart/README.md), mdlm for MDLM, ar for AR",
+    )
+    add(
+        '--steps', type=int, default=128, help='sampler steps T (the denoiser calls per sample are at most T)'
+    )
     add('--num_samples', type=int, default=16)
     add('--batch_size', type=int, default=16)
     add('--seq_len', type=int, default=0, help="L; 0 = the checkpoint's block_size")
@@ -388,7 +479,11 @@ def parse_args(argv):
     add('--seed', type=int, default=0)
     add('--prompt', default='', help='text at the start of every sample, never remasked')
     add('--suffix', default='', help='text at the end (with --prompt: infilling)')
-    add('--out', default='', help='JSONL file (default: samples_<sampler>_T<steps>_s<seed>.jsonl next to the checkpoint)')
+    add(
+        '--out',
+        default='',
+        help='JSONL file (default: samples_<sampler>_T<steps>_s<seed>.jsonl next to the checkpoint)',
+    )
     add('--meta', default='', help="meta.json for decoding (default: the checkpoint's data)")
     add('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     add('--dtype', default='bfloat16', choices=['bfloat16', 'float32'], help='autocast on CUDA')
@@ -397,8 +492,12 @@ def parse_args(argv):
     add('--quiet', action='store_true', help='do not print the samples')
     add('--trajectory', default='', help='PNG: the refinement of the first sample, one row per call')
     for k, v in rules.KNOBS.items():
-        add(f'--{k}', type=str if k in ('rule', 'nucleus') else int if k in ('T_c', 'commit_noise') else float,
-            default=None, help=f'rule knob (default {v})' if v is not None else 'rule knob')
+        add(
+            f'--{k}',
+            type=str if k in ('rule', 'nucleus') else int if k in ('T_c', 'commit_noise') else float,
+            default=None,
+            help=f'rule knob (default {v})' if v is not None else 'rule knob',
+        )
     return ap.parse_args(argv)
 
 
@@ -426,37 +525,52 @@ def check_cli(args, sampler, kw):
     if err := common.device_error(args.device):
         raise ValueError(err)
     if os.path.isdir(args.ckpt):
-        raise ValueError(f"--ckpt {args.ckpt} is a folder: pass a file, e.g. {os.path.join(args.ckpt, 'ckpt.pt')}")
+        raise ValueError(
+            f"--ckpt {args.ckpt} is a folder: pass a file, e.g. {os.path.join(args.ckpt, 'ckpt.pt')}"
+        )
     if args.meta and not os.path.isfile(args.meta):
         raise ValueError(f"--meta {args.meta}: no such file (pass the meta.json of the prepared data folder)")
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)),
-                                   f'samples_{sampler}_T{args.steps}_s{args.seed}.jsonl')
+    out = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(args.ckpt)), f'samples_{sampler}_T{args.steps}_s{args.seed}.jsonl'
+    )
     if args.trajectory and (not args.trajectory.endswith('.png') or os.path.isdir(args.trajectory)):
         raise ValueError(f"--trajectory {args.trajectory}: pass a .png file name")
     if os.path.isdir(out):
-        raise ValueError(f"--out {out} is a folder: pass a file name, e.g. {os.path.join(out, 'samples.jsonl')}")
+        raise ValueError(
+            f"--out {out} is a folder: pass a file name, e.g. {os.path.join(out, 'samples.jsonl')}"
+        )
     if err := data.folder_error(os.path.dirname(os.path.abspath(out)), '--out'):
         raise ValueError(err)
     return out
 
 
 def run(args):
-    sampler = sampler_name(args.sampler) if args.sampler else None  # checked before loading a large checkpoint
+    sampler = (
+        sampler_name(args.sampler) if args.sampler else None
+    )  # checked before loading a large checkpoint
     kw = {k: getattr(args, k) for k in rules.KNOBS if getattr(args, k) is not None}
     out = check_cli(args, sampler or 'auto', kw)
     try:
         model = modellib.load_mdlm(args.ckpt, use_ema=not args.no_ema, trust=args.trust_checkpoint)
-    except (FileNotFoundError, KeyError, ValueError):  # not found, or keys/shapes that do not fit: clear already
+    except (
+        FileNotFoundError,
+        KeyError,
+        ValueError,
+    ):  # not found, or keys/shapes that do not fit: clear already
         raise
     except Exception as e:  # torch.load of a truncated file, a text file, a pickle of something else
-        raise ValueError(f"cannot read --ckpt {args.ckpt}: truncated, corrupt or not a checkpoint ({type(e).__name__}); "
-                         f"pass a train.py checkpoint, an MDLM .ckpt/.safetensors file or a hub id")
+        raise ValueError(
+            f"cannot read --ckpt {args.ckpt}: truncated, corrupt or not a checkpoint ({type(e).__name__}); "
+            f"pass a train.py checkpoint, an MDLM .ckpt/.safetensors file or a hub id"
+        )
     model = model.to(args.device)
     if sampler is None:  # the default: the model's own best rule
         sampler = 'ar' if model.config.get('causal') else 'uncertainty' if model.dsl else 'mdlm'
         out = args.out or out.replace('samples_auto_', f'samples_{sampler}_')
     _check(model, sampler, args.steps, args.top_p, kw)
-    encode, decode, train_cfg = data.checkpoint_codec(args.ckpt, model.vocab_size, args.meta, args.trust_checkpoint)
+    encode, decode, train_cfg = data.checkpoint_codec(
+        args.ckpt, model.vocab_size, args.meta, args.trust_checkpoint
+    )
     L = args.seq_len or train_cfg.get('block_size') or (1024 if model.vocab_size == 50257 else 0)
     if not L:
         raise ValueError("sequence length unknown: pass --seq_len")
@@ -464,37 +578,79 @@ def run(args):
     if decode is None:
         print("sample.py: no tokenizer found for this checkpoint: writing token ids only", file=sys.stderr)
     if sampler == 'ar' and args.steps != L - len(encode(args.prompt) if args.prompt else []):
-        print(f"sample.py: note: 'ar' makes one call per generated token; --steps {args.steps} is not used",
-              file=sys.stderr)
-    amp = torch.autocast('cuda', dtype=torch.bfloat16, enabled=args.device.startswith('cuda') and
-                         args.dtype == 'bfloat16')
+        print(
+            f"sample.py: note: 'ar' makes one call per generated token; --steps {args.steps} is not used",
+            file=sys.stderr,
+        )
+    amp = torch.autocast(
+        'cuda', dtype=torch.bfloat16, enabled=args.device.startswith('cuda') and args.dtype == 'bfloat16'
+    )
     from tqdm import tqdm
+
     bar = tqdm(total=args.num_samples, desc=f'{sampler} T={args.steps}', unit='sample', disable=args.quiet)
     with amp:
-        x, info = draw(model, args.num_samples, L, args.steps, sampler, args.top_p, prompt,
-                       torch.Generator(args.device).manual_seed(args.seed), args.batch_size, bar,
-                       trajectory=bool(args.trajectory), **kw)
+        x, info = draw(
+            model,
+            args.num_samples,
+            L,
+            args.steps,
+            sampler,
+            args.top_p,
+            prompt,
+            torch.Generator(args.device).manual_seed(args.seed),
+            args.batch_size,
+            bar,
+            trajectory=bool(args.trajectory),
+            **kw,
+        )
     bar.close()
     if 'trajectory' in info:
-        figures.trajectory([t[0] for t in info['trajectory']], model.mask_id, (lambda i: decode([i])) if decode else str,
-                           args.trajectory, f"{sampler}, T = {args.steps}, seed {args.seed}: {os.path.relpath(args.ckpt)}")
+        figures.trajectory(
+            [t[0] for t in info['trajectory']],
+            model.mask_id,
+            (lambda i: decode([i])) if decode else str,
+            args.trajectory,
+            f"{sampler}, T = {args.steps}, seed {args.seed}: {os.path.relpath(args.ckpt)}",
+        )
         print(f"wrote the refinement of sample 0 to {args.trajectory}", file=sys.stderr)
-    records = [dict(index=i, text=decode(row) if decode else None, ids=row, sampler=sampler, steps=args.steps,
-                    nfe=info['nfe_rows'][i], top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, seq_len=L,
-                    prompt=args.prompt, suffix=args.suffix, knobs=kw, ckpt=args.ckpt) for i, row in enumerate(x.tolist())]
+    records = [
+        dict(
+            index=i,
+            text=decode(row) if decode else None,
+            ids=row,
+            sampler=sampler,
+            steps=args.steps,
+            nfe=info['nfe_rows'][i],
+            top_p=args.top_p,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            seq_len=L,
+            prompt=args.prompt,
+            suffix=args.suffix,
+            knobs=kw,
+            ckpt=args.ckpt,
+        )
+        for i, row in enumerate(x.tolist())
+    ]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, 'w') as f:
         f.writelines(json.dumps(r) + '\n' for r in records)
     if not args.quiet:
         for r in records:
             print(f"--- sample {r['index']}\n{r['text'] if decode else r['ids']}")
-    print(f"wrote {len(records)} samples ({sampler}, T = {args.steps}, {info['nfe']:g} NFE per sample, top_p {args.top_p}, "
-          f"seed {args.seed}) to {out}", file=sys.stderr)
+    print(
+        f"wrote {len(records)} samples ({sampler}, T = {args.steps}, {info['nfe']:g} NFE per sample, top_p {args.top_p}, "
+        f"seed {args.seed}) to {out}",
+        file=sys.stderr,
+    )
     if args.profile:
         t = info['total_s']
-        print(f"profile: {len(records) / t:.2f} samples/s at batch {min(args.batch_size, args.num_samples)}, "
-              f"{1e3 * t / max(1, info['calls']):.1f} ms per denoiser call, "
-              f"{100 * (1 - info['model_s'] / t):.1f}% of the step time outside the model forward", file=sys.stderr)
+        print(
+            f"profile: {len(records) / t:.2f} samples/s at batch {min(args.batch_size, args.num_samples)}, "
+            f"{1e3 * t / max(1, info['calls']):.1f} ms per denoiser call, "
+            f"{100 * (1 - info['model_s'] / t):.1f}% of the step time outside the model forward",
+            file=sys.stderr,
+        )
 
 
 if __name__ == '__main__':

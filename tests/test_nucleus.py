@@ -2,6 +2,7 @@
 full sort drew before it: the same tokens, the same probabilities and the same generator consumption at the
 same seed, for both top-p conventions, peaked and flat rows, exact ties, and vocabularies from 7 to 50257
 tokens; and the uncertainty rule's log-probabilities in row chunks are those of one log-softmax."""
+
 import pytest
 import torch
 
@@ -25,8 +26,8 @@ def reference(logits, top_p, g, chunk=1 << 22, nucleus='remdm'):
     u = torch.rand(N, 1, generator=g, device=logits.device, dtype=torch.float64)
     tok, prob, rows = [], [], max(1, chunk // V)
     for i in range(0, N, rows):
-        p = torch.softmax(logits[i:i + rows].double(), dim=-1)  # (n, V)
-        ui = u[i:i + len(p)]
+        p = torch.softmax(logits[i : i + rows].double(), dim=-1)  # (n, V)
+        ui = u[i : i + len(p)]
         if top_p < 1:
             ps, idx = p.sort(dim=-1, descending=True)
             c = ps.cumsum(-1)
@@ -121,6 +122,7 @@ def test_ties_in_the_head_take_the_full_sort(monkeypatch):
     def counted(p, *a):
         calls.append(len(p))
         return full(p, *a)
+
     monkeypatch.setattr(rules, 'nucleus_sorted', counted)
     peaked = rows('peaked', 100, 2048, seed=4)
     rules.sample_tokens(peaked, 0.9, torch.Generator().manual_seed(0))
@@ -135,8 +137,10 @@ def test_ties_in_the_head_take_the_full_sort(monkeypatch):
 def test_a_bound_too_short_costs_time_not_a_different_draw(monkeypatch):
     """Rows whose sorted head ends inside the nucleus go to the full sort: with every bound at 1 (heads of
     rules.HEAD_MIN tokens) the draws are still the full sort's."""
+
     def one(logits, p, top_p):
         return torch.ones(len(p), dtype=torch.long)
+
     monkeypatch.setattr(rules, 'nucleus_bound', one)
     for kind in ('zipf', 'flat', 'ties'):
         logits = rows(kind, 200, 2048, seed=5)
@@ -167,17 +171,23 @@ def test_samplers_draw_what_they_drew_before(monkeypatch):
         for w in m.parameters():
             w.normal_(0, 0.2 if w.dim() > 1 else 0.1)
     m.eval()
-    cases = [('uncertainty', 0.9, 'remdm'), ('uncertainty', 0.9, 'hf'), ('uncertainty', 1.0, 'remdm'),
-             ('mdlm', 0.9, 'remdm')]
+    cases = [
+        ('uncertainty', 0.9, 'remdm'),
+        ('uncertainty', 0.9, 'hf'),
+        ('uncertainty', 1.0, 'remdm'),
+        ('mdlm', 0.9, 'remdm'),
+    ]
 
     def draw(s, top_p, nucleus):
         g = torch.Generator().manual_seed(1)
         return sample.generate(m, 4, 16, 6, s, top_p, generator=g, nucleus=nucleus)[0]
+
     now = [draw(*c) for c in cases]
 
     def whole(logits, tokens, sel):
         tokens = tokens.clamp(max=logits.shape[1] - 1)
         return torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None])[sel, 0]
+
     monkeypatch.setattr(rules, 'sample_tokens', reference)
     monkeypatch.setattr(rules, 'token_logprobs', whole)
     for c, x in zip(cases, now):
