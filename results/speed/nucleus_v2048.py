@@ -8,6 +8,7 @@ same samples. Also the nucleus draw alone, on the rows the uncertainty rule drew
 
     python results/speed/nucleus_v2048.py --ckpt /tmp/nuc_v2048/ckpt.pt --threads 2
 """
+
 import argparse
 import os
 import subprocess
@@ -46,10 +47,18 @@ def drawn_rows(m, args, sampler, top_p):
     def record(logits, *a, **k):
         rows.append(logits.detach().clone())
         return draw(logits, *a, **k)
+
     rules.sample_tokens = record
     try:
-        sample.generate(m, args.batch, args.seq_len, args.steps, sampler, top_p,
-                        generator=torch.Generator().manual_seed(0))
+        sample.generate(
+            m,
+            args.batch,
+            args.seq_len,
+            args.steps,
+            sampler,
+            top_p,
+            generator=torch.Generator().manual_seed(0),
+        )
     finally:
         rules.sample_tokens = draw
     return rows
@@ -87,8 +96,12 @@ def main():
     ap.add_argument('--steps', type=int, default=32)
     ap.add_argument('--reps', type=int, default=2)
     ap.add_argument('--threads', type=int, default=2)
-    ap.add_argument('--clock', default='wall', choices=['wall', 'cpu'],
-                    help="cpu: this thread's CPU time (with --threads 1), which other jobs barely move")
+    ap.add_argument(
+        '--clock',
+        default='wall',
+        choices=['wall', 'cpu'],
+        help="cpu: this thread's CPU time (with --threads 1), which other jobs barely move",
+    )
     args = ap.parse_args()
     if args.clock == 'cpu' and args.threads != 1:
         ap.error('--clock cpu counts the calling thread only: use it with --threads 1')
@@ -106,22 +119,32 @@ def main():
     head = git('rev-parse', '--short', 'HEAD').strip()
     changed = git('status', '--porcelain', '--untracked-files=no').strip()
     dirty = ' (with uncommitted changes)' if changed else ''
-    print(f"# python results/speed/nucleus_v2048.py --ckpt {args.ckpt} --threads {args.threads} "
-          f"--reps {args.reps} --clock {args.clock} --samplers {args.samplers} --top_p {args.top_p}")
-    print(f"# {time.strftime('%d %b %Y')}, cpu ({os.cpu_count()} cores shared with other jobs, "
-          f"{torch.get_num_threads()} threads, {args.clock} clock), torch {torch.__version__}, fp32 eager; "
-          f"before = {BEFORE}, after = {head}{dirty}")
+    print(
+        f"# python results/speed/nucleus_v2048.py --ckpt {args.ckpt} --threads {args.threads} "
+        f"--reps {args.reps} --clock {args.clock} --samplers {args.samplers} --top_p {args.top_p}"
+    )
+    print(
+        f"# {time.strftime('%d %b %Y')}, cpu ({os.cpu_count()} cores shared with other jobs, "
+        f"{torch.get_num_threads()} threads, {args.clock} clock), torch {torch.__version__}, fp32 eager; "
+        f"before = {BEFORE}, after = {head}{dirty}"
+    )
     evals = ', '.join(f'{s} {v:.3f}' for s, v in ck['evals'])
-    print(f"# model: {args.ckpt}, V = {m.vocab_size}, dsl = {m.dsl}, trained {ck['step']} steps "
-          f"(val diffusion bound by step: {evals} nats/token)")
-    print(f"# sampling: batch {args.batch} x L = {args.seq_len}, T = {args.steps}, seed 0; "
-          f"best of {args.reps} interleaved rounds")
+    print(
+        f"# model: {args.ckpt}, V = {m.vocab_size}, dsl = {m.dsl}, trained {ck['step']} steps "
+        f"(val diffusion bound by step: {evals} nats/token)"
+    )
+    print(
+        f"# sampling: batch {args.batch} x L = {args.seq_len}, T = {args.steps}, seed 0; "
+        f"best of {args.reps} interleaved rounds"
+    )
     top_p = min(float(p) for p in args.top_p.split(','))
     for s in args.samplers.split(','):
         rows = drawn_rows(m, args, s, top_p)
         q = nucleus_sizes(rows, top_p)
-        print(f"# {s}: {len(torch.cat(rows)) / len(rows):.0f} rows drawn per step; their nucleus at top_p "
-              f"{top_p}: 10/50/90% quantiles {q[0]:.0f} / {q[1]:.0f} / {q[2]:.0f} tokens of {m.vocab_size}")
+        print(
+            f"# {s}: {len(torch.cat(rows)) / len(rows):.0f} rows drawn per step; their nucleus at top_p "
+            f"{top_p}: 10/50/90% quantiles {q[0]:.0f} / {q[1]:.0f} / {q[2]:.0f} tokens of {m.vocab_size}"
+        )
         if s != 'uncertainty':
             continue
         draws = dict(before=old_rules.sample_tokens, after=rules.sample_tokens)
@@ -129,10 +152,14 @@ def main():
             doubled = [scale * lg for lg in rows]
             q = nucleus_sizes(doubled, top_p)
             ms = time_draws(draws, doubled, top_p, args.reps, clock)
-            print(f"#   the draw alone on these rows at temperature 1/{scale} (nucleus median {q[1]:.0f}): "
-                  f"{ms['before']:.1f} ms/step before, {ms['after']:.1f} after")
-    print(f"{'sampler':<12} {'top_p':>5} {'version':>7} {'ms/step':>8} {'forward':>8} {'outside':>8} "
-          f"{'outside %':>9} {'same samples':>12}")
+            print(
+                f"#   the draw alone on these rows at temperature 1/{scale} (nucleus median {q[1]:.0f}): "
+                f"{ms['before']:.1f} ms/step before, {ms['after']:.1f} after"
+            )
+    print(
+        f"{'sampler':<12} {'top_p':>5} {'version':>7} {'ms/step':>8} {'forward':>8} {'outside':>8} "
+        f"{'outside %':>9} {'same samples':>12}"
+    )
     versions = dict(before=old_sample.generate, after=sample.generate)
     for s in args.samplers.split(','):
         for top_p in [float(p) for p in args.top_p.split(',')]:
@@ -148,8 +175,11 @@ def main():
             for name, info in best.items():
                 step = 1e3 * info['total_s'] / info['calls']
                 fwd = 1e3 * info['model_s'] / info['calls']
-                print(f"{s:<12} {top_p:>5} {name:>7} {step:>8.1f} {fwd:>8.1f} {step - fwd:>8.1f} "
-                      f"{100 * (1 - fwd / step):>8.1f}% {f'{same}/{args.batch}':>12}", flush=True)
+                print(
+                    f"{s:<12} {top_p:>5} {name:>7} {step:>8.1f} {fwd:>8.1f} {step - fwd:>8.1f} "
+                    f"{100 * (1 - fwd / step):>8.1f}% {f'{same}/{args.batch}':>12}",
+                    flush=True,
+                )
 
 
 if __name__ == '__main__':
