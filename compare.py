@@ -300,6 +300,8 @@ def against(rows, per, base, ref_entropy, B=1000):
     ]
     for m in models:
         for s, T in cells:
+            if not any(r['model'] == m and r['sampler'] == s and int(r['steps']) == T for r in rows):
+                continue
             v = versus(rows, per, (m, [s], T), (base, [s], T), ref_entropy, B)
             if v is None:
                 lines.append(f"| {m} | {s} | {T} | no common entropy | | | | | |")

@@ -191,6 +191,22 @@ def test_cli_reads_a_sweep_folder_and_fails_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         C.main([str(tmp_path), '--mdlm', str(tmp_path / 'none')])
     assert e.value.code == 2 and capsys.readouterr().err.count('\n') == 1
+    # --against: every other model, rule by rule at equal T, against one; the mdlm rule at T = 8 is MDLM's only
+    write(
+        tmp_path / 'pair',
+        {
+            ('dsl:a', 'mdlm', 8): [(0.9, 2.9, 2.8, 8), (1.0, 3.3, 3.2, 8)],
+            ('dsl:b', 'mdlm', 8): [(0.9, 2.5, 2.8, 8), (1.0, 2.9, 3.2, 8)],
+            ('dsl:b', 'hybrid', 8): [(0.9, 2.2, 2.6, 8), (1.0, 2.8, 3.2, 8)],
+        },
+    )
+    C.main([str(tmp_path / 'pair'), '--against', 'dsl:a'])
+    out = capsys.readouterr().out
+    # at 3.0: b 2.7, a 3.1, b - a = -0.4; b's hybrid cells have no counterpart in a's and are not listed
+    assert '| dsl:b | mdlm | 8 | 3.000 | 2.700 [' in out and '| -0.400 [' in out and 'hybrid' not in out
+    with pytest.raises(SystemExit) as e:
+        C.main([str(tmp_path / 'pair'), '--against', 'dsl:none'])
+    assert e.value.code == 2 and 'no such model' in capsys.readouterr().err
 
 
 def test_frontier_legend_names_every_panels_lines(tmp_path, monkeypatch):
