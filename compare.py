@@ -42,11 +42,18 @@ def per_sample_of(folder):
     return out
 
 
-def at_entropy(points, H, extrapolate=False):
+def at_entropy(points, H, extrapolate=False, tol=1e-4):
     """Generative NLL of a curve [(entropy, gen_nll), ...] at entropy H, by linear interpolation between the
     two neighbouring points; outside the curve's entropy range None, or with extrapolate the end segment's
-    line (a bootstrap resample's curve moves a little around a point estimate taken inside the range)."""
+    line (a bootstrap resample's curve moves a little around a point estimate taken inside the range).
+    An H within tol of an end point reads that end point: results.csv's entropy and the mean of the rounded
+    per-sample entropies differ by ~1e-5, and a curve's end is where a compared entropy often sits."""
     pts = sorted(points)
+    if pts and not extrapolate:
+        if pts[0][0] - tol <= H < pts[0][0]:
+            H = pts[0][0]
+        if pts[-1][0] < H <= pts[-1][0] + tol:
+            H = pts[-1][0]
     if len(pts) == 0 or not (extrapolate and len(pts) > 1) and not pts[0][0] <= H <= pts[-1][0]:
         return None
     if len(pts) == 1:

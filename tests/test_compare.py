@@ -9,6 +9,13 @@ import pytest
 import compare as C
 
 
+def test_an_end_point_off_by_rounding_is_read_not_dropped():
+    """The compared entropy often sits at a curve's end; the per-sample numbers put that end ~1e-5 away."""
+    pts = [(2.0, 1.0), (3.0, 2.0)]
+    assert C.at_entropy(pts, 3.00001) == 2.0 and C.at_entropy(pts, 1.99999) == 1.0
+    assert C.at_entropy(pts, 3.01) is None
+
+
 def test_interpolation_reads_a_curve_between_its_points_only():
     pts = [(3.0, 2.0), (2.0, 1.0), (4.0, 4.0)]  # unsorted: sorted by entropy
     assert C.at_entropy(pts, 2.5) == pytest.approx(1.5) and C.at_entropy(pts, 3.5) == pytest.approx(3.0)
