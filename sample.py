@@ -557,7 +557,7 @@ def draw(
     xs, info = [], None
     try:
         for i in range(0, n, batch_size):
-            x, inf = generate(
+            x, batch_info = generate(
                 model,
                 min(batch_size, n - i),
                 L,
@@ -571,9 +571,9 @@ def draw(
             )
             xs.append(x)
             if info is None:
-                info = dict(inf, nfe_rows=[], calls=0, model_s=0.0, total_s=0.0)
+                info = dict(batch_info, nfe_rows=[], calls=0, model_s=0.0, total_s=0.0)
             for k in ('nfe_rows', 'calls', 'model_s', 'total_s'):
-                info[k] += inf[k]
+                info[k] += batch_info[k]
             if bar is not None:
                 bar.update(len(x))
     finally:
@@ -592,7 +592,8 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(
         description='sample from a DSL / MDLM / AR checkpoint (docs/method.md §10-16)'
     )
-    ap.error = lambda msg: _die(msg)  # one line, no usage dump
+    # one line, no usage dump
+    ap.error = _die
     add = ap.add_argument
     add('--ckpt', required=True, help='train.py checkpoint, MDLM .ckpt/.safetensors or hub id')
     add(
@@ -628,10 +629,11 @@ def parse_args(argv):
     add('--profile', action='store_true', help='report samples/s and the time outside the forward')
     add('--quiet', action='store_true', help='do not print the samples')
     add('--trajectory', default='', help='PNG: the refinement of the first sample, one row per call')
+    knob_types = dict(rule=str, nucleus=str, T_c=int, commit_noise=int)
     for k, v in rules.KNOBS.items():
         add(
             f'--{k}',
-            type=str if k in ('rule', 'nucleus') else int if k in ('T_c', 'commit_noise') else float,
+            type=knob_types.get(k, float),
             default=None,
             help=f'rule knob (default {v})' if v is not None else 'rule knob',
         )
@@ -647,8 +649,9 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         run(args)
-    except (ValueError, KeyError, OSError) as e:  # user errors: one line, no traceback
-        _die(e.args[0] if len(e.args) == 1 else str(e))  # str: OSError(errno, text, path) names the path
+    except (ValueError, KeyError, OSError) as e:
+        # user errors: one line, no traceback; str(e) for OSError(errno, text, path), which names the path
+        _die(e.args[0] if len(e.args) == 1 else str(e))
 
 
 def check_cli(args, sampler, kw):
@@ -682,27 +685,32 @@ def check_cli(args, sampler, kw):
 
 
 def run(args):
-    sampler = (
-        sampler_name(args.sampler) if args.sampler else None
-    )  # checked before loading a large checkpoint
+    # the sampler's name is checked before loading a large checkpoint; None: the model's default
+    sampler = None
+    if args.sampler:
+        sampler = sampler_name(args.sampler)
     kw = {k: getattr(args, k) for k in rules.KNOBS if getattr(args, k) is not None}
     out = check_cli(args, sampler or 'auto', kw)
     try:
         model = modellib.load_mdlm(args.ckpt, use_ema=not args.no_ema, trust=args.trust_checkpoint)
-    except (
-        FileNotFoundError,
-        KeyError,
-        ValueError,
-    ):  # not found, or keys/shapes that do not fit: clear already
+    except (FileNotFoundError, KeyError, ValueError):
+        # not found, or keys/shapes that do not fit: clear already
         raise
-    except Exception as e:  # torch.load of a truncated file, a text file, a pickle of something else
+    except Exception as e:
+        # torch.load of a truncated file, a text file, a pickle of something else
         raise ValueError(
             f"cannot read --ckpt {args.ckpt}: truncated, corrupt or not a checkpoint ({type(e).__name__}); "
             f"pass a train.py checkpoint, an MDLM .ckpt/.safetensors file or a hub id"
         )
     model = model.to(args.device)
-    if sampler is None:  # the default: the model's own best rule
-        sampler = 'ar' if model.config.get('causal') else 'uncertainty' if model.dsl else 'mdlm'
+    if sampler is None:
+        # the default: the model's own best rule
+        if model.config.get('causal'):
+            sampler = 'ar'
+        elif model.dsl:
+            sampler = 'uncertainty'
+        else:
+            sampler = 'mdlm'
         out = args.out or out.replace('samples_auto_', f'samples_{sampler}_')
     _check(model, sampler, args.steps, args.top_p, kw)
     encode, decode, train_cfg = data.checkpoint_codec(
