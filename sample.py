@@ -71,7 +71,7 @@ def discrete_loop(
         psi = torch.zeros(x.shape, device=x.device)
 
     # The commit state (DSL): revealed free tokens at gamma_commit, as channel samples if commit_noise.
-    # Without either knob the model sees today's endpoints, bit for bit (shows_commit_state is False).
+    # Without either knob the model sees the endpoint state, bit for bit (shows_commit_state is False).
     gamma_commit = knobs.get('gamma_commit') or model.config.get('gamma_max')
     noisy = bool(knobs.get('commit_noise'))
     shows_commit_state = model.dsl and (noisy or gamma_commit != model.config['gamma_max'])
