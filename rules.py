@@ -1,12 +1,19 @@
 """
-What one discrete sampling step does, as pure functions of the step and the state (no model): the remasking rules,
-the loop schedule, the moves they imply, and the token draws (docs/method.md §10, §11, §15). sample.py's loops call these.
+What one discrete sampling step does, as pure functions of the step and the state (no model): the remasking
+rules, the loop schedule, the moves they imply, and the token draws (docs/method.md §10, §11, §15).
+sample.py's loops call these.
 
-Discrete step t -> s on alpha_t, the revealed fraction of free tokens (alpha_t = 1 - t for MDLM; ReMDM, Wang et al.
-2025, eqs. 8-9):
+Discrete step t -> s on alpha_t, the revealed fraction of free tokens (alpha_t = 1 - t for MDLM; ReMDM, Wang
+et al. 2025, eqs. 8-9):
   revealed (non-prompt) token -> hidden with prob sigma_i,   sigma_max = min(1, (1 - alpha_s) / alpha_t)
   hidden token -> revealed with prob (alpha_s - (1 - sigma_i) alpha_t) / (1 - alpha_t), value ~ top-p(p_theta)
 A rule chooses sigma from (alpha_t, alpha_s (B, 1)) and the state; it returns sigma (B, L) or (B, 1).
+sigma is ReMDM's remasking probability (the paper's notation), not a noise level or a spread.
+
+The uncertainty rule (DSL) reads, in order: uncertainty_scores (u_i = 1 - p_theta(x_i | state) from the
+step's call), uncertainty (sigma_i = min(1, kappa u_i)) and uncertainty_reveal (the reveal probability that
+keeps the expected revealed count on schedule); step_probs puts them together, draw_moves and sample_tokens
+make the moves, and sample.discrete_loop runs the step.
 """
 
 import math
@@ -15,26 +22,40 @@ import torch
 
 import cli
 
-# rule knobs (None: the rule's own default). eta: cap 0.008, rescale 0.015, loop 0.02 (ReMDM's defaults)
+# rule knobs (None: the rule's own default)
 KNOBS = dict(
+    # cap, rescale, loop: the remasking level (defaults cap 0.008, rescale 0.015, loop 0.02: ReMDM's)
     eta=None,
+    # budget: eta = rho / T
     rho=1.0,
+    # uncertainty: sigma_i = min(1, kappa u_i)
     kappa=1.0,
+    # loop: the schedule's phases (loop_alphas)
     t_on=0.55,
     t_off=0.05,
     alpha_on=0.9,
-    gamma_end=None,  # sde: final SNR (default gamma_max)
-    gamma_first=None,  # sde/hybrid: first nonzero SNR of the log grid (default gamma_end / 100)
-    gamma_switch=None,  # hybrid: SNR at which the continuous phase stops (default gamma_max / 4)
-    T_c=None,  # hybrid: continuous steps (default T // 4)
-    commit_p=0.9,  # hybrid: commit positions whose posterior max >= commit_p, hide the rest
-    rule='uncertainty',  # hybrid: the rule of the discrete phase (it can undo a bad commit)
-    nucleus='remdm',  # top-p convention: remdm (ReMDM's code, the default) | hf (Hugging Face)
-    gamma_commit=None,  # DSL discrete samplers: SNR of revealed non-prompt tokens (default gamma_max)
+    # sde: final SNR (default gamma_max)
+    gamma_end=None,
+    # sde/hybrid: first nonzero SNR of the log grid (default gamma_end / 100)
+    gamma_first=None,
+    # hybrid: SNR at which the continuous phase stops (default gamma_max / 4)
+    gamma_switch=None,
+    # hybrid: continuous steps (default T // 4)
+    T_c=None,
+    # hybrid: commit positions whose posterior max >= commit_p, hide the rest
+    commit_p=0.9,
+    # hybrid: the rule of the discrete phase (it can undo a bad commit)
+    rule='uncertainty',
+    # top-p convention: remdm (ReMDM's code, the default) | hf (Hugging Face)
+    nucleus='remdm',
+    # DSL discrete samplers: SNR of revealed non-prompt tokens (default gamma_max)
+    gamma_commit=None,
+    # 1: show them as channel samples gamma_commit e_x + sqrt(gamma_commit) eps
     commit_noise=0,
-)  # 1: show them as channel samples gamma_commit e_x + sqrt(gamma_commit) eps
+)
 INF = math.inf
-HYBRID_RULES = ('mdlm', 'cap', 'rescale', 'conf', 'budget', 'uncertainty')  # no frozen-alpha stretch: no loop
+# no frozen-alpha stretch on hybrid's rising schedule: no loop
+HYBRID_RULES = ('mdlm', 'cap', 'rescale', 'conf', 'budget', 'uncertainty')
 # valid knob values, in interval notation (cli.in_range: '[' and ']' include the bound, '(' and ')' exclude
 # it); t_off <= t_on
 KNOB_RANGES = dict(
@@ -63,22 +84,25 @@ def check_options(top_p, kw):
     for k, v in kw.items():
         if k in KNOB_RANGES and v is not None and not cli.in_range(v, KNOB_RANGES[k]):
             raise ValueError(f"{k} must lie in {cli.interval(KNOB_RANGES[k])}, got {v}")
-    kn = {**KNOBS, **{k: v for k, v in kw.items() if v is not None}}
-    if kn['t_off'] > kn['t_on']:  # the loop schedule's phases would overlap
-        raise ValueError(f"t_off must lie in [0, t_on] (t_on = {kn['t_on']}), got {kn['t_off']}")
-    if kn['rule'] not in HYBRID_RULES:  # loop would never remask on hybrid's rising schedule
+    knobs = {**KNOBS, **{k: v for k, v in kw.items() if v is not None}}
+    # the loop schedule's phases would overlap
+    if knobs['t_off'] > knobs['t_on']:
+        raise ValueError(f"t_off must lie in [0, t_on] (t_on = {knobs['t_on']}), got {knobs['t_off']}")
+    # loop would never remask on hybrid's rising schedule
+    if knobs['rule'] not in HYBRID_RULES:
         raise ValueError(
-            f"hybrid rule '{kn['rule']}' must be one of {', '.join(HYBRID_RULES)} (its discrete phase "
+            f"hybrid rule '{knobs['rule']}' must be one of {', '.join(HYBRID_RULES)} (its discrete phase "
             f"follows a rising schedule, so 'loop' would never remask)"
         )
-    if kn['nucleus'] not in ('remdm', 'hf'):
+    if knobs['nucleus'] not in ('remdm', 'hf'):
         raise ValueError(
-            f"nucleus must be 'remdm' (ReMDM's top-p) or 'hf' (Hugging Face's), got '{kn['nucleus']}'"
+            f"nucleus must be 'remdm' (ReMDM's top-p) or 'hf' (Hugging Face's), got '{knobs['nucleus']}'"
         )
-    if kn['commit_noise'] not in (0, 1):  # also False / True
+    # also False / True
+    if knobs['commit_noise'] not in (0, 1):
         raise ValueError(
             f"commit_noise must be 0 (deterministic commit state) or 1 (channel noise), "
-            f"got {kn['commit_noise']}"
+            f"got {knobs['commit_noise']}"
         )
 
 
@@ -105,7 +129,8 @@ def rescale(a_t, a_s, eta=0.015, **_):
 
 def conf(a_t, a_s, psi, eligible, **_):
     """sigma_i = sigma_max * softmax_i(-psi_i) over revealed positions, psi = prob at reveal time."""
-    w = torch.softmax((-psi).masked_fill(~eligible, -math.inf), dim=1).nan_to_num(0.0)  # rows w/o eligible: 0
+    # rows without an eligible position: 0
+    w = torch.softmax((-psi).masked_fill(~eligible, -math.inf), dim=1).nan_to_num(0.0)
     return sigma_max(a_t, a_s) * w
 
 
@@ -122,8 +147,26 @@ def budget(a_t, a_s, T, rho=1.0, **_):
 
 
 def uncertainty(a_t, a_s, u, kappa=1.0, **_):
-    """DSL: remask each revealed token with prob min(1, kappa * u_i), u_i = 1 - p_theta(x_i | state)."""
+    """DSL: remask each revealed token with prob min(1, kappa * u_i), u_i = 1 - p_theta(x_i | state)
+    (uncertainty_scores); the reveals that go with it: uncertainty_reveal."""
     return (kappa * u).clamp(0, 1)
+
+
+def uncertainty_scores(logits_free, x, free, eligible):
+    """u (B, L): 1 - p_theta(x_i | state) at the revealed free tokens (eligible (B, L)), 0 elsewhere, from
+    the step's logits at every free position, logits_free (N_free, V)."""
+    logp = token_logprobs(logits_free, x[free], eligible[free])  # (N_revealed,)
+    u = torch.zeros(x.shape, device=x.device)
+    u[eligible] = 1 - logp.exp()
+    return u
+
+
+def uncertainty_reveal(a_s, sigma, hidden, eligible, n_free):
+    """The uncertainty rule's reveal probability of each hidden token (B, 1), before clamping to [0, 1]:
+    E[#revealed free tokens after the step] = alpha_s * n_free, given the remask probabilities sigma (B,
+    L)."""
+    kept = ((1 - sigma) * eligible).sum(1, keepdim=True)
+    return (a_s * n_free - kept) / hidden.sum(1, keepdim=True).clamp(min=1)
 
 
 RULES = dict(
@@ -149,13 +192,12 @@ def loop_alphas(T, t_on=0.55, t_off=0.05, alpha_on=0.9, eps=1e-5):
     dt, out = (1 - eps) / T, []
     for k in range(T):
         t = 1 - k * dt
-        out.append(
-            (rise(t), rise(t - dt))
-            if t > t_on
-            else (final(t), final(t - dt))
-            if t <= t_off
-            else (alpha_on, alpha_on)
-        )
+        if t > t_on:
+            out.append((rise(t), rise(t - dt)))
+        elif t <= t_off:
+            out.append((final(t), final(t - dt)))
+        else:
+            out.append((alpha_on, alpha_on))
     return out
 
 
@@ -165,23 +207,27 @@ def grid_pairs(alphas):
 
 
 def step_probs(name, knobs, a_t, a_s, hidden, eligible, n_free, T, psi=None, u=None):
-    """Per-position probabilities of one step: (sigma (B, L) remask where eligible, reveal (B, L) where hidden)."""
-    kn = {k: v for k, v in knobs.items() if v is not None}
-    raw = RULES[name](a_t, a_s, T=T, psi=psi, eligible=eligible, u=u, **kn).expand(hidden.shape)  # (B, L)
-    sigma = (raw * eligible).float()  # prompt and hidden positions are never remasked
-    if name == 'uncertainty':  # reveal so that E[#revealed free tokens after the step] = alpha_s * n_free
-        kept = ((1 - sigma) * eligible).sum(1, keepdim=True)
-        r = (a_s * n_free - kept) / hidden.sum(1, keepdim=True).clamp(min=1)
-    else:  # ReMDM eq. 9 per token; under conf a hidden token's sigma is 0 (weight 0), else the row's sigma
+    """Per-position probabilities of one step: (sigma (B, L) remask where eligible, reveal (B, L) where
+    hidden). name: a rule of RULES; u (B, L): uncertainty_scores, read by the uncertainty rule."""
+    given = {k: v for k, v in knobs.items() if v is not None}
+    raw = RULES[name](a_t, a_s, T=T, psi=psi, eligible=eligible, u=u, **given)
+    raw = raw.expand(hidden.shape)  # (B, L)
+    # prompt and hidden positions are never remasked
+    sigma = (raw * eligible).float()
+    if name == 'uncertainty':
+        r = uncertainty_reveal(a_s, sigma, hidden, eligible, n_free)
+    else:
+        # ReMDM eq. 9 per token; under conf a hidden token's sigma is 0 (weight 0), else the row's sigma
         r = (a_s - (1 - raw) * a_t) / (1 - a_t).clamp(min=1e-12)
     return sigma, (r.clamp(0, 1) * hidden).float()
 
 
-def draw_moves(sigma, reveal_p, hidden, eligible, g, exact_count=None):
-    """Bernoulli draws of one step: (remask (B, L), reveal (B, L)); a single uniform per position (the sets are
-    disjoint). exact_count (B, 1): reveal exactly that many hidden positions, uniformly (roar)."""
-    r = torch.rand(hidden.shape, generator=g, device=hidden.device)
-    if exact_count is not None:  # rank of each hidden position in a random order
+def draw_moves(sigma, reveal_p, hidden, eligible, generator, exact_count=None):
+    """Bernoulli draws of one step: (remask (B, L), reveal (B, L)); a single uniform per position (the sets
+    are disjoint). exact_count (B, 1): reveal exactly that many hidden positions, uniformly (roar)."""
+    r = torch.rand(hidden.shape, generator=generator, device=hidden.device)
+    if exact_count is not None:
+        # rank of each hidden position in a random order
         rank = r.masked_fill(~hidden, 2.0).argsort(1).argsort(1)
         return torch.zeros_like(hidden), hidden & (rank < exact_count)
     return eligible & (r < sigma), hidden & (r < reveal_p)
@@ -190,33 +236,40 @@ def draw_moves(sigma, reveal_p, hidden, eligible, g, exact_count=None):
 # ---------------------------------------------------------------------------------------------
 # Token draws: nucleus in float64 on the rows being sampled only, in row chunks
 
-HEAD_MIN = 16  # the shortest sorted head nucleus_head takes
-HEAD_STEPS = 4  # head lengths per doubling (k rounded up to a power of 2^(1/HEAD_STEPS): few topk calls)
-OCTAVE_BINS = 8  # nucleus_bound's histogram: bins per halving of the probability
-OCTAVES = 24  # ... and halvings below the top token before the last bin, which takes the rest
+# the shortest sorted head nucleus_head takes
+HEAD_MIN = 16
+# head lengths per doubling (k rounded up to a power of 2^(1/HEAD_STEPS): few topk calls)
+HEAD_STEPS = 4
+# nucleus_bound's histogram: bins per halving of the probability ...
+OCTAVE_BINS = 8
+# ... and halvings below the top token before the last bin, which takes the rest
+OCTAVES = 24
 
 
-def sample_tokens(logits, top_p, g, chunk=1 << 22, nucleus='remdm'):
-    """logits (N, V) over real tokens -> (tokens (N,), their probability under the distribution they were drawn
-    from (N,), i.e. the renormalised nucleus). float64: float32 sampling over large vocabularies truncates the
-    tail (Zheng et al. 2024). nucleus='remdm' (default, ReMDM's and MDLM's code): sort, keep tokens while the
-    cumulative probability is <= top_p, the top token always. 'hf' (Hugging Face): the smallest prefix with
-    mass >= top_p, i.e. also the token that crosses top_p; less greedy, and not what published numbers used.
-    On the CPU each row sorts only the head its nucleus can reach (nucleus_head): the same draws as a full
-    sort of every row at the same generator state, token for token (tests/test_nucleus.py)."""
+def sample_tokens(logits, top_p, generator, chunk=1 << 22, nucleus='remdm'):
+    """logits (N, V) over real tokens -> (tokens (N,), their probability under the distribution they were
+    drawn from (N,), i.e. the renormalised nucleus). float64: float32 sampling over large vocabularies
+    truncates the tail (Zheng et al. 2024). nucleus='remdm' (default, ReMDM's and MDLM's code): sort, keep
+    tokens while the cumulative probability is <= top_p, the top token always. 'hf' (Hugging Face): the
+    smallest prefix with mass >= top_p, i.e. also the token that crosses top_p; less greedy, and not what
+    published numbers used. On the CPU each row sorts only the head its nucleus can reach (nucleus_head): the
+    same draws as a full sort of every row at the same generator state, token for token
+    (tests/test_nucleus.py)."""
     N, V = logits.shape
-    u = torch.rand(N, 1, generator=g, device=logits.device, dtype=torch.float64)
+    u = torch.rand(N, 1, generator=generator, device=logits.device, dtype=torch.float64)
     tok, prob, rows = [], [], max(1, chunk // V)
     for i in range(0, N, rows):
         p = torch.softmax(logits[i : i + rows].double(), dim=-1)  # (n, V)
         ui = u[i : i + len(p)]
-        if top_p >= 1:  # inverse CDF in the vocabulary's order: no sort
+        if top_p >= 1:
+            # inverse CDF in the vocabulary's order: no sort
             c = p.cumsum(-1)
             t = torch.searchsorted(c, ui * c[:, -1:]).clamp(max=V - 1)
             q = p.gather(-1, t)
         elif p.device.type == 'cpu':
             t, q = nucleus_head(logits[i : i + rows], p, top_p, ui, nucleus)
-        else:  # a GPU's cumsum is a parallel scan: a head's sums need not round as the full row's do
+        else:
+            # a GPU's cumsum is a parallel scan: a head's sums need not round as the full row's do
             t, q = nucleus_sorted(p, top_p, ui, nucleus)
         tok.append(t[:, 0])
         prob.append(q[:, 0])
@@ -270,7 +323,8 @@ def nucleus_bound(logits, p, top_p):
     mass = torch.zeros(n, bins, dtype=p.dtype, device=p.device).scatter_add_(1, level, p).cumsum(-1)
     count = torch.zeros(n, bins, dtype=torch.long, device=p.device)
     count = count.scatter_add_(1, level, torch.ones_like(level)).cumsum(-1)
-    first = (mass <= top_p + 1e-9).sum(-1, keepdim=True).clamp(max=bins - 1)  # first bin past top_p
+    # the first bin past top_p
+    first = (mass <= top_p + 1e-9).sum(-1, keepdim=True).clamp(max=bins - 1)
     return count.gather(-1, first)[:, 0] + 1
 
 
@@ -300,7 +354,8 @@ def nucleus_head(logits, p, top_p, u, nucleus):
     prob = torch.empty(n, 1, dtype=p.dtype, device=p.device)
     k = nucleus_bound(logits, p, top_p).clamp(min=HEAD_MIN).double()
     k = torch.exp2(torch.ceil(HEAD_STEPS * torch.log2(k)) / HEAD_STEPS).ceil().long()
-    full = [torch.nonzero(k >= V)[:, 0]]  # rows for the full sort
+    # rows for the full sort
+    full = [torch.nonzero(k >= V)[:, 0]]
     for size in torch.unique(k[k < V]).tolist():
         rows = torch.nonzero(k == size)[:, 0]
         ps, idx = p[rows].topk(size, dim=-1)  # (m, size) descending

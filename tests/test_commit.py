@@ -90,7 +90,7 @@ def test_gamma_commit_lowers_the_oracles_confidence_in_a_visible_token():
     us = {}
     for g in (30.0, 3.0):
         with torch.no_grad():
-            lg = o(**sample.present(o, draft, vis, g))[0, :, : toy.V]
+            lg = o(**sample.model_input(o, draft, vis, g))[0, :, : toy.V]
         us[g] = 1 - torch.softmax(lg.double(), -1)[torch.arange(7), draft[0].clamp(max=6)]
         assert us[g][[4, 6]].min() > 0.99 and us[g][[2, 3, 5]].max() < 0.01, (g, us[g])
     assert (us[3.0][[2, 3, 5]] > us[30.0][[2, 3, 5]]).all()

@@ -1,5 +1,6 @@
-"""Samplers (issue #4): the exact Bayes oracle of the cyclic toy (docs/method.md §17), the rules' reveal/remask
-frequencies against the formulas of docs/method.md §10-12, invariants of every sampler, and the CLI's error lines."""
+"""Samplers (issue #4): the exact Bayes oracle of the cyclic toy (docs/method.md §17), the rules'
+reveal/remask frequencies against the formulas of docs/method.md §10-12, invariants of every sampler, and the
+CLI's error lines."""
 
 import json
 import math
@@ -13,7 +14,8 @@ import rules
 import sample
 import toy
 
-SE = 4  # tolerance in binomial standard errors
+# tolerance in binomial standard errors
+SE = 4
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -69,7 +71,8 @@ def test_roar_samples_the_seven_shifts_uniformly():
     assert info['nfe'] == 7 and valid(x).all()
     counts = (x[:, None, :] == toy.shifts()[None]).all(-1).sum(0).double()
     chi2 = ((counts - 300) ** 2 / 300).sum().item()
-    assert chi2 < 22.46, counts  # chi-square, 6 dof, p = 0.001
+    # chi-square, 6 dof, p = 0.001
+    assert chi2 < 22.46, counts
 
 
 def mdlm_invalid_rate(T, L=7):
@@ -95,7 +98,8 @@ def test_mdlm_invalid_rate_matches_independent_reveals(T):
     'sampler,kw', [('loop', dict(eta=0.1)), ('budget', dict(rho=4.0)), ('uncertainty', {})]
 )
 def test_remasking_with_enough_steps_lowers_the_invalid_rate(sampler, kw):
-    n, T, p_mdlm = 3000, 64, mdlm_invalid_rate(64)  # ~0.046; T < L: mdlm_invalid_rate(3) ~ 0.74
+    # ~0.046; T < L: mdlm_invalid_rate(3) ~ 0.74
+    n, T, p_mdlm = 3000, 64, mdlm_invalid_rate(64)
     x, _ = gen(toy.Oracle(), n, 7, T, sampler, seed=1, **kw)
     bad = (~valid(x)).sum().item()
     assert bad / n < p_mdlm - SE * math.sqrt(p_mdlm * (1 - p_mdlm) / n), (sampler, bad / n, p_mdlm)
@@ -109,20 +113,27 @@ def test_uncertainty_repairs_the_draft_and_copying_cannot():
             oracle, draft, 10, generator=torch.Generator().manual_seed(seed), trajectory=True
         )
         hits += bool((x[0] == target).all())
-        assert info['calls'] == 10 >= info['nfe'] and len(info['trajectory']) == 10  # the oracle has no cache
+        # the oracle has no cache
+        assert info['calls'] == 10 >= info['nfe'] and len(info['trajectory']) == 10
     assert hits >= 95
     # step 1 sends back exactly the two wrong tokens (B at 4, F at 6) and reveals A, B from the posterior
     assert toy.decode(info['trajectory'][0][0]) == 'ABCD_F_'
     x, _ = sample.repair(oracle, draft, 10, sampler='mdlm', generator=torch.Generator().manual_seed(0))
-    assert toy.decode(x[0])[2:] == 'CDBFF'  # without remasking the visible mistakes stay
+    # without remasking the visible mistakes stay
+    assert toy.decode(x[0])[2:] == 'CDBFF'
 
 
 @pytest.mark.parametrize('dsl', [True, False])
 def test_a_step_that_changes_nothing_makes_no_call(dsl):
-    """ReMDM's cache: at T = 2L most mdlm steps reveal nothing; the same samples come out bit for bit with fewer
-    forwards, and each sample counts only the calls whose input changed (at batch 1: exactly the calls made)."""
+    """ReMDM's cache: at T = 2L most mdlm steps reveal nothing; the same samples come out bit for bit with
+    fewer forwards, and each sample counts only the calls whose input changed (at batch 1: exactly the calls
+    made)."""
     m, L, T = tiny(dsl), 8, 16
-    blind = lambda **kw: m(**kw)  # no head(): every step runs the whole model, as before the cache
+
+    # no head(): every step runs the whole model, as before the cache
+    def blind(**kw):
+        return m(**kw)
+
     blind.__dict__.update(
         vocab_size=m.vocab_size,
         mask_id=m.mask_id,
@@ -144,7 +155,8 @@ def test_a_step_that_changes_nothing_makes_no_call(dsl):
         y, ref = gen(blind, 6, L, T, s)
         assert torch.equal(x, y) and ref['calls'] == T, s
         assert max(info['nfe_rows']) <= info['calls'] <= T and info['nfe'] < T, (s, info['nfe'])
-        for i in range(3):  # one sample at a time: the counted calls are the calls made, and the same samples
+        # one sample at a time: the counted calls are the calls made, and the same samples
+        for i in range(3):
             xi, one = gen(m, 1, L, T, s, seed=i)
             assert torch.equal(xi, gen(blind, 1, L, T, s, seed=i)[0])
             assert one['nfe'] == one['calls'] == one['nfe_rows'][0] < T, (s, one['nfe'])
@@ -155,7 +167,8 @@ def test_sde_and_hybrid_sample_valid_sequences_with_the_oracle():
         x, info = gen(toy.Oracle(), 700, 7, 16, sampler)
         assert info['calls'] == 16 >= info['nfe'] and valid(x).float().mean() > 0.97, sampler
         counts = (x[:, None, :] == toy.shifts()[None]).all(-1).sum(0)
-        assert counts.min() > 60, counts  # all seven shifts, roughly uniformly
+        # all seven shifts, roughly uniformly
+        assert counts.min() > 60, counts
 
 
 # ----------------------------------------------------------------------------- rule frequencies
@@ -182,12 +195,14 @@ def expected(rule, a_t, a_s, T, kw):
     elig = (~FIXED & ~HIDDEN).float()
     if rule == 'uncertainty':
         sig = (kw.get('kappa', 1.0) * U).clamp(max=1) * elig
-        r = (a_s * 8 - (elig * (1 - sig)).sum()) / 4  # 8 free positions, 4 hidden
+        # 8 free positions, 4 hidden
+        r = (a_s * 8 - (elig * (1 - sig)).sum()) / 4
         return sig, HIDDEN.float() * min(max(r.item(), 0), 1)
     if rule == 'conf':
         w = torch.exp(-PSI) * elig
         sig = sm * w / w.sum()
-        return sig, HIDDEN.float() * remdm_reveal(0.0, a_t, a_s)  # hidden: weight 0
+        # hidden: weight 0
+        return sig, HIDDEN.float() * remdm_reveal(0.0, a_t, a_s)
     s = {
         'mdlm': 0.0,
         'cap': min(kw.get('eta', 0.008), sm),
@@ -249,7 +264,8 @@ def test_rule_frequencies_match_the_formulas(rule, a_t, a_s, kw):
 def test_first_repair_step_frequencies_end_to_end(rule, dsl):
     """The loop applies the rule: one step of repair at frozen alpha, many rows of one draft."""
     m, n, a = tiny(dsl), 8000, 0.6
-    draft = torch.tensor([3, 1, 4, 1, 5, 9, m.mask_id, m.mask_id, m.mask_id, m.mask_id])  # 6 of 10 visible
+    # 6 of 10 visible
+    draft = torch.tensor([3, 1, 4, 1, 5, 9, m.mask_id, m.mask_id, m.mask_id, m.mask_id])
     x, info = sample.repair(
         m,
         draft.expand(n, -1),
@@ -263,12 +279,14 @@ def test_first_repair_step_frequencies_end_to_end(rule, dsl):
     step1 = info['trajectory'][0]
     vis = draft != m.mask_id
     sm = min(1.0, (1 - a) / a)
-    if rule == 'uncertainty':  # u_i = 1 - p(x_i | draft), reveal to keep E[#revealed] = alpha * L
+    if rule == 'uncertainty':
+        # u_i = 1 - p(x_i | draft), reveal to keep E[#revealed] = alpha * L
         with torch.no_grad():
             p = torch.softmax(m(x=draft[None])[0, :, : m.vocab_size], -1)
         sig = (1 - p[torch.arange(10), draft.clamp(max=m.vocab_size - 1)]) * vis
         rev = ((a * 10 - (1 - sig)[vis].sum()) / 4).clamp(0, 1).item()
-    elif rule == 'conf':  # unknown reveal confidence of draft tokens: psi = 0, equal weights
+    elif rule == 'conf':
+        # unknown reveal confidence of draft tokens: psi = 0, equal weights
         sig, rev = vis * sm / 6, a * 0 / (1 - a)
     else:
         sig, rev = vis * 0.3 * sm, 0.3 * sm * a / (1 - a)
@@ -287,21 +305,22 @@ def test_roar_reveals_exact_counts_in_random_order():
     for k, r in enumerate(revealed):
         assert (r == (k + 1) * 10 // 4).all()
     first = info['trajectory'][0] != m.mask_id
-    assert first.float().mean(0).min() > 0  # every position can come first
+    # every position can come first
+    assert first.float().mean(0).min() > 0
 
 
 @pytest.mark.parametrize(
     'nucleus,cases',
     [
-        (
-            'remdm',
-            ((0.7, 1), (0.8, 2), (0.95, 3), (1.0, 5)),
-        ),  # ReMDM: keep while the cumulative mass is <= top_p
+        # ReMDM: keep while the cumulative mass is <= top_p
+        ('remdm', ((0.7, 1), (0.8, 2), (0.95, 3), (1.0, 5))),
+        # Hugging Face: also the token that crosses top_p
         ('hf', ((0.7, 2), (0.8, 3), (0.95, 4), (1.0, 5))),
     ],
-)  # Hugging Face: also the token that crosses top_p
+)
 def test_top_p_draws_only_from_the_nucleus_with_renormalised_frequencies(nucleus, cases):
-    p = torch.tensor([0.5, 0.25, 0.15, 0.06, 0.04])  # cumulative 0.5, 0.75, 0.9, 0.96, 1
+    # cumulative 0.5, 0.75, 0.9, 0.96, 1
+    p = torch.tensor([0.5, 0.25, 0.15, 0.06, 0.04])
     n = 20000
     logits = p.log().expand(n, -1)
     for top_p, keep in cases:
@@ -309,7 +328,8 @@ def test_top_p_draws_only_from_the_nucleus_with_renormalised_frequencies(nucleus
             logits, top_p, torch.Generator().manual_seed(0), chunk=4096, nucleus=nucleus
         )
         q = p[:keep] / p[:keep].sum()
-        assert torch.allclose(prob, q[tok].double(), atol=1e-6)  # the probability it was drawn with
+        # the probability it was drawn with
+        assert torch.allclose(prob, q[tok].double(), atol=1e-6)
         counts = torch.bincount(tok, minlength=5)
         assert counts[keep:].sum() == 0
         for v in range(keep):
@@ -328,7 +348,8 @@ def test_nucleus_default_is_remdms():
 
 def test_conf_stores_the_probability_under_the_nucleus(monkeypatch):
     """ReMDM's conf remasks by psi = the probability of the token under the renormalised nucleus it was drawn
-    from: with a nucleus of one token (top_p tiny) that is 1 for every revealed token, whatever the softmax."""
+    from: with a nucleus of one token (top_p tiny) that is 1 for every revealed token, whatever the
+    softmax."""
     seen = []
     rule = rules.RULES['conf']
     monkeypatch.setitem(
@@ -343,13 +364,13 @@ def test_conf_stores_the_probability_under_the_nucleus(monkeypatch):
     psi = torch.cat(seen)
     assert len(psi) > 20 and (psi == 1).all()
     seen.clear()
-    gen(m, 6, 12, 6, 'conf', top_p=1.0)  # full softmax of an untrained model: well below 1
+    # full softmax of an untrained model: well below 1
+    gen(m, 6, 12, 6, 'conf', top_p=1.0)
     assert torch.cat(seen).max() < 0.9
 
 
-@pytest.mark.parametrize(
-    'T,counts', [(128, (58, 64, 6)), (1024, (461, 512, 51)), (20, (10, 10, 0))]
-)  # T = 20: t_9 = 0.55 + 4.5e-6 > t_on on ReMDM's grid
+# T = 20: t_9 = 0.55 + 4.5e-6 > t_on on ReMDM's grid
+@pytest.mark.parametrize('T,counts', [(128, (58, 64, 6)), (1024, (461, 512, 51)), (20, (10, 10, 0))])
 def test_loop_phases_follow_remdm(T, counts):
     """ReMDM picks the phase of step t -> t - 1/T from t alone (t > t_on: rise; t <= t_off: final)."""
     a = rules.loop_alphas(T)
@@ -385,14 +406,16 @@ def test_ar_sampling_conditions_as_training():
 ALL = ['mdlm', 'cap', 'rescale', 'conf', 'loop', 'budget', 'uncertainty', 'roar', 'sde', 'hybrid']
 
 
-@pytest.mark.parametrize('T', [1, 13])  # T = 1 and T > L
+# T = 1 and T > L
+@pytest.mark.parametrize('T', [1, 13])
 @pytest.mark.parametrize('dsl', [True, False])
 def test_every_sampler_invariants(dsl, T):
     m, L = tiny(dsl), 8
     calls = []
     hook = m.register_forward_hook(lambda *a: calls.append(1))
     prompt = torch.full((L,), m.mask_id)
-    prompt[:2], prompt[-1] = torch.tensor([1, 2]), 3  # prefix and suffix (infill)
+    # prefix and suffix (infill)
+    prompt[:2], prompt[-1] = torch.tensor([1, 2]), 3
     for s in [s for s in ALL if dsl or s not in sample.DSL_ONLY]:
         calls.clear()
         x, info = gen(m, 5, L, T, s, prompt=prompt, top_p=0.9)
@@ -400,11 +423,14 @@ def test_every_sampler_invariants(dsl, T):
         assert (x[:, :2] == torch.tensor([1, 2])).all() and (x[:, -1] == 3).all(), s
         # T > L: some steps change nothing and make no call (ReMDM's cache); every counted call is a real one
         assert len(calls) == info['calls'] <= T and max(info['nfe_rows']) <= info['calls'], (s, len(calls))
-        assert torch.equal(x, gen(m, 5, L, T, s, prompt=prompt, top_p=0.9)[0]), s  # same seed, same samples
+        # same seed, same samples
+        assert torch.equal(x, gen(m, 5, L, T, s, prompt=prompt, top_p=0.9)[0]), s
         y, _ = gen(m, 5, L, T, s, seed=1, top_p=0.9)
         assert (y != m.mask_id).all()
     hook.remove()
-    assert m.table is None if dsl else True  # the endpoint table is dropped after sampling
+    if dsl:
+        # the endpoint table is dropped after sampling
+        assert m.table is None
 
 
 def test_seeds_differ_and_trajectory_has_one_state_per_call():
@@ -432,7 +458,8 @@ def test_autoregressive_left_to_right_with_prompt():
 def test_repair_for_mdlm_checkpoints_copies_visible_tokens_unless_remasked():
     m = tiny(False)
     draft = torch.tensor([[3, 1, m.mask_id, 1, 5, m.mask_id]])
-    x, _ = sample.repair(m, draft.expand(50, -1), 3, sampler='cap', eta=0.0)  # no remasking: pure copy
+    # no remasking: pure copy
+    x, _ = sample.repair(m, draft.expand(50, -1), 3, sampler='cap', eta=0.0)
     assert (x[:, [0, 1, 3, 4]] == draft[0, [0, 1, 3, 4]]).all() and (x != m.mask_id).all()
     with pytest.raises(ValueError, match='DSL'):
         sample.repair(m, draft, 3, sampler='uncertainty')
@@ -459,8 +486,10 @@ def test_generate_rejects_bad_input():
 @pytest.fixture(scope='module')
 def ckpts(tmp_path_factory):
     d = tmp_path_factory.mktemp('ck')
-    chars = [chr(48 + i) for i in range(11)]  # a char vocabulary of 11 for the tiny models
-    meta = dict(tokenizer='char', vocab_size=11, chars=chars)  # train.py stores data.py's meta in checkpoints
+    # a char vocabulary of 11 for the tiny models
+    chars = [chr(48 + i) for i in range(11)]
+    # train.py stores data.py's meta in checkpoints
+    meta = dict(tokenizer='char', vocab_size=11, chars=chars)
     out = {}
     for name, dsl in (('dsl', True), ('mdlm', False)):
         m = tiny(dsl)
@@ -538,14 +567,16 @@ def test_cli_errors_are_one_line(ckpts, args, msg, capsys):
 
 
 def test_trajectory_has_one_state_per_call_and_marks_remasks(tmp_path, monkeypatch):
-    """--trajectory's figure: one row per denoiser call, and remasked / replaced tokens are the ones drawn red."""
+    """--trajectory's figure: one row per denoiser call, and remasked / replaced tokens are the ones drawn
+    red."""
     m = tiny(dsl=True)
     x, info = sample.generate(
         m, 2, 9, 6, 'uncertainty', 1.0, generator=torch.Generator().manual_seed(0), trajectory=True, kappa=5.0
     )
     traj = info['trajectory']
     assert len(traj) == info['nfe'] == 6 and torch.equal(traj[-1], x)
-    red = []  # every text drawn in red, through a fake axis
+    # every text drawn in red, through a fake axis
+    red = []
     import matplotlib.axes
 
     orig = matplotlib.axes.Axes.text
@@ -560,10 +591,12 @@ def test_trajectory_has_one_state_per_call_and_marks_remasks(tmp_path, monkeypat
     figures.trajectory([t[0] for t in traj], m.mask_id, str, str(path))
     from PIL import Image
 
-    with Image.open(path) as im:  # a palette PNG: a long sample's grid stays small
+    # a palette PNG: a long sample's grid stays small
+    with Image.open(path) as im:
         assert im.mode == 'P' and len(im.getcolors()) <= 32
     S = torch.stack([t[0] for t in traj])
     want = {
         (k, i) for k in range(1, 6) for i in range(9) if S[k - 1, i] != m.mask_id and S[k, i] != S[k - 1, i]
     }
-    assert set(red) == want and want  # kappa 5: an untrained model doubts, so something is sent back
+    # kappa 5: an untrained model doubts, so something is sent back
+    assert set(red) == want and want
