@@ -198,7 +198,7 @@ def test_cli_reads_a_sweep_folder_and_fails_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         C.main([str(tmp_path), '--mdlm', str(tmp_path / 'none')])
     assert e.value.code == 2 and capsys.readouterr().err.count('\n') == 1
-    # --against: every other model, rule by rule at equal T, against one; the mdlm rule at T = 8 is MDLM's only
+    # --against: every other model, rule by rule at equal T, against one
     write(
         tmp_path / 'pair',
         {
