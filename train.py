@@ -71,7 +71,7 @@ config = dict(
     batch_size=32,  # sequences per micro-step and process
     grad_accum=0,  # micro-steps per optimizer step, all processes together; 0 = one per process.
     # Global batch = batch_size * grad_accum
-    max_iters=2000,  # optimizer steps
+    max_iters=3800,  # optimizer steps
     lr=1e-3,  # peak learning rate (3e-4 for fine-tuning MDLM)
     min_lr=1e-4,  # end of the cosine decay
     lr_decay='constant',  # constant | cosine (nanoGPT: to min_lr at max_iters)
