@@ -179,11 +179,14 @@ class Converter(nn.Module):
 
     def __init__(self, V, d, freeze):
         super().__init__()
-        self.noise_embed = nn.Parameter(
-            torch.randn(V, d), requires_grad=not freeze
-        )  # directions; normalised on use
+        # the codes' directions, normalised on use (E)
+        self.noise_embed = nn.Parameter(torch.randn(V, d), requires_grad=not freeze)
         self.beta = nn.Parameter(torch.ones(()))
-        self.bias = nn.Parameter(torch.cat([torch.zeros(V), torch.full((1,), math.log(99 * V))]))
+        # the one DSL-specific initialisation: b = 0 for the V tokens and b_mask = ln(99 V) for [MASK], so
+        # that z = 0 (all scores 0) reads as [MASK] with probability 99 V / (99 V + V) = 0.99
+        bias = torch.zeros(V + 1)
+        bias[V] = math.log(99 * V)
+        self.bias = nn.Parameter(bias)
 
     def E(self):  # (V, d) unit-norm noise embeddings
         return F.normalize(self.noise_embed, dim=-1)
@@ -270,8 +273,8 @@ class DiT(nn.Module):
 
     @torch.no_grad()
     def endpoint_rows(self, gamma=None, chunk=4096):
-        """(V+1, D) input embeddings h of the deterministic states z = gamma e_v (default gamma = gamma_max) for
-        v < V, and z = 0 for row V ([MASK]), through the same soft lookup as training (dense or top-k)."""
+        """(V+1, D) input embeddings h of the deterministic states z = gamma e_v (default gamma = gamma_max)
+        for v < V, and z = 0 for row V ([MASK]), through the same soft lookup as training (dense or top-k)."""
         V, W = self.vocab_size, self.vocab_embed.embedding
         rows = []
         for i in range(0, V + 1, chunk):
@@ -360,8 +363,9 @@ class DiT(nn.Module):
         return self.head(*hc, out_idx)
 
     def trunk(self, x=None, z=None, commit=None):
-        """Input converter and blocks: the final hidden states h (B, L, D) and the conditioning c (1, C). A sampler
-        whose next input is the same sends them through head() again instead of calling the model (sample.call)."""
+        """Input converter and blocks: the final hidden states h (B, L, D) and the conditioning c (1, C). A
+        sampler whose next input is the same sends them through head() again instead of calling the model
+        (sample.call)."""
         h = self.embed(x, z, commit)
         # time conditioning is off: one constant vector per forward (sigma = 0)
         c = F.silu(self.sigma_map(torch.zeros(1, device=h.device)))  # (1, C)
@@ -501,13 +505,15 @@ def infer_config(sd, **overrides):
 
 def convert_to_dsl(model, **overrides):
     """An MDLM (token-mode) model turned into a DSL model: every backbone weight is kept, vocab_embed
-    becomes the converter's value matrix unchanged, and E, beta, b are added at their init (docs/method.md §3)."""
+    becomes the converter's value matrix unchanged, and E, beta, b are added at their init
+    (docs/method.md §3)."""
     cfg = dict(model.config, dsl=True, **overrides)
     return load_backbone(DiT(cfg).to(model.vocab_embed.embedding.device), model.state_dict())
 
 
 def load_mdlm(path, dsl=False, use_ema=True, trust=False, **overrides):
-    """An MDLM model or ours, from a local file or a hub id; dsl: as convert_to_dsl; trust: checkpoint_io.load."""
+    """An MDLM model or ours, from a local file or a hub id; dsl: as convert_to_dsl; trust: as
+    checkpoint_io.load."""
     if not os.path.exists(path):
         if path.count('/') != 1 or path.startswith(('.', '/')):
             raise FileNotFoundError(
@@ -525,5 +531,9 @@ def load_mdlm(path, dsl=False, use_ema=True, trust=False, **overrides):
                 f"offline, pass a local model.safetensors or .ckpt file instead"
             )
     sd, cfg = _read_mdlm_file(path, use_ema, trust)
-    dsl = dsl or bool(cfg and cfg.get('dsl'))  # a DSL checkpoint stays DSL
-    return load_backbone(DiT({**(cfg or infer_config(sd)), **overrides, 'dsl': dsl}), sd)
+    if cfg is None:
+        # an MDLM file carries no config: rebuild it from the weights' shapes
+        cfg = infer_config(sd)
+    # a DSL checkpoint stays DSL
+    dsl = dsl or bool(cfg.get('dsl'))
+    return load_backbone(DiT({**cfg, **overrides, 'dsl': dsl}), sd)
