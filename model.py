@@ -19,7 +19,6 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 import checkpoint_io
 
@@ -234,6 +233,64 @@ class TopKSoftmax(torch.autograd.Function):
         return beta * GE, gEb[:, :-1], (GE * z).sum(), g_bias, None
 
 
+class DenseSoftLookup(torch.autograd.Function):
+    """The dense soft lookup h = p @ W with p = softmax([beta z E^T + b_{:V}, b_V]) over the converter's V+1
+    slots (the last one [MASK]), with an exact backward that keeps no (n, V) tensor: autograd through the
+    plain formula keeps the (n, V+1) probabilities and the (n, V) pre-bias scores (for beta's gradient), ~16
+    KB per token at V = 2048 (results/speed/README.md). Here the backward rebuilds p from z with one matmul
+    and one softmax, as TopKSoftmax rebuilds its scores. With g = dL/dh:
+        dL/dW = p^T g,   dL/dp = g W^T,   dL/ds = p * (dL/dp - sum_j p_j dL/dp_j),
+    then through s = (beta z) [E; 0]^T + b to z, E, beta and b. It keeps the inputs only, not the per-row
+    logsumexp either: p = exp(s - lse) would sum to 1 only to ~|s| eps = 1e-5 at s ~ gamma_max, and dL/ds sums
+    to zero over a row (as it must) only when p sums to 1; a softmax renormalises."""
+
+    @staticmethod
+    def forward(ctx, z, E, beta, bias, W):  # z (n, d), E (V, d), beta (), bias (V+1,), W (V+1, D)
+        ctx.save_for_backward(z, E, beta, bias, W)
+        return _dense_lookup_forward(z, E, beta, bias, W)
+
+    @staticmethod
+    def backward(ctx, g):  # g (n, D)
+        z, E, beta, bias, W = ctx.saved_tensors
+        zbeta = z * beta
+        p = DenseSoftLookup.probabilities(zbeta, E, bias)  # the forward's p, rebuilt
+        gW = p.t() @ g  # (V+1, D)
+        # the softmax backward in place on dL/dp: G = dL/ds = p * (dL/dp - c), c = sum_j p_j dL/dp_j
+        G = g @ W.t()  # (n, V+1) dL/dp
+        c = (G * p).sum(-1, keepdim=True)  # (n, 1)
+        G.sub_(c).mul_(p)
+        del p
+        GE = G[:, :-1] @ E  # (n, d) dL/d(beta z); the [MASK] slot's key is zero
+        gE = G.t()[:-1] @ zbeta  # (V, d)
+        return beta * GE, gE, (GE * z).sum(), G.sum(0), gW
+
+    @staticmethod
+    def probabilities(zbeta, E, bias):
+        """p = softmax((beta z) [E; 0]^T + b), (n, V+1). The bias rides in the matmul (addmm starts its sum
+        from b): no separate (n, V+1) pass. torch.softmax rather than exp(s - logsumexp): peaked rows (z near
+        gamma_max e_v) put the other slots ~100 below the max, where eager torch.exp and torch.logsumexp
+        produce subnormal floats ~20x slower (80 ms against 4 ms at 2048 x 2049 on one CPU thread); softmax
+        does not."""
+        Ek = torch.cat([E, E.new_zeros(1, E.shape[1])])  # (V+1, d) keys, [MASK]'s the zero vector
+        return torch.softmax(torch.addmm(bias, zbeta, Ek.t()), -1)
+
+
+# The forward of DenseSoftLookup as an op that torch.compile does not look into. Traced, its p is the same
+# expression as the backward's rebuilt one, and the compiled step kept it for the backward after all: 57.5
+# against 49.4 KB per token at V = 2048 (`bench.py --memory --compile`; MDLM 48.6), undoing the Function's
+# point.
+@torch.library.custom_op('dsl::dense_lookup_forward', mutates_args=())
+def _dense_lookup_forward(
+    z: torch.Tensor, E: torch.Tensor, beta: torch.Tensor, bias: torch.Tensor, W: torch.Tensor
+) -> torch.Tensor:
+    return DenseSoftLookup.probabilities(z * beta, E, bias) @ W  # p (n, V+1) is freed on return
+
+
+@_dense_lookup_forward.register_fake
+def _(z, E, beta, bias, W):  # the output's shape and dtype, for the compiler
+    return z.new_empty(z.shape[0], W.shape[1])
+
+
 class DiT(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -261,9 +318,6 @@ class DiT(nn.Module):
             self.converter = Converter(V, config['noise_dim'], config['freeze_noise'])
         # optional (V+1, D) endpoint embeddings for discrete samplers: at gamma_max, and at gamma_commit
         self.table = self.commit_table = self.commit_gamma = None
-        self.recompute_lookup_above = (
-            DENSE_LOOKUP_MAX  # a forced dense lookup above it recomputes p in the backward
-        )
 
     def E(self):
         return self.converter.E()
@@ -304,13 +358,6 @@ class DiT(nn.Module):
     def embed(self, x=None, z=None, commit=None):
         W = self.vocab_embed.embedding
         if z is not None:
-            sparse = (
-                0 < self.config.get('lookup_topk', 0) < self.vocab_size
-            )  # keeps no (B, L, V) tensor anyway
-            if torch.is_grad_enabled() and self.vocab_size > self.recompute_lookup_above and not sparse:
-                # recompute p in the backward instead of keeping (B, L, V+1) fp32 probabilities alive:
-                # ~8 GB at batch 40 x 1024 with GPT-2's vocabulary, for one extra V-wide softmax
-                return checkpoint(self._soft_lookup, z, use_reentrant=False)
             return self._soft_lookup(z)
         if self.dsl:
             if self.table is not None and not self.training:  # a stale table must never leak into training
@@ -327,7 +374,23 @@ class DiT(nn.Module):
         W, k = self.vocab_embed.embedding, self.config.get('lookup_topk', 0)
         if 0 < k < self.vocab_size:
             return self._sparse_lookup(z, k)
+        if torch.is_grad_enabled():
+            return self._dense_lookup(z)
+        # no grad (sampling, endpoint tables): the converter's probabilities as they are, nothing to keep
         return (self.converter(z) @ W.float()).to(W.dtype)
+
+    def _dense_lookup(self, z, chunk=8192):
+        """h = p @ W with the dense p of all V+1 slots, for training: DenseSoftLookup keeps no (B, L, V)
+        tensor for the backward, and the row chunks bound the transient (n, V+1) ones to chunk x (V+1)
+        floats."""
+        conv, W = self.converter, self.vocab_embed.embedding
+        zf, out = z.reshape(-1, z.shape[-1]).float(), []  # (N, d)
+        # fp32 under autocast too, as in _sparse_lookup: scores reach ~gamma_max (bf16 would be off by ~0.5)
+        with torch.autocast(z.device.type, enabled=False):
+            E, Wf = conv.E(), W.float()
+            for i in range(0, len(zf), chunk):
+                out.append(DenseSoftLookup.apply(zf[i : i + chunk], E, conv.beta, conv.bias, Wf))
+        return torch.cat(out).reshape(*z.shape[:-1], -1).to(W.dtype)
 
     def _sparse_lookup(self, z, k, chunk=8192):
         """h = p @ W with p restricted to its k largest real-token entries and the [MASK] slot, all exact,

@@ -288,22 +288,101 @@ def test_hub_id_offline_is_one_clear_line(monkeypatch):
         model.load_mdlm('kuleshov-group/mdlm-owt-nonexistent')
 
 
-def test_recomputed_soft_lookup_gives_the_same_gradients(monkeypatch):
-    """Large vocabularies recompute the converter's probabilities in the backward (memory); same numbers."""
+def plain_lookup(conv, z, W):
+    """The dense soft lookup written plainly: the converter's probabilities, then a matmul (autograd keeps
+    p)."""
+    return conv(z) @ W
+
+
+def test_dense_soft_lookup_backward_is_exact():
+    """The dense lookup's custom backward against finite differences (float64), for all five inputs."""
+    g = torch.Generator().manual_seed(0)
+    n, V, d, D = 5, 7, 4, 6
+    z, E, W = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((n, d), (V, d), (V + 1, D)))
+    beta, bias = torch.tensor(1.3, dtype=torch.float64), torch.randn(V + 1, generator=g, dtype=torch.float64)
+    z[-1] = 0  # a [MASK] row
+    args = [t.requires_grad_() for t in (z, E, beta, bias, W)]
+    assert torch.autograd.gradcheck(model.DenseSoftLookup.apply, args)
+
+
+@pytest.mark.parametrize('V', [65, 2048])
+def test_dense_soft_lookup_equals_the_plain_formula(V):
+    """DenseSoftLookup gives the plain lookup and autograd's gradients for z, E (through the normalised noise
+    embeddings), beta, b and W: in float32 against the converter-then-matmul at noise levels where float32
+    gradients are well conditioned, and in float64 (the converter's softmax is float32: the formula written
+    out) from [MASK] to gamma_max; it keeps no (n, V)-sized tensor for the backward."""
+    g = torch.Generator().manual_seed(V)
+    n, d, D = 5, 16, 32
+    torch.manual_seed(V)
+    conv = model.Converter(V, d, freeze=False)
+    with torch.no_grad():
+        conv.beta.fill_(1.2)
+        conv.bias[:V] = 0.5 * torch.randn(V, generator=g)
+    x = torch.randint(0, V, (n,), generator=g)
+    noise, W, a = (
+        torch.randn(n, d, generator=g),
+        torch.randn(V + 1, D, generator=g),
+        torch.randn(n, D, generator=g),
+    )
+
+    def check(dtype, gamma, formula, tol):
+        c = model.Converter(V, d, freeze=False).to(dtype)
+        c.load_state_dict(conv.state_dict())
+        # z = gamma e_x + sqrt(gamma) noise, the corruption of token x at SNR gamma (gamma = 0: [MASK])
+        z = gamma[:, None] * c.E().detach()[x] + gamma.sqrt()[:, None] * noise.to(dtype)
+        params = [z.requires_grad_(), c.noise_embed, c.beta, c.bias, W.to(dtype).requires_grad_()]
+        h_ref = formula(c, z, params[-1])
+        grads_ref = torch.autograd.grad((h_ref * a.to(dtype)).sum(), params)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+            h = model.DenseSoftLookup.apply(z, c.E(), c.beta, c.bias, params[-1])
+        assert not [s for s in saved if len(s) == 2 and s[0] == n and s[1] >= V]
+        grads = torch.autograd.grad((h * a.to(dtype)).sum(), params)
+        torch.testing.assert_close(h, h_ref, rtol=tol, atol=tol * h_ref.abs().max().item())
+        for name, gr, ref in zip(['z', 'E', 'beta', 'b', 'W'], grads, grads_ref):
+            torch.testing.assert_close(gr, ref, rtol=tol, atol=tol * ref.abs().max().item(), msg=name)
+
+    def written_out(c, z, W):
+        s = torch.cat([c.beta * z @ c.E().t(), torch.zeros_like(z[:, :1])], -1) + c.bias
+        return torch.softmax(s, -1) @ W
+
+    check(torch.float32, torch.tensor([0.0, 0.3, 1.0, 3.0, 10.0]), plain_lookup, 1e-5)
+    check(torch.float64, torch.tensor([0.0, 0.3, 3.0, 30.0, 100.0], dtype=torch.float64), written_out, 1e-10)
+
+
+def test_training_uses_the_dense_soft_lookup_function(monkeypatch):
+    """A dense DSL model trains through DenseSoftLookup, with the loss and every gradient of the plain lookup;
+    without grad the plain converter runs, so sampling and the endpoint tables are unchanged bit for bit."""
+    V, B, L = 1500, 2, 8
+    m = randomize(model.DiT(model.model_config('tiny', V, dsl=True, lookup_topk=0)), std=0.05)
+    x = torch.randint(0, V, (B, L), generator=torch.Generator().manual_seed(0))
+    cfg = noise.snr_config(V)
     calls = []
-    real = model.checkpoint
-    monkeypatch.setattr(model, 'checkpoint', lambda *a, **k: calls.append(1) or real(*a, **k))
-    m = randomize(model.DiT(model.model_config('tiny', 1500, dsl=True, lookup_topk=0)), std=0.05)
-    x = torch.randint(0, 1500, (2, 8), generator=torch.Generator().manual_seed(0))
-    cfg = noise.snr_config(1500)
-    grads = []
-    for above in (1000, 10**9):  # recomputed, then the plain path
+    real = model.DenseSoftLookup.apply
+    monkeypatch.setattr(model.DenseSoftLookup, 'apply', lambda *a: calls.append(1) or real(*a))
+
+    def loss_and_grads():
         m.zero_grad()
-        m.recompute_lookup_above = above
-        noise.loss_fn('dsl', m, x, cfg, generator=torch.Generator().manual_seed(1)).backward()
-        grads.append([p.grad.clone() for p in m.parameters() if p.grad is not None])
-    assert len(calls) == 1 and len(grads[0]) == len(grads[1])
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+        loss = noise.loss_fn('dsl', m, x, cfg, generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]
+
+    loss, grads = loss_and_grads()
+    assert calls
+    monkeypatch.setattr(
+        model.DiT,
+        '_dense_lookup',
+        lambda self, z: plain_lookup(self.converter, z, self.vocab_embed.embedding),
+    )
+    loss_ref, grads_ref = loss_and_grads()
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-6, atol=0)
+    assert len(grads) == len(grads_ref)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, grads_ref))
+    calls.clear()
+    z = torch.randn(B, L, m.config['noise_dim'])
+    with torch.no_grad():
+        h, h_ref = m.embed(z=z), plain_lookup(m.converter, z, m.vocab_embed.embedding)
+    assert not calls and torch.equal(h, h_ref)
 
 
 def test_topk_softmax_backward_is_exact():
