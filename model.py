@@ -196,101 +196,6 @@ class Converter(nn.Module):
         return torch.softmax(scores.float(), dim=-1)
 
 
-class TopKSoftmax(torch.autograd.Function):
-    """The k largest probabilities of p = softmax([beta z E^T + b_{:V}, b_V]) (the converter's V+1 slots, the
-    last one [MASK]) and the [MASK] probability, exact under the full normaliser, with an exact backward that
-    never keeps a (n, V) tensor: forward and backward each rebuild the scores with one matmul. For i < V,
-    dL/ds_i = p_i (a_i [i in top-k] - c), dL/ds_mask = p_mask (a_mask - c), c = sum_j a_j p_j over the
-    returned slots, a = dL/d(returned probabilities)."""
-
-    @staticmethod
-    def forward(ctx, z, E, beta, bias, k):  # z (n, d), E (V, d), beta (), bias (V+1,)
-        V = E.shape[0]
-        # the bias rides in the matmul as an extra column: s = [beta z, 1] @ [E, b]^T, no (n, V) bias pass
-        Eb = torch.cat([E, bias[:V, None]], 1)  # (V, d+1)
-        zb = torch.cat([z * beta, torch.ones_like(z[:, :1])], 1)  # (n, d+1)
-        s = zb @ Eb.t()  # (n, V) scores
-        lse = torch.logaddexp(torch.logsumexp(s, -1), bias[V])  # (n,) the exact normaliser over V+1 slots
-        top, idx = s.topk(k, -1)  # (n, k)
-        p_top, p_mask = (top - lse[:, None]).exp(), (bias[V] - lse).exp()
-        ctx.save_for_backward(
-            z, E, beta, bias, lse, idx, p_top, p_mask
-        )  # Eb, zb are rebuilt: no (V, d) copy kept
-        return p_top, p_mask, idx
-
-    @staticmethod
-    def backward(ctx, a_top, a_mask, _):
-        z, E, beta, bias, lse, idx, p_top, p_mask = ctx.saved_tensors
-        Eb = torch.cat([E, bias[: E.shape[0], None]], 1)  # (V, d+1)
-        zb = torch.cat([z * beta, torch.ones_like(z[:, :1])], 1)  # (n, d+1)
-        c = (a_top * p_top).sum(-1) + a_mask * p_mask  # (n,)
-        # p = exp(s - lse) with -lse as one more column of the same matmul; then G = -c p (n, V)
-        G = (torch.cat([zb, -lse[:, None]], 1) @ torch.cat([Eb, torch.ones_like(Eb[:, :1])], 1).t()).exp_()
-        G.mul_(-c[:, None]).scatter_add_(1, idx, a_top * p_top)  # + a_i p_i on the top-k
-        GE = G @ Eb[:, :-1]  # (n, d)
-        gEb = G.t() @ zb  # (V, d+1): [grad of E / 1, grad of b_{:V}]
-        g_bias = torch.cat([gEb[:, -1], (p_mask * (a_mask - c)).sum()[None]])
-        return beta * GE, gEb[:, :-1], (GE * z).sum(), g_bias, None
-
-
-class DenseSoftLookup(torch.autograd.Function):
-    """The dense soft lookup h = p @ W with p = softmax([beta z E^T + b_{:V}, b_V]) over the converter's V+1
-    slots (the last one [MASK]), with an exact backward that keeps no (n, V) tensor: autograd through the
-    plain formula keeps the (n, V+1) probabilities and the (n, V) pre-bias scores (for beta's gradient), ~16
-    KB per token at V = 2048 (results/speed/README.md). Here the backward rebuilds p from z with one matmul
-    and one softmax, as TopKSoftmax rebuilds its scores. With g = dL/dh:
-        dL/dW = p^T g,   dL/dp = g W^T,   dL/ds = p * (dL/dp - sum_j p_j dL/dp_j),
-    then through s = (beta z) [E; 0]^T + b to z, E, beta and b. It keeps the inputs only, not the per-row
-    logsumexp either: p = exp(s - lse) would sum to 1 only to ~|s| eps = 1e-5 at s ~ gamma_max, and dL/ds sums
-    to zero over a row (as it must) only when p sums to 1; a softmax renormalises."""
-
-    @staticmethod
-    def forward(ctx, z, E, beta, bias, W):  # z (n, d), E (V, d), beta (), bias (V+1,), W (V+1, D)
-        ctx.save_for_backward(z, E, beta, bias, W)
-        return _dense_lookup_forward(z, E, beta, bias, W)
-
-    @staticmethod
-    def backward(ctx, g):  # g (n, D)
-        z, E, beta, bias, W = ctx.saved_tensors
-        zbeta = z * beta
-        p = DenseSoftLookup.probabilities(zbeta, E, bias)  # the forward's p, rebuilt
-        gW = p.t() @ g  # (V+1, D)
-        # the softmax backward in place on dL/dp: G = dL/ds = p * (dL/dp - c), c = sum_j p_j dL/dp_j
-        G = g @ W.t()  # (n, V+1) dL/dp
-        c = (G * p).sum(-1, keepdim=True)  # (n, 1)
-        G.sub_(c).mul_(p)
-        del p
-        GE = G[:, :-1] @ E  # (n, d) dL/d(beta z); the [MASK] slot's key is zero
-        gE = G.t()[:-1] @ zbeta  # (V, d)
-        return beta * GE, gE, (GE * z).sum(), G.sum(0), gW
-
-    @staticmethod
-    def probabilities(zbeta, E, bias):
-        """p = softmax((beta z) [E; 0]^T + b), (n, V+1). The bias rides in the matmul (addmm starts its sum
-        from b): no separate (n, V+1) pass. torch.softmax rather than exp(s - logsumexp): peaked rows (z near
-        gamma_max e_v) put the other slots ~100 below the max, where eager torch.exp and torch.logsumexp
-        produce subnormal floats ~20x slower (80 ms against 4 ms at 2048 x 2049 on one CPU thread); softmax
-        does not."""
-        Ek = torch.cat([E, E.new_zeros(1, E.shape[1])])  # (V+1, d) keys, [MASK]'s the zero vector
-        return torch.softmax(torch.addmm(bias, zbeta, Ek.t()), -1)
-
-
-# The forward of DenseSoftLookup as an op that torch.compile does not look into. Traced, its p is the same
-# expression as the backward's rebuilt one, and the compiled step kept it for the backward after all: 57.5
-# against 49.4 KB per token at V = 2048 (`bench.py --memory --compile`; MDLM 48.6), undoing the Function's
-# point.
-@torch.library.custom_op('dsl::dense_lookup_forward', mutates_args=())
-def _dense_lookup_forward(
-    z: torch.Tensor, E: torch.Tensor, beta: torch.Tensor, bias: torch.Tensor, W: torch.Tensor
-) -> torch.Tensor:
-    return DenseSoftLookup.probabilities(z * beta, E, bias) @ W  # p (n, V+1) is freed on return
-
-
-@_dense_lookup_forward.register_fake
-def _(z, E, beta, bias, W):  # the output's shape and dtype, for the compiler
-    return z.new_empty(z.shape[0], W.shape[1])
-
-
 class DiT(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -486,6 +391,106 @@ class DiT(nn.Module):
                 f"out_idx must be a bool tensor of shape {tuple(shape)}, got "
                 f"{tuple(out_idx.shape)} {out_idx.dtype}"
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# The soft lookup's training paths: exact backwards that keep no (n, V) tensor. They compute what
+# Converter then p @ W computes (the tests check it); a reader can skip them.
+
+
+class TopKSoftmax(torch.autograd.Function):
+    """The k largest probabilities of p = softmax([beta z E^T + b_{:V}, b_V]) (the converter's V+1 slots, the
+    last one [MASK]) and the [MASK] probability, exact under the full normaliser, with an exact backward that
+    never keeps a (n, V) tensor: forward and backward each rebuild the scores with one matmul. For i < V,
+    dL/ds_i = p_i (a_i [i in top-k] - c), dL/ds_mask = p_mask (a_mask - c), c = sum_j a_j p_j over the
+    returned slots, a = dL/d(returned probabilities)."""
+
+    @staticmethod
+    def forward(ctx, z, E, beta, bias, k):  # z (n, d), E (V, d), beta (), bias (V+1,)
+        V = E.shape[0]
+        # the bias rides in the matmul as an extra column: s = [beta z, 1] @ [E, b]^T, no (n, V) bias pass
+        Eb = torch.cat([E, bias[:V, None]], 1)  # (V, d+1)
+        zb = torch.cat([z * beta, torch.ones_like(z[:, :1])], 1)  # (n, d+1)
+        s = zb @ Eb.t()  # (n, V) scores
+        lse = torch.logaddexp(torch.logsumexp(s, -1), bias[V])  # (n,) the exact normaliser over V+1 slots
+        top, idx = s.topk(k, -1)  # (n, k)
+        p_top, p_mask = (top - lse[:, None]).exp(), (bias[V] - lse).exp()
+        ctx.save_for_backward(
+            z, E, beta, bias, lse, idx, p_top, p_mask
+        )  # Eb, zb are rebuilt: no (V, d) copy kept
+        return p_top, p_mask, idx
+
+    @staticmethod
+    def backward(ctx, a_top, a_mask, _):
+        z, E, beta, bias, lse, idx, p_top, p_mask = ctx.saved_tensors
+        Eb = torch.cat([E, bias[: E.shape[0], None]], 1)  # (V, d+1)
+        zb = torch.cat([z * beta, torch.ones_like(z[:, :1])], 1)  # (n, d+1)
+        c = (a_top * p_top).sum(-1) + a_mask * p_mask  # (n,)
+        # p = exp(s - lse) with -lse as one more column of the same matmul; then G = -c p (n, V)
+        G = (torch.cat([zb, -lse[:, None]], 1) @ torch.cat([Eb, torch.ones_like(Eb[:, :1])], 1).t()).exp_()
+        G.mul_(-c[:, None]).scatter_add_(1, idx, a_top * p_top)  # + a_i p_i on the top-k
+        GE = G @ Eb[:, :-1]  # (n, d)
+        gEb = G.t() @ zb  # (V, d+1): [grad of E / 1, grad of b_{:V}]
+        g_bias = torch.cat([gEb[:, -1], (p_mask * (a_mask - c)).sum()[None]])
+        return beta * GE, gEb[:, :-1], (GE * z).sum(), g_bias, None
+
+
+class DenseSoftLookup(torch.autograd.Function):
+    """The dense soft lookup h = p @ W with p = softmax([beta z E^T + b_{:V}, b_V]) over the converter's V+1
+    slots (the last one [MASK]), with an exact backward that keeps no (n, V) tensor: autograd through the
+    plain formula keeps the (n, V+1) probabilities and the (n, V) pre-bias scores (for beta's gradient), ~16
+    KB per token at V = 2048 (results/speed/README.md). Here the backward rebuilds p from z with one matmul
+    and one softmax, as TopKSoftmax rebuilds its scores. With g = dL/dh:
+        dL/dW = p^T g,   dL/dp = g W^T,   dL/ds = p * (dL/dp - sum_j p_j dL/dp_j),
+    then through s = (beta z) [E; 0]^T + b to z, E, beta and b. It keeps the inputs only, not the per-row
+    logsumexp either: p = exp(s - lse) would sum to 1 only to ~|s| eps = 1e-5 at s ~ gamma_max, and dL/ds sums
+    to zero over a row (as it must) only when p sums to 1; a softmax renormalises."""
+
+    @staticmethod
+    def forward(ctx, z, E, beta, bias, W):  # z (n, d), E (V, d), beta (), bias (V+1,), W (V+1, D)
+        ctx.save_for_backward(z, E, beta, bias, W)
+        return _dense_lookup_forward(z, E, beta, bias, W)
+
+    @staticmethod
+    def backward(ctx, g):  # g (n, D)
+        z, E, beta, bias, W = ctx.saved_tensors
+        zbeta = z * beta
+        p = DenseSoftLookup.probabilities(zbeta, E, bias)  # the forward's p, rebuilt
+        gW = p.t() @ g  # (V+1, D)
+        # the softmax backward in place on dL/dp: G = dL/ds = p * (dL/dp - c), c = sum_j p_j dL/dp_j
+        G = g @ W.t()  # (n, V+1) dL/dp
+        c = (G * p).sum(-1, keepdim=True)  # (n, 1)
+        G.sub_(c).mul_(p)
+        del p
+        GE = G[:, :-1] @ E  # (n, d) dL/d(beta z); the [MASK] slot's key is zero
+        gE = G.t()[:-1] @ zbeta  # (V, d)
+        return beta * GE, gE, (GE * z).sum(), G.sum(0), gW
+
+    @staticmethod
+    def probabilities(zbeta, E, bias):
+        """p = softmax((beta z) [E; 0]^T + b), (n, V+1). The bias rides in the matmul (addmm starts its sum
+        from b): no separate (n, V+1) pass. torch.softmax rather than exp(s - logsumexp): peaked rows (z near
+        gamma_max e_v) put the other slots ~100 below the max, where eager torch.exp and torch.logsumexp
+        produce subnormal floats ~20x slower (80 ms against 4 ms at 2048 x 2049 on one CPU thread); softmax
+        does not."""
+        Ek = torch.cat([E, E.new_zeros(1, E.shape[1])])  # (V+1, d) keys, [MASK]'s the zero vector
+        return torch.softmax(torch.addmm(bias, zbeta, Ek.t()), -1)
+
+
+# The forward of DenseSoftLookup as an op that torch.compile does not look into. Traced, its p is the same
+# expression as the backward's rebuilt one, and the compiled step kept it for the backward after all: 57.5
+# against 49.4 KB per token at V = 2048 (`bench.py --memory --compile`; MDLM 48.6), undoing the Function's
+# point.
+@torch.library.custom_op('dsl::dense_lookup_forward', mutates_args=())
+def _dense_lookup_forward(
+    z: torch.Tensor, E: torch.Tensor, beta: torch.Tensor, bias: torch.Tensor, W: torch.Tensor
+) -> torch.Tensor:
+    return DenseSoftLookup.probabilities(z * beta, E, bias) @ W  # p (n, V+1) is freed on return
+
+
+@_dense_lookup_forward.register_fake
+def _(z, E, beta, bias, W):  # the output's shape and dtype, for the compiler
+    return z.new_empty(z.shape[0], W.shape[1])
 
 
 # ---------------------------------------------------------------------------------------------
