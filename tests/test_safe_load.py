@@ -15,6 +15,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import test_train
 import torch
 
 import checkpoint_io
@@ -24,24 +25,8 @@ import sample
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = [
-    '--preset',
-    'tiny',
-    '--block_size',
-    '32',
-    '--batch_size',
-    '4',
-    '--eval_windows',
-    '4',
-    '--eval_grid',
-    '8',
-    '--log_interval',
-    '1',
-    '--warmup_iters',
-    '0',
-    '--compile',
-    'False',
-]
+# the tiny training run of the train.py tests
+SMALL = test_train.SMALL
 
 
 class Payload:
