@@ -71,9 +71,9 @@ def run(args, torchrun=False, timeout=120):
     cmd = launcher + ['train.py'] + [str(a) for a in args]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     # A gloo process that aborts in torch's own C++ ("terminate called without an active exception", exit -6)
-    # was seen once in a loaded clean-clone run and in none of its reruns; one more try tells that apart from a
-    # failure of train.py, which repeats. (A retried run writes the same out_dir: a scratch run starts over, a
-    # resume that already reached max_iters stops at once with the same checkpoint.)
+    # was seen once in a loaded clean-clone run and in none of its reruns; one more try tells that apart from
+    # a failure of train.py, which repeats. (A retried run writes the same out_dir: a scratch run starts over,
+    # a resume that already reached max_iters stops at once with the same checkpoint.)
     if torchrun and r.returncode != 0 and 'terminate called without an active exception' in r.stderr:
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return r
