@@ -16,9 +16,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-# mixed-corruption defaults (docs/method.md §5); char vocabularies override the lognormal of intermediate SNRs
-# (DSL2's text8 one). gamma_max is 100 at every vocabulary (DSL2: ROARSNRPath(snr_max=100.)); 30 made ~3% of
-# the revealed endpoint tokens of a 65-character model read as another token
+# mixed-corruption defaults (docs/method.md §5); char vocabularies override the lognormal of intermediate
+# SNRs (DSL2's text8 one). gamma_max is 100 at every vocabulary (DSL2: ROARSNRPath(snr_max=100.)); 30 made
+# ~3% of the revealed endpoint tokens of a 65-character model read as another token
 SNR_DEFAULTS = dict(
     # fraction of sequences at (smoothed) endpoints
     p_end=0.25,

@@ -137,7 +137,8 @@ def discrete_loop(
 def sde_loop(model, x, fixed, gammas, *, generator, info, traj=None):
     """Continuous localization dz = xhat(z) dgamma + dW on the free tokens (prompt held at gamma_max e_x),
     Euler-Maruyama on the grid gammas (S+1,), one call per interval. Returns (argmax ids, logits (N_free, V))
-    where the logits are updated by the last increment: p(v | z + dz) ∝ p(v | z) exp(<dz, e_v>) per token."""
+    where the logits are updated by the last increment, per token:
+    p(v | z + dz) ∝ p(v | z) exp(<dz, e_v>)."""
     V, E = model.vocab_size, model.E().float()  # (V, d) unit codes
     free = ~fixed
     z = model.endpoint_z(torch.where(free, torch.full_like(x, model.mask_id), x)).float()  # (B, L, d)
@@ -334,8 +335,8 @@ def table_gamma(model, knobs):
 def model_input(model, x, commit, gamma_commit, eps=None):
     """Model input of a discrete state: hidden tokens at z = 0, prompt tokens at gamma_max e_x, and the
     revealed free tokens (commit (B, L) bool) at z = gamma_commit e_x, or with eps (B, L, d) the channel
-    sample z = gamma_commit e_x + sqrt(gamma_commit) eps (docs/method.md §1). The deterministic state is a row
-    of the commit table (no converter); the noisy one goes through the z path: a V-wide softmax at every
+    sample z = gamma_commit e_x + sqrt(gamma_commit) eps (docs/method.md §1). The deterministic state is a
+    row of the commit table (no converter); the noisy one goes through the z path: a V-wide softmax at every
     position."""
     if eps is None and getattr(model, 'commit_gamma', None) == gamma_commit:
         return dict(x=x, commit=commit)

@@ -140,11 +140,9 @@ def test_bpe_depends_on_the_training_split_alone_and_round_trips(tmp_path, corpu
     cut = int(len(text) * 0.9)  # prepare_text's 90/10 split
     a, b = tmp_path / 'a.txt', tmp_path / 'b.txt'
     a.write_text(text, encoding='utf-8')
-    b.write_text(
-        text[:cut]
-        + 'Zebras quietly juggle €uro signs; naïve café ☃!'[: len(text) - cut].ljust(len(text) - cut, 'x'),
-        encoding='utf-8',
-    )
+    # a validation part that differs from a's, with characters the training part never had
+    new_val = 'Zebras quietly juggle €uro signs; naïve café ☃!'[: len(text) - cut]
+    b.write_text(text[:cut] + new_val.ljust(len(text) - cut, 'x'), encoding='utf-8')
     ma = data.prepare(data=str(a), tokenizer='bpe:300', out_dir=str(tmp_path / 'pa'))
     mb = data.prepare(data=str(b), tokenizer='bpe:300', out_dir=str(tmp_path / 'pb'))
     assert ma['tokenizer'] == 'bpe:300' and ma['vocab_size'] == 300 and ma['mask_id'] == 300
