@@ -286,24 +286,10 @@ def variant(kind, knobs, P):
     return name, args + (['--smooth_endpoints', 'True'] if kind == 'dsl' else [])
 
 
-def run_corpus(corpus, P, res, runs, text='', launcher=''):
-    os.makedirs(res, exist_ok=True)
-    c = CORPORA[corpus]
-    if corpus.startswith('speech') and not text:
-        raise ValueError(f"--corpora {corpus} needs --text: comma-separated local .txt files")
-    recipe = P['recipe']  # an earlier run's tuning.json: its winners are continued, no tuning runs here
-    tune = P['tune_iters'] and not recipe
-    if recipe and not os.path.isfile(recipe):
-        raise FileNotFoundError(f"--recipe {recipe}: no such file (a tuning.json that repro.py wrote)")
-    # --text: the speech corpus's files, or local files instead of a download (char, owt)
-    dd, meta = data.ensure(c['dataset'] or 'shakespeare_char', text, P.get('tokenizer') or c['tokenizer'])
-    log(f"{corpus}: data {dd} ({meta['tokenizer']}, V = {meta['vocab_size']})")
-    launcher = launcher or shlex.quote(sys.executable)
-    d = {k: os.path.join(runs, k) for k in ('mdlm_pre', 'mdlm_ft', 'dsl_ft', 'dsl_atomic', 'ar')}
-    ck = {k: os.path.join(v, 'ckpt.pt') for k, v in d.items()}
-    # the training loop's evals follow a trend on fixed windows: val_windows (results/speed/README.md); bounds
-    # use eval_windows
-    common = [
+def train_args(P, dd):
+    """train.py arguments every run of a protocol shares. The training loop's evals follow a trend on fixed
+    windows: val_windows (results/speed/README.md); bounds use eval_windows."""
+    return [
         '--data_dir',
         dd,
         '--preset',
@@ -323,7 +309,11 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
         '--compile',
         str(P['compile']),
     ]
-    scratch = lambda obj, iters: [
+
+
+def scratch_args(P, obj, iters):
+    """A run from scratch (the pre-train, the AR judge) at the preset's learning rate."""
+    return [
         '--objective',
         obj,
         '--lr',
@@ -335,6 +325,25 @@ def run_corpus(corpus, P, res, runs, text='', launcher=''):
         '--eval_interval',
         '500',
     ]
+
+
+def run_corpus(corpus, P, res, runs, text='', launcher=''):
+    os.makedirs(res, exist_ok=True)
+    c = CORPORA[corpus]
+    if corpus.startswith('speech') and not text:
+        raise ValueError(f"--corpora {corpus} needs --text: comma-separated local .txt files")
+    recipe = P['recipe']  # an earlier run's tuning.json: its winners are continued, no tuning runs here
+    tune = P['tune_iters'] and not recipe
+    if recipe and not os.path.isfile(recipe):
+        raise FileNotFoundError(f"--recipe {recipe}: no such file (a tuning.json that repro.py wrote)")
+    # --text: the speech corpus's files, or local files instead of a download (char, owt)
+    dd, meta = data.ensure(c['dataset'] or 'shakespeare_char', text, P.get('tokenizer') or c['tokenizer'])
+    log(f"{corpus}: data {dd} ({meta['tokenizer']}, V = {meta['vocab_size']})")
+    launcher = launcher or shlex.quote(sys.executable)
+    d = {k: os.path.join(runs, k) for k in ('mdlm_pre', 'mdlm_ft', 'dsl_ft', 'dsl_atomic', 'ar')}
+    ck = {k: os.path.join(v, 'ckpt.pt') for k, v in d.items()}
+    common = train_args(P, dd)
+    scratch = lambda obj, iters: scratch_args(P, obj, iters)
     jobs = [] if P['init_from'] else [('mdlm_pre', scratch('mdlm', P['pre_iters']), P['pre_iters'])]
     jobs += [('ar', scratch('ar', P['ar_iters']), P['ar_iters'])] if P['judge'] == 'ar' else []
     for name, args, iters in jobs:
