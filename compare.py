@@ -320,6 +320,104 @@ def against(rows, per, base, ref_entropy, B=1000):
     return lines
 
 
+# ---------------------------------------------------------------------------------------------
+# Over training seeds (verdict.py): a hierarchical, paired bootstrap and the pre-registered decision rule
+
+
+def frontier_arrays(cells):
+    """One arm's per-sample numbers as arrays (S, G, N): cells[s][g] is the per_sample.jsonl record of
+    training seed s at frontier point g (a top-p or temperature), every record over the same N samples."""
+    return {
+        k: np.array([[np.broadcast_to(c[k], len(c['nll'])) for c in row] for row in cells], dtype=np.float64)
+        for k in ('nll', 'cnt', 'H', 'D3')
+    }
+
+
+def pooled(a, seeds, idx):
+    """The arm's frontier pooled over the chosen training seeds and, per chosen seed, the chosen samples:
+    seeds (B, k) and idx (B, k, N) -> {'nll': gen NLL (B, G) = total nats / total tokens, 'H', 'D3': means
+    (B, G)}. Each chosen seed counts as many times as it was drawn (a seed is a model)."""
+    out = {}
+    take = lambda v: v.transpose(0, 2, 1)[seeds[:, :, None], idx]  # (B, k, N, G)
+    out['nll'] = take(a['nll']).sum((1, 2)) / take(a['cnt']).sum((1, 2))
+    for k in ('H', 'D3'):
+        out[k] = take(a[k]).mean((1, 2))
+    return out
+
+
+def pooled_all(a, seeds=None):
+    """pooled() over the given training seeds (default: all) with all their samples: {key: (G,)}."""
+    seeds = np.arange(len(a['nll'])) if seeds is None else np.asarray(seeds)
+    N = a['nll'].shape[2]
+    p = pooled(a, seeds[None], np.broadcast_to(np.arange(N), (1, len(seeds), N)))
+    return {k: v[0] for k, v in p.items()}
+
+
+def matched(a, targets, extrapolate=False):
+    """One arm's pooled generative NLL (all seeds, all samples) read at each target: {axis: value or None}."""
+    p = pooled_all(a)
+    return {
+        axis: at_entropy(list(zip(p[axis], p['nll'])), t, extrapolate=extrapolate)
+        for axis, t in targets.items()
+    }
+
+
+def hierarchical(arms, targets, B=1000, seed=0, paired=True):
+    """Generative NLL of two arms at matched diversity, with a two-level bootstrap (Davison & Hinkley 1997,
+    §3.8): resample the training seeds, then within each drawn seed the samples. arms: {name:
+    frontier_arrays(...)}, two arms with the same S and N. paired: both arms take the same seed indices and
+    the same sample indices (continuation seed s of both arms saw the same batches; sample i of every model
+    drew the same uniforms: common random numbers), else each arm its own. targets: {axis ('H' or 'D3'):
+    the value both curves are read at}. Returns {axis: dict(point={a, b, 'a-b'}, lo, hi, dropped,
+    extended)} for the difference a - b: the point from all seeds and samples read inside the curves (None
+    outside them: the comparison is unreadable), the 95% percentile interval from resamples read with the
+    end segments extended (extended: how many resamples needed that)."""
+    (na, a), (nb, b) = arms.items()
+    S, _, N = a['nll'].shape
+    if b['nll'].shape[0] != S or b['nll'].shape[2] != N:
+        raise ValueError('the two arms need the same number of training seeds and of samples per cell')
+    rng = np.random.default_rng(seed)
+    draw = lambda: (rng.integers(0, S, (B, S)), rng.integers(0, N, (B, S, N)))
+    ia = draw()
+    ib = ia if paired else draw()
+    res = {na: pooled(a, *ia), nb: pooled(b, *ib)}
+    point = {na: matched(a, targets), nb: matched(b, targets)}
+    out = {}
+    for axis, target in targets.items():
+        read = lambda p, j: at_entropy(list(zip(p[axis][j], p['nll'][j])), target, extrapolate=True)
+        pa, pb = point[na][axis], point[nb][axis]
+        diffs = [read(res[na], j) - read(res[nb], j) for j in range(B)]
+        diffs = np.array([d for d in diffs if d is not None and np.isfinite(d)])
+        # how many resamples a curve of which ends short of the target (read on its end segment, extended)
+        short = lambda p: (p[axis].min(1) > target) | (p[axis].max(1) < target)
+        out[axis] = dict(
+            point={na: pa, nb: pb, f'{na}-{nb}': None if None in (pa, pb) else pa - pb},
+            lo=float(np.percentile(diffs, 2.5)),
+            hi=float(np.percentile(diffs, 97.5)),
+            dropped=B - len(diffs),
+            extended=int((short(res[na]) | short(res[nb])).sum()),
+        )
+    return out
+
+
+def decide(res):
+    """The pre-registered rule on hierarchical()'s answer for the difference a - b in generative NLL (a
+    better: lower). 'better': a's interval lies below 0 at matched unigram entropy and does not lie above 0 at
+    matched distinct-3 (a rule that buys likelihood with repetition cannot win: issue #28 (e)); 'worse': the
+    mirror image; 'mixed': the two axes disagree, each interval excluding 0; 'tie' otherwise; 'unreadable':
+    a point estimate lies outside a curve (no extrapolation)."""
+    if any(None in r['point'].values() for r in res.values()):
+        return 'unreadable'
+    h, d = res['H'], res['D3']
+    if h['hi'] < 0 and d['lo'] > 0 or h['lo'] > 0 and d['hi'] < 0:
+        return 'mixed'
+    if h['hi'] < 0:
+        return 'better'
+    if h['lo'] > 0:
+        return 'worse'
+    return 'tie'
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description='the verdict tables of a sweep folder, recomputed from its files'

@@ -364,18 +364,24 @@ def entropy(x):
     return float(np.mean(entropies(x)))
 
 
-def distinct(x, n):
-    """distinct-n (Li et al. 2016), per sample: unique n-grams / n-grams, averaged over samples."""
+def distincts(x, n):
+    """distinct-n (Li et al. 2016) of each sample: unique n-grams / n-grams (float64, (N,))."""
     out = []
     for row in x.tolist():
         grams = [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
         out.append(len(set(grams)) / len(grams) if grams else 0.0)
-    return float(np.mean(out))
+    return np.array(out)
+
+
+def distinct(x, n):
+    """Mean over samples of distincts(x, n)."""
+    return float(np.mean(distincts(x, n)))
 
 
 def score(x, texts, judge, featurizer, q_feats, where='samples', per_sample=False):
     """One row of metrics for samples x (N, L) with their decoded texts, against reference features q_feats.
-    per_sample: also row['per_sample'] = dict(nll, cnt, H) per sample, what a bootstrap resamples."""
+    per_sample: also row['per_sample'] = dict(nll, cnt, H, D3) per sample (D3: distinct-3), what a bootstrap
+    resamples."""
     jin = judge_inputs(judge, x, texts, where)
     fin = jin if featurizer is judge else judge_inputs(featurizer, x, texts, where)
     nll, cnt = judge_nll(judge, jin)
@@ -398,6 +404,7 @@ def score(x, texts, judge, featurizer, q_feats, where='samples', per_sample=Fals
             nll=[round(v, 2) for v in nll.tolist()],
             cnt=int(c[0]) if len(set(c)) == 1 else c,
             H=[round(v, 3) for v in H.tolist()],
+            D3=[round(v, 4) for v in distincts(x, 3).tolist()],
         )
     return row
 

@@ -216,6 +216,42 @@ def frontier(curves, path, title, ref_entropy=None, marks=()):
     return _save(fig, path, 90)
 
 
+def matched(panels, path, title):
+    """Generative NLL against a diversity axis, one panel each. panels: {panel title: (x label, the data's
+    value (a vertical line), {curve label: [(x, gen_nll, point label), ...]}, marks [(x, gen_nll)])}; a
+    curve whose label starts with '  ' is drawn thin and pale (one training seed under its pooled curve)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (name, (xlabel, ref, curves, marks)) in zip(axes[0], panels.items()):
+        strong = [k for k in curves if not k.startswith('  ')]
+        for k, pts in curves.items():
+            pts = sorted(pts)
+            pale = k.startswith('  ')
+            # a seed's curve takes the colour of the pooled curve whose label it extends
+            owner = next((s for s in strong if k.strip().startswith(s)), k)
+            color = plt.cm.tab10(strong.index(owner) % 10) if owner in strong else 'grey'
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker='' if pale else 'o',
+                ms=3,
+                lw=0.6 if pale else 1.6,
+                alpha=0.35 if pale else 1.0,
+                color=color,
+                label=None if pale else k,
+            )
+            for x, y, tag in [] if pale else pts:
+                ax.annotate(tag, (x, y), fontsize=6, xytext=(2, 2), textcoords='offset points')
+        ax.axvline(ref, ls='--', lw=1, color='k', label='held-out text')
+        for x, y in marks:
+            ax.plot([x], [y], marker='x', ms=8, color='k')
+        ax.set(title=name, xlabel=xlabel, ylabel='generative NLL (nats/token)')
+        ax.legend(fontsize=7)
+    fig.suptitle(textwrap.fill(title, 140), fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, 90)
+
+
 def curves(panels, path, title):
     """Validation curves, one panel per {panel title: {label: [(step, value), ...]}}."""
     plt = _plt()

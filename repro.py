@@ -625,6 +625,12 @@ def frontier_figure(rows, res, steps, ref_entropy, marks=()):
     )
 
 
+def hardware():
+    """Where a result was measured, in one line."""
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}{gpu}"
+
+
 def report(corpus, P, res, runs, steps, dsl_steps, chosen, recipe=''):
     rows = compare.rows_of(res)
     per = compare.per_sample_of(res)
@@ -633,9 +639,7 @@ def report(corpus, P, res, runs, steps, dsl_steps, chosen, recipe=''):
     st = read_json(os.path.join(res, 'stages.json'), {})
     bd = read_json(os.path.join(res, 'bounds.json'), {})
     cal = read_json(os.path.join(res, 'calibration.json'), {})
-    hw = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}" + (
-        f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
-    )
+    hw = hardware()
     ft_steps = {
         k: checkpoint_io.load(os.path.join(runs, k, 'ckpt.pt'), mmap=True)['step']
         for k in ('mdlm_ft', 'dsl_ft')

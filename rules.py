@@ -48,6 +48,9 @@ KNOBS = dict(
     rule='uncertainty',
     # top-p convention: remdm (ReMDM's code, the default) | hf (Hugging Face)
     nucleus='remdm',
+    # every token draw from softmax(logits / temperature), then top-p: above 1 reaches diversity that top-p 1
+    # alone cannot (the draw stays float64; 1 is the plain draw, bit for bit)
+    temperature=1.0,
     # DSL discrete samplers: SNR of revealed non-prompt tokens (default gamma_max)
     gamma_commit=None,
     # 1: show them as channel samples gamma_commit e_x + sqrt(gamma_commit) eps
@@ -70,6 +73,7 @@ KNOB_RANGES = dict(
     gamma_switch=(0, INF, '()'),
     T_c=(0, INF, '[)'),
     commit_p=(0, 1, '[]'),
+    temperature=(0, INF, '()'),
 )
 
 
@@ -246,20 +250,24 @@ OCTAVE_BINS = 8
 OCTAVES = 24
 
 
-def sample_tokens(logits, top_p, generator, chunk=1 << 22, nucleus='remdm'):
+def sample_tokens(logits, top_p, generator, chunk=1 << 22, nucleus='remdm', temperature=1.0):
     """logits (N, V) over real tokens -> (tokens (N,), their probability under the distribution they were
-    drawn from (N,), i.e. the renormalised nucleus). float64: float32 sampling over large vocabularies
-    truncates the tail (Zheng et al. 2024). nucleus='remdm' (default, ReMDM's and MDLM's code): sort, keep
-    tokens while the cumulative probability is <= top_p, the top token always. 'hf' (Hugging Face): the
-    smallest prefix with mass >= top_p, i.e. also the token that crosses top_p; less greedy, and not what
-    published numbers used. On the CPU each row sorts only the head its nucleus can reach (nucleus_head): the
-    same draws as a full sort of every row at the same generator state, token for token
-    (tests/test_nucleus.py)."""
+    drawn from (N,), i.e. the renormalised nucleus of softmax(logits / temperature)). float64: float32
+    sampling over large vocabularies truncates the tail (Zheng et al. 2024). nucleus='remdm' (default,
+    ReMDM's and MDLM's code): sort, keep tokens while the cumulative probability is <= top_p, the top token
+    always. 'hf' (Hugging Face): the smallest prefix with mass >= top_p, i.e. also the token that crosses
+    top_p; less greedy, and not what published numbers used. On the CPU each row sorts only the head its
+    nucleus can reach (nucleus_head): the same draws as a full sort of every row at the same generator state,
+    token for token (tests/test_nucleus.py)."""
     N, V = logits.shape
     u = torch.rand(N, 1, generator=generator, device=logits.device, dtype=torch.float64)
     tok, prob, rows = [], [], max(1, chunk // V)
     for i in range(0, N, rows):
-        p = torch.softmax(logits[i : i + rows].double(), dim=-1)  # (n, V)
+        x = logits[i : i + rows]
+        if temperature != 1:
+            # scaled in float64, before the softmax and the nucleus (its histogram bound reads x too)
+            x = x.double() / temperature
+        p = torch.softmax(x.double(), dim=-1)  # (n, V)
         ui = u[i : i + len(p)]
         if top_p >= 1:
             # inverse CDF in the vocabulary's order: no sort
@@ -267,7 +275,7 @@ def sample_tokens(logits, top_p, generator, chunk=1 << 22, nucleus='remdm'):
             t = torch.searchsorted(c, ui * c[:, -1:]).clamp(max=V - 1)
             q = p.gather(-1, t)
         elif p.device.type == 'cpu':
-            t, q = nucleus_head(logits[i : i + rows], p, top_p, ui, nucleus)
+            t, q = nucleus_head(x, p, top_p, ui, nucleus)
         else:
             # a GPU's cumsum is a parallel scan: a head's sums need not round as the full row's do
             t, q = nucleus_sorted(p, top_p, ui, nucleus)

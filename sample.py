@@ -119,7 +119,9 @@ def discrete_loop(
             logits = logits_free[need[free]]
         else:
             logits = call(model, info, out_idx=need, **state)[:, :V]
-        tok, p_tok = rules.sample_tokens(logits[reveal[need]], top_p, generator, nucleus=knobs['nucleus'])
+        tok, p_tok = rules.sample_tokens(
+            logits[reveal[need]], top_p, generator, nucleus=knobs['nucleus'], temperature=knobs['temperature']
+        )
         x = x.masked_fill(remask, mask)
         x[reveal] = tok
         # ReMDM's conf: the probability under the nucleus it was drawn from
@@ -198,7 +200,7 @@ def hybrid_loop(model, x, fixed, *, steps, knobs, top_p, generator, info, traj=N
     )
 
 
-def ar_loop(model, x, fixed, *, top_p, generator, info, traj=None, nucleus='remdm'):
+def ar_loop(model, x, fixed, *, top_p, generator, info, traj=None, nucleus='remdm', temperature=1.0):
     """Left to right with a causal model, conditioned exactly as noise.ar_loss trains it: the context is a
     [MASK] start token followed by x_0..x_{i-1}, and position i is read at the last context position.
     info['token_prob'] (B, L): the probability each drawn token had under the distribution it was drawn
@@ -215,7 +217,7 @@ def ar_loop(model, x, fixed, *, top_p, generator, info, traj=None, nucleus='remd
         sel = torch.zeros(inp.shape, dtype=torch.bool, device=x.device)
         sel[:, -1] = True
         logits = call(model, info, x=inp, out_idx=sel)[:, : model.vocab_size]
-        tok, p = rules.sample_tokens(logits, top_p, generator, nucleus=nucleus)
+        tok, p = rules.sample_tokens(logits, top_p, generator, nucleus=nucleus, temperature=temperature)
         x[:, i] = torch.where(fixed[:, i], x[:, i], tok)
         info['token_prob'][:, i] = torch.where(fixed[:, i], 1.0, p)
         if traj is not None:
@@ -228,7 +230,15 @@ def run_sampler(model, x, fixed, *, sampler, steps, knobs, top_p, generator, inf
     T, dev = steps, x.device
     if sampler == 'ar':
         return ar_loop(
-            model, x, fixed, top_p=top_p, generator=generator, info=info, traj=traj, nucleus=knobs['nucleus']
+            model,
+            x,
+            fixed,
+            top_p=top_p,
+            generator=generator,
+            info=info,
+            traj=traj,
+            nucleus=knobs['nucleus'],
+            temperature=knobs['temperature'],
         )
     if sampler == 'sde':
         gamma_end = knobs['gamma_end'] or model.config['gamma_max']

@@ -28,9 +28,15 @@ import os
 import shlex
 import sys
 
+import numpy as np
+
 import checkpoint_io
+import compare
 import data
+import evaluate
+import figures
 import repro
+import sweep
 
 # what this protocol adds to repro.py's preset of the same name
 PROTOCOL = dict(
@@ -138,12 +144,344 @@ def run(corpus, P, res, runs, text='', launcher=''):
                     os.path.dirname(ck(name)), common + args, P['ft_iters'], launcher, log_path
                 ),
             )
-    return dd, ck
+    models = {arm: [ck(continuation(arm, s)) for s in range(P['seeds'])] for arm in ARMS}
+    judge = ck('ar') if P['judge'] == 'ar' else P['judge']
+
+    # 3. the sampler knobs, on seed 1 and the seed-0 models: the test cells are not drawn yet
+    T, T4 = P['primary_T'], 4 * P['primary_T']
+    cands = dict(
+        dsl=[f'uncertainty:kappa={k}' for k in P['kappa'].split(',')],
+        mdlm=['mdlm'] + [f'remdm-loop:eta={e}' for e in P['eta'].split(',')],
+    )
+    tdir = os.path.join(res, 'tuning')
+    repro.stage(
+        res,
+        'knobs',
+        lambda: sweep.sweep(
+            [models['dsl'][0], models['mdlm'][0]],
+            {models[arm][0]: [f for c in cands[arm] for f in frontier(c, P)] for arm in ARMS},
+            {models['dsl'][0]: [T], models['mdlm'][0]: [T4]},
+            P['tune_n'],
+            judge,
+            dd,
+            out_dir=tdir,
+            L=P['block_size'],
+            seed=1,
+            compile=P['compile'],
+        ),
+    )
+    knobs = repro.read_json(os.path.join(res, 'knobs.json'))
+    if knobs is None:
+        rows, per = compare.rows_of(tdir), compare.per_sample_of(tdir)
+        knobs = {
+            arm: choose_knob(per, rows, models[arm][0], cands[arm], T if arm == 'dsl' else T4, P)
+            for arm in ARMS
+        }
+        evaluate.write_atomic(os.path.join(res, 'knobs.json'), json.dumps(knobs, indent=1))
+    rule = {arm: knobs[arm]['chosen'] for arm in ARMS}
+
+    # 4. the test sweep, sampling seed 0 for every model; DSL at T only, MDLM at T, 2T and 4T
+    if not os.path.isfile(os.path.join(res, 'preregistered.md')):
+        raise FileNotFoundError(
+            f"{res}/preregistered.md: write the comparison, the decision rule and the grids there (and "
+            "commit "
+            f"it) before the test sweep runs; the chosen knobs are in {res}/knobs.json"
+        )
+    repro.stage(
+        res,
+        'sweep',
+        lambda: sweep.sweep(
+            models['dsl'] + models['mdlm'],
+            {
+                **{c: frontier(rule['dsl'], P) + frontier(rule['mdlm'], P) for c in models['dsl']},
+                **{c: frontier(rule['mdlm'], P) for c in models['mdlm']},
+            },
+            {**{c: [T] for c in models['dsl']}, **{c: [T, 2 * T, T4] for c in models['mdlm']}},
+            P['num_samples'],
+            judge,
+            dd,
+            out_dir=res,
+            L=P['block_size'],
+            seed=0,
+            compile=P['compile'],
+        ),
+    )
+    report(corpus, P, res, models, rule, knobs)
+
+
+def frontier(spec, P):
+    """The sweep labels of one rule's diversity frontier: top-p below 1 at temperature 1, then temperatures
+    above 1 at top-p 1 (a curve that ends short of the data's diversity at top-p 1 is not extrapolated)."""
+    hot = [f'{spec}:temperature={t}:top_p=1.0' for t in P['temperatures'].split(',')]
+    return [f"{spec}:top_p={P['top_ps']}"] + hot
+
+
+def points(spec, P):
+    """The same frontier as (sampler label, top-p) cells in per_sample.jsonl, in one fixed order."""
+    cells = []
+    for f in frontier(spec, P):
+        name, tps = sweep.split_top_p(f, [])
+        cells += [(name, tp) for tp in tps]
+    return cells
+
+
+def arrays(per, ckpts, spec, T, P):
+    """compare.frontier_arrays of one rule at T over the models ckpts (one row per training seed)."""
+    return compare.frontier_arrays(
+        [[per[(c, s, str(T), str(tp))] for s, tp in points(spec, P)] for c in ckpts]
+    )
+
+
+def targets(rows):
+    """The held-out text's unigram entropy and distinct-3 (the sweep's reference row)."""
+    ref = next(r for r in rows if r['model'] == 'reference')
+    return dict(H=float(ref['entropy']), D3=float(ref['distinct_3']))
+
+
+def choose_knob(per, rows, ckpt, cands, T, P):
+    """The pre-registered tuning criterion: each candidate's generative NLL read at the held-out text's
+    unigram entropy and at its distinct-3, the worse of the two (a knob that buys likelihood with repetition
+    loses on distinct-3); the lowest wins. Readings inside the curves only; a candidate whose curve misses a
+    target is out, unless every candidate misses one (then the end segments are extended)."""
+    tg = targets(rows)
+    score = {}
+    for extend in (False, True):
+        for c in cands:
+            read = compare.matched(arrays(per, [ckpt], c, T, P), tg, extrapolate=extend)
+            score[c] = dict(read, worse=None if None in read.values() else max(read.values()))
+        if any(v['worse'] is not None for v in score.values()):
+            break
+    best = min((c for c in cands if score[c]['worse'] is not None), key=lambda c: score[c]['worse'])
+    return dict(chosen=best, T=T, targets=tg, extended=extend, scores=score)
+
+
+# ---------------------------------------------------------------------------------------------
+# The report: every number from the files the stages wrote
+
+
+def comparisons(P, rule):
+    """(name, (DSL rule, T), (MDLM rule, T), primary?): the pre-registered primary first."""
+    T = P['primary_T']
+    return [
+        ('primary: DSL at T vs MDLM at 4T', (rule['dsl'], T), (rule['mdlm'], 4 * T), True),
+        ('equal T', (rule['dsl'], T), (rule['mdlm'], T), False),
+        ('MDLM at 2T', (rule['dsl'], T), (rule['mdlm'], 2 * T), False),
+        ("same rule (MDLM's) on both models, equal T", (rule['mdlm'], T), (rule['mdlm'], T), False),
+    ]
+
+
+def ms_per_step(log_path):
+    """The mean of a train.py log's ms/step readings after the first (compilation and warmup)."""
+    ms = []
+    with open(log_path) as f:
+        for line in f:
+            if line.startswith('step ') and ' ms/step' in line:
+                ms.append(float(line.split(' ms/step')[0].rsplit('|', 1)[1]))
+    return float(np.mean(ms[1:])) if len(ms) > 1 else float('nan')
+
+
+def cell_means(rows, ckpts, spec, T, P, col):
+    """A results.csv column at each frontier point, the mean over the models ckpts: (G,)."""
+    at = {(r['ckpt'], r['sampler'], r['steps'], r['top_p']): float(r[col]) for r in rows}
+    return np.array([np.mean([at[(c, s, str(T), str(tp))] for c in ckpts]) for s, tp in points(spec, P)])
+
+
+def mauve_at(rows, ckpts, spec, T, P, H):
+    """MAUVE at unigram entropy H: the frontier's per-point means over the models, interpolated."""
+    pts = zip(cell_means(rows, ckpts, spec, T, P, 'entropy'), cell_means(rows, ckpts, spec, T, P, 'mauve'))
+    return compare.at_entropy(list(pts), H)
+
+
+def report(corpus, P, res, models, rule, knobs):
+    rows, per = compare.rows_of(res), compare.per_sample_of(res)
+    tg = targets(rows)
+    B = P['bootstrap']
+    lines, found = [], {}
+    for name, (sd, Td), (sm, Tm), primary in comparisons(P, rule):
+        arms = dict(dsl=arrays(per, models['dsl'], sd, Td, P), mdlm=arrays(per, models['mdlm'], sm, Tm, P))
+        r = compare.hierarchical(arms, tg, B=B)
+        nfe = [
+            cell_means(rows, models[k], *c, P, 'nfe').mean()
+            for k, c in (('dsl', (sd, Td)), ('mdlm', (sm, Tm)))
+        ]
+        mauve = [
+            mauve_at(rows, models[k], *c, P, tg['H']) for k, c in (('dsl', (sd, Td)), ('mdlm', (sm, Tm)))
+        ]
+        found[name] = dict(
+            result=r, call=compare.decide(r), nfe=nfe, mauve=mauve, dsl=[sd, Td], mdlm=[sm, Tm]
+        )
+        if primary:
+            calls = [compare.decide(compare.hierarchical(arms, tg, B=B, seed=k)) for k in range(20)]
+            found[name]['stability'] = {c: calls.count(c) for c in dict.fromkeys(calls)}
+        for axis, label in (('H', 'unigram entropy'), ('D3', 'distinct-3')):
+            a = r[axis]
+            lines.append(
+                f"| {name} | DSL `{sd}` T = {Td} vs MDLM `{sm}` T = {Tm} | {nfe[0]:.1f} vs {nfe[1]:.1f} | "
+                f"{label} {tg[axis]:.3f} | {fmt(a['point']['dsl'])} vs {fmt(a['point']['mdlm'])} | "
+                f"**{fmt(a['point']['dsl-mdlm'], '+.3f')}** [{a['lo']:+.3f}, {a['hi']:+.3f}] | "
+                f"{a['extended']} | {found[name]['call'] if axis == 'H' else ''} |"
+            )
+    evaluate.write_atomic(os.path.join(res, 'verdict.json'), json.dumps(found, indent=1))
+    primary = next(iter(found.values()))
+    figure(res, per, models, dict(dsl=primary['dsl'], mdlm=primary['mdlm']), tg, P)
+    write_readme(corpus, P, res, models, rule, knobs, tg, found, lines)
+
+
+def fmt(v, spec='.3f'):
+    return 'n/a' if v is None else format(v, spec)
+
+
+def figure(res, per, models, curves, tg, P):
+    """The primary comparison's curves on both diversity axes: each arm pooled over its seeds (bold) and each
+    seed alone (pale); the validation NELBO of every continuation."""
+    panels = {}
+    for axis, xlabel in (('H', 'unigram entropy (nats)'), ('D3', 'distinct-3')):
+        lines, marks = {}, []
+        for arm, (spec, T) in curves.items():
+            a = arrays(per, models[arm], spec, T, P)
+            tags = [
+                f"{s.split('temperature=')[1] + 't' if 'temperature=' in s else ''}{tp:g}"
+                for s, tp in points(spec, P)
+            ]
+            p = compare.pooled_all(a)
+            name = f'{arm.upper()} {spec} T = {T}'
+            lines[name] = list(zip(p[axis], p['nll'], tags))
+            for s in range(len(models[arm])):
+                one = compare.pooled_all(a, [s])
+                lines[f'  {name} seed {s}'] = list(zip(one[axis], one['nll'], tags))
+            y = compare.matched(a, {axis: tg[axis]})[axis]
+            marks += [] if y is None else [(tg[axis], y)]
+        panels[f'generative NLL at matched {xlabel}'] = (xlabel, tg[axis], lines, marks)
+    figures.matched(
+        panels,
+        os.path.join(res, 'frontier.png'),
+        f"the primary comparison, {len(models['dsl'])} training seeds per arm, N = {P['num_samples']} "
+        "per cell "
+        "(labels: top-p; t: temperature at top-p 1); x: the pooled estimate at the held-out value",
+    )
+    ev = {}
+    for arm in ARMS:
+        for s, c in enumerate(models[arm]):
+            ev[f'{arm} seed {s}'] = checkpoint_io.load(c, mmap=True).get('evals', [])
+    figures.curves(
+        {'continuations: val MDLM NELBO': ev},
+        os.path.join(res, 'curves.png'),
+        f"{P['val_windows']} fixed windows every {P['ft_eval']} steps; cosine learning rate to lr/10 at step "
+        f"{P['ft_iters']}",
+    )
+
+
+def write_readme(corpus, P, res, models, rule, knobs, tg, found, lines):
+    st = repro.read_json(os.path.join(res, 'stages.json'), {})
+    name, first = next((n, f) for n, f in found.items() if n.startswith('primary'))
+    ms = {
+        arm: [ms_per_step(os.path.join(res, f'train_{continuation(arm, s)}.log')) for s in range(P['seeds'])]
+        for arm in ARMS
+    }
+    sec = {
+        arm: sum(st.get(f'train_{continuation(arm, s)}', {}).get('seconds', 0) for s in range(P['seeds']))
+        for arm in ARMS
+    }
+    final = {}
+    for arm in ARMS:
+        final[arm] = [
+            checkpoint_io.load(c, mmap=True).get('evals', [(0, float('nan'))])[-1][1] for c in models[arm]
+        ]
+    h = first['result']['H']
+    stab = ', '.join(f'{c} {n}' for c, n in first['stability'].items())
+    md = [
+        f'# The verdict at equal training compute: {corpus}',
+        '',
+        f"`python verdict.py --corpus {corpus} ...` ({repro.hardware()}). The comparison, its decision "
+        "rule and "
+        "the knob grids were fixed in [preregistered.md](preregistered.md), committed before the test sweep "
+        "ran. Every number below is computed from the files in this folder.",
+        '',
+        '## The primary comparison',
+        '',
+        f"**{first['call']}**: DSL `{rule['dsl']}` at T = {P['primary_T']} against MDLM `{rule['mdlm']}` at "
+        f"T = {4 * P['primary_T']}, generative NLL (AR judge, nats/token) at the held-out text's unigram "
+        f"entropy {tg['H']:.3f}: {fmt(h['point']['dsl-mdlm'], '+.3f')} nats, 95% interval "
+        f"[{h['lo']:+.3f}, {h['hi']:+.3f}] (hierarchical bootstrap over {P['seeds']} training seeds per arm, "
+        f"then samples, paired; B = {P['bootstrap']}). The call over 20 bootstrap seeds: {stab}.",
+        '',
+        '| comparison | cells | real NFE | read at | gen NLL DSL vs MDLM | DSL - MDLM [95%] | '
+        'extended | call |',
+        '|---|---|---|---|---|---|---|---|',
+        *lines,
+        '',
+        'Only the first comparison is confirmatory; the rows after it are secondary and exploratory. '
+        'The call '
+        "needs both rows of a comparison (preregistered.md): 'better' is an interval below 0 at "
+        "matched unigram "
+        "entropy that does not lie above 0 at matched distinct-3. Real NFE: denoiser calls per "
+        "sample, the mean "
+        f"over a curve's cells. Extended: of the {P['bootstrap']} resamples, those where a curve ended "
+        "short of "
+        'the target and was read on its end segment, extended.',
+        '',
+        f"MAUVE (AR featurizer, secondary) at matched entropy, primary cells: DSL {fmt(first['mauve'][0])}, "
+        f"MDLM {fmt(first['mauve'][1])}.",
+        '',
+        '## Training compute',
+        '',
+        f"One MDLM pre-train ({P['pre_iters']} steps, train.py seed 1337), then per arm {P['seeds']} "
+        f"continuations (seeds 0..{P['seeds'] - 1}) of {P['ft_iters']} steps each, batch {P['batch_size']} x "
+        f"{P['block_size']} tokens, the learning rate on a cosine to lr/10 over the {P['ft_iters']} steps: "
+        'equal steps, since the one-forward DSL step costs about what an MDLM step costs.',
+        '',
+        '| arm | recipe | ms/step (train.py logs, per seed) | wall seconds (all seeds) | final val '
+        'MDLM NELBO per seed |',
+        '|---|---|---|---|---|',
+    ]
+    recipe = repro.read_json(P['recipe'])
+    for arm in ARMS:
+        md.append(
+            f"| {arm} | `{' '.join(recipe[arm]['args'])}` | {', '.join(f'{v:.1f}' for v in ms[arm])} | "
+            f"{sec[arm]:.0f} | {', '.join(f'{v:.4f}' for v in final[arm])} |"
+        )
+    ratio = np.mean(ms['dsl']) / np.mean(ms['mdlm'])
+    md += [
+        '',
+        f"Measured step-cost ratio DSL / MDLM: {ratio:.2f} (the logs' ms/step on this shared machine). "
+        'Validation curves: [curves.png](curves.png).',
+        '',
+        '## Sampler knobs',
+        '',
+        f"Tuned on sampling seed 1 (the test sweep uses seed 0), N = {P['tune_n']}, on each arm's "
+        "seed-0 model "
+        'at its primary T, over grids of equal size (DSL: kappa; MDLM: eta of remdm-loop, plus the '
+        'mdlm rule). '
+        'Criterion (preregistered.md): the worse of the generative NLL at matched unigram entropy and '
+        'at matched '
+        'distinct-3, the lowest wins.',
+        '',
+        '| arm | candidate | at entropy | at distinct-3 | worse of the two | chosen |',
+        '|---|---|---|---|---|---|',
+    ]
+    for arm in ARMS:
+        for c, v in knobs[arm]['scores'].items():
+            md.append(
+                f"| {arm} | `{c}` | {fmt(v['H'])} | {fmt(v['D3'])} | {fmt(v['worse'])} | "
+                f"{'yes' if c == knobs[arm]['chosen'] else ''} |"
+            )
+    md += [
+        '',
+        '## Figures and files',
+        '',
+        '- [frontier.png](frontier.png): the primary comparison on both diversity axes, pooled and per seed',
+        '- [curves.png](curves.png): the validation NELBO of every continuation',
+        '- `results.csv`, `per_sample.jsonl`: every test cell; `tuning/`: the knob sweep; '
+        '`verdict.json`: the '
+        'numbers above; `knobs.json`; `train_*.log`',
+        '',
+    ]
+    evaluate.write_atomic(os.path.join(res, 'README.md'), '\n'.join(md))
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description='the verdict at equal training compute over training seeds')
-    ap.error = lambda msg: repro.die(msg)
+    ap.error = lambda msg: die(msg)
     ap.add_argument('--preset', default='cpu', help=' | '.join(PROTOCOL))
     ap.add_argument('--corpus', default='char', help=', '.join(repro.CORPORA))
     ap.add_argument('--text', default='', help='comma-separated local .txt files')
@@ -158,6 +496,11 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
+def die(msg):
+    print(f"verdict.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv=None):
     a = parse_args(argv)
     try:
@@ -165,7 +508,7 @@ def main(argv=None):
         name = a.corpus.replace('-', '_')
         run(a.corpus, P, os.path.join(a.results, name), os.path.join(a.runs, name), a.text, a.launcher)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as e:
-        repro.die(e.args[0] if e.args and isinstance(e.args[0], str) else str(e) or type(e).__name__)
+        die(e.args[0] if e.args and isinstance(e.args[0], str) else str(e) or type(e).__name__)
 
 
 if __name__ == '__main__':

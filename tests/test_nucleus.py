@@ -188,7 +188,11 @@ def test_samplers_draw_what_they_drew_before(monkeypatch):
         tokens = tokens.clamp(max=logits.shape[1] - 1)
         return torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None])[sel, 0]
 
-    monkeypatch.setattr(rules, 'sample_tokens', reference)
+    def before(logits, top_p, g, nucleus='remdm', temperature=1.0):
+        assert temperature == 1
+        return reference(logits, top_p, g, nucleus=nucleus)
+
+    monkeypatch.setattr(rules, 'sample_tokens', before)
     monkeypatch.setattr(rules, 'token_logprobs', whole)
     for c, x in zip(cases, now):
         assert torch.equal(x, draw(*c)), c
