@@ -60,13 +60,14 @@ CORPORA = {
     'speech': dict(dataset='', tokenizer='gpt2'),  # local text files (--text), GPT-2 BPE
     # word pieces at near-character cost: a byte-level BPE of 2048 tokens trained on the training split. Here
     # a train.py step takes 160 ms (MDLM) and 420-434 ms (DSL + ROAR), a DSL eval 11 s (results/speed/
-    # bpe2048_train_pilot.txt): shorter stages and N = 128 keep the cpu preset at 100 min (results/speech_bpe)
+    # bpe2048_train_pilot.txt): shorter stages and N = 128 keep the cpu preset at 100 min
+    # (results/speech_bpe_plateau)
     'speech-bpe': dict(
         dataset='',
         tokenizer='bpe:2048',
         block_size=128,
         batch_size=16,
-        # the protocol results/speech_bpe ran: DSL stopped on its diffusion bound
+        # the protocol results/speech_bpe_plateau ran: DSL stopped on its diffusion bound
         cpu=dict(
             pre_iters=4000,
             ar_iters=3000,

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shlex
+import subprocess
 import sys
 
 import numpy as np
@@ -66,6 +67,19 @@ PROTOCOL = dict(
         temperatures='1.2',
     ),
 )
+# a corpus's own keys for this protocol, per preset: word pieces cost ~2x a character step at L = 128, so a
+# shorter budget; N = 256 for every cell, as for characters
+CORPUS = {
+    'speech-bpe': dict(
+        cpu=dict(
+            ft_iters=2000,
+            num_samples=256,
+            recipe=os.path.join(
+                os.path.dirname(os.path.abspath(__file__)), 'results', 'speech_bpe_plateau', 'tuning.json'
+            ),
+        )
+    ),
+}
 ARMS = ('mdlm', 'dsl')
 
 
@@ -79,7 +93,8 @@ def config(preset, corpus, **given):
     own = {**{k: v for k, v in c.items() if k in repro.PRESETS[preset]}, **c.get(preset, {})}
     own.pop('ft_iters', None)  # the corpus's plateau budget belongs to repro.py's protocol
     given = {k: v for k, v in given.items() if v is not None}
-    return {**repro.PRESETS[preset], **own, **PROTOCOL[preset], **given, 'name': preset}
+    mine = CORPUS.get(corpus, {}).get(preset, {})
+    return {**repro.PRESETS[preset], **own, **PROTOCOL[preset], **mine, **given, 'name': preset}
 
 
 def continuation(arm, seed):
@@ -109,8 +124,26 @@ def run(corpus, P, res, runs, text='', launcher=''):
             lambda: repro.train(os.path.dirname(ck(name)), args, iters, launcher, log_path),
         )
 
-    # 2. the continuations: seed by seed, so that an interrupted protocol has whole pairs
+    # equal training compute: both step costs from one bench.py run on this machine (interleaved rounds,
+    # best kept); within 10% both arms take ft_iters steps, else DSL as many as the same wall time buys
     recipe = repro.read_json(P['recipe'])
+    cost_path = os.path.join(res, 'step_cost.json')
+    w = recipe['dsl']['args'][recipe['dsl']['args'].index('--roar_weight') + 1]
+    bench = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'bench.py')]
+    bench += [
+        '--preset',
+        P['preset'],
+        '--vocab',
+        str(meta['vocab_size']),
+        '--block_size',
+        str(P['block_size']),
+    ]
+    bench += ['--batch', str(P['batch_size']), '--modes', 'mdlm,dsl', '--roar_weight', w, '--samplers', '']
+    bench += ['--iters', '20', '--json', cost_path] + (['--compile'] if P['compile'] else [])
+    repro.stage(res, 'step_cost', lambda: subprocess.run(bench, check=True))
+    iters = budget(P, cost_path)
+
+    # 2. the continuations: seed by seed, so that an interrupted protocol has whole pairs
     for seed in range(P['seeds']):
         for arm in ARMS:
             name = continuation(arm, seed)
@@ -132,7 +165,7 @@ def run(corpus, P, res, runs, text='', launcher=''):
                 '--seed',
                 str(seed),
                 '--max_iters',
-                str(P['ft_iters']),
+                str(iters[arm]),
                 '--out_dir',
                 os.path.dirname(ck(name)),
             ]
@@ -140,9 +173,7 @@ def run(corpus, P, res, runs, text='', launcher=''):
             repro.stage(
                 res,
                 f'train_{name}',
-                lambda: repro.train(
-                    os.path.dirname(ck(name)), common + args, P['ft_iters'], launcher, log_path
-                ),
+                lambda: repro.train(os.path.dirname(ck(name)), common + args, iters[arm], launcher, log_path),
             )
     models = {arm: [ck(continuation(arm, s)) for s in range(P['seeds'])] for arm in ARMS}
     judge = ck('ar') if P['judge'] == 'ar' else P['judge']
@@ -207,6 +238,16 @@ def run(corpus, P, res, runs, text='', launcher=''):
         ),
     )
     report(corpus, P, res, models, rule, knobs)
+
+
+def budget(P, path):
+    """Each arm's steps from bench.py's step costs (the compiled rows when the runs compile): ft_iters for
+    both when DSL's step costs at most 1.1x MDLM's, else round(ft_iters / ratio) for DSL (equal wall time)."""
+    rows = repro.read_json(path)['train']
+    ms = {r['mode']: r['ms'] for r in rows if r['compiled'] == bool(P['compile'])}
+    ratio = ms['dsl'] / ms['mdlm']
+    dsl = P['ft_iters'] if ratio <= 1.1 else round(P['ft_iters'] / ratio)
+    return dict(mdlm=P['ft_iters'], dsl=dsl, ratio=ratio, ms=ms)
 
 
 def frontier(spec, P):
@@ -366,114 +407,105 @@ def figure(res, per, models, curves, tg, P):
     figures.curves(
         {'continuations: val MDLM NELBO': ev},
         os.path.join(res, 'curves.png'),
-        f"{P['val_windows']} fixed windows every {P['ft_eval']} steps; cosine learning rate to lr/10 at step "
-        f"{P['ft_iters']}",
+        f"{P['val_windows']} fixed windows every {P['ft_eval']} steps; cosine learning rate to lr/10 at the "
+        "end of each run",
     )
 
 
 def write_readme(corpus, P, res, models, rule, knobs, tg, found, lines):
     st = repro.read_json(os.path.join(res, 'stages.json'), {})
-    name, first = next((n, f) for n, f in found.items() if n.startswith('primary'))
+    first = next(iter(found.values()))
+    h = first['result']['H']
+    seeds = range(P['seeds'])
     ms = {
-        arm: [ms_per_step(os.path.join(res, f'train_{continuation(arm, s)}.log')) for s in range(P['seeds'])]
+        arm: [ms_per_step(os.path.join(res, f'train_{continuation(arm, s)}.log')) for s in seeds]
         for arm in ARMS
     }
     sec = {
-        arm: sum(st.get(f'train_{continuation(arm, s)}', {}).get('seconds', 0) for s in range(P['seeds']))
-        for arm in ARMS
+        arm: sum(st.get(f'train_{continuation(arm, s)}', {}).get('seconds', 0) for s in seeds) for arm in ARMS
     }
-    final = {}
-    for arm in ARMS:
-        final[arm] = [
-            checkpoint_io.load(c, mmap=True).get('evals', [(0, float('nan'))])[-1][1] for c in models[arm]
-        ]
-    h = first['result']['H']
+    ckpts = {arm: [checkpoint_io.load(c, mmap=True) for c in models[arm]] for arm in ARMS}
+    steps = {arm: [c['step'] for c in ckpts[arm]] for arm in ARMS}
+    final = {arm: [c.get('evals', [(0, float('nan'))])[-1][1] for c in ckpts[arm]] for arm in ARMS}
+    bud = budget(P, os.path.join(res, 'step_cost.json'))
+    equal = 'equal steps (within 10%)' if bud['ratio'] <= 1.1 else "DSL's steps scaled to equal wall time"
     stab = ', '.join(f'{c} {n}' for c, n in first['stability'].items())
     md = [
         f'# The verdict at equal training compute: {corpus}',
         '',
-        f"`python verdict.py --corpus {corpus} ...` ({repro.hardware()}). The comparison, its decision "
-        "rule and "
-        "the knob grids were fixed in [preregistered.md](preregistered.md), committed before the test sweep "
-        "ran. Every number below is computed from the files in this folder.",
+        f"`python verdict.py --corpus {corpus} ...`, measured on {repro.hardware()}. The comparison, its "
+        'decision rule and the knob grids were fixed in [preregistered.md](preregistered.md), committed '
+        'before the test sweep ran. Every number below is computed from the files in this folder.',
         '',
         '## The primary comparison',
         '',
         f"**{first['call']}**: DSL `{rule['dsl']}` at T = {P['primary_T']} against MDLM `{rule['mdlm']}` at "
         f"T = {4 * P['primary_T']}, generative NLL (AR judge, nats/token) at the held-out text's unigram "
-        f"entropy {tg['H']:.3f}: {fmt(h['point']['dsl-mdlm'], '+.3f')} nats, 95% interval "
-        f"[{h['lo']:+.3f}, {h['hi']:+.3f}] (hierarchical bootstrap over {P['seeds']} training seeds per arm, "
-        f"then samples, paired; B = {P['bootstrap']}). The call over 20 bootstrap seeds: {stab}.",
+        f"entropy {tg['H']:.3f}: DSL - MDLM = {fmt(h['point']['dsl-mdlm'], '+.3f')}, 95% interval "
+        f"[{h['lo']:+.3f}, {h['hi']:+.3f}] (hierarchical bootstrap: {P['seeds']} training seeds per arm, "
+        f"then samples, paired; B = {P['bootstrap']}). The call under 20 bootstrap seeds: {stab}.",
         '',
-        '| comparison | cells | real NFE | read at | gen NLL DSL vs MDLM | DSL - MDLM [95%] | '
-        'extended | call |',
+        '| comparison | cells | real NFE | read at | gen NLL DSL vs MDLM | DSL - MDLM [95%] | extended '
+        '| call |',
         '|---|---|---|---|---|---|---|---|',
         *lines,
         '',
-        'Only the first comparison is confirmatory; the rows after it are secondary and exploratory. '
-        'The call '
-        "needs both rows of a comparison (preregistered.md): 'better' is an interval below 0 at "
-        "matched unigram "
-        "entropy that does not lie above 0 at matched distinct-3. Real NFE: denoiser calls per "
-        "sample, the mean "
-        f"over a curve's cells. Extended: of the {P['bootstrap']} resamples, those where a curve ended "
-        "short of "
-        'the target and was read on its end segment, extended.',
+        'Only the first comparison is confirmatory; the rows after it are secondary and exploratory. A call '
+        "reads both rows of its comparison (preregistered.md): 'better' is an interval below 0 at matched "
+        'unigram entropy that does not lie above 0 at matched distinct-3. Real NFE: denoiser calls per '
+        f"sample, the mean over a curve's cells. Extended: of the {P['bootstrap']} resamples, those in which "
+        'a curve ended short of the target and was read on its end segment, extended.',
         '',
-        f"MAUVE (AR featurizer, secondary) at matched entropy, primary cells: DSL {fmt(first['mauve'][0])}, "
-        f"MDLM {fmt(first['mauve'][1])}.",
+        f"MAUVE (AR featurizer; secondary, no interval) at matched entropy in the primary cells: DSL "
+        f"{fmt(first['mauve'][0])}, MDLM {fmt(first['mauve'][1])}.",
         '',
         '## Training compute',
         '',
         f"One MDLM pre-train ({P['pre_iters']} steps, train.py seed 1337), then per arm {P['seeds']} "
-        f"continuations (seeds 0..{P['seeds'] - 1}) of {P['ft_iters']} steps each, batch {P['batch_size']} x "
-        f"{P['block_size']} tokens, the learning rate on a cosine to lr/10 over the {P['ft_iters']} steps: "
-        'equal steps, since the one-forward DSL step costs about what an MDLM step costs.',
+        f"continuations from it (train.py seeds 0..{P['seeds'] - 1}; seed s of both arms draws the same "
+        f"batches), batch {P['batch_size']} x {P['block_size']} tokens, the learning rate on a cosine to "
+        "lr/10 over each run's budget. Step costs from one bench.py run on this machine before the "
+        f"continuations (step_cost.json): MDLM {bud['ms']['mdlm']:.1f} ms, DSL {bud['ms']['dsl']:.1f} ms, "
+        f"ratio {bud['ratio']:.2f}: {equal}.",
         '',
-        '| arm | recipe | ms/step (train.py logs, per seed) | wall seconds (all seeds) | final val '
-        'MDLM NELBO per seed |',
-        '|---|---|---|---|---|',
+        '| arm | recipe | steps per seed | ms/step (train.py logs) | wall s (all seeds) | final val NELBO |',
+        '|---|---|---|---|---|---|',
     ]
     recipe = repro.read_json(P['recipe'])
     for arm in ARMS:
         md.append(
-            f"| {arm} | `{' '.join(recipe[arm]['args'])}` | {', '.join(f'{v:.1f}' for v in ms[arm])} | "
-            f"{sec[arm]:.0f} | {', '.join(f'{v:.4f}' for v in final[arm])} |"
+            f"| {arm} | `{' '.join(recipe[arm]['args'])}` | {', '.join(map(str, steps[arm]))} | "
+            f"{', '.join(f'{v:.1f}' for v in ms[arm])} | {sec[arm]:.0f} | "
+            f"{', '.join(f'{v:.4f}' for v in final[arm])} |"
         )
-    ratio = np.mean(ms['dsl']) / np.mean(ms['mdlm'])
     md += [
         '',
-        f"Measured step-cost ratio DSL / MDLM: {ratio:.2f} (the logs' ms/step on this shared machine). "
-        'Validation curves: [curves.png](curves.png).',
+        "The logs' ms/step ratio DSL / MDLM: "
+        f"{np.mean(ms['dsl']) / np.mean(ms['mdlm']):.2f} (other work shared the machine). Validation NELBO "
+        'curves: [curves.png](curves.png).',
         '',
         '## Sampler knobs',
         '',
-        f"Tuned on sampling seed 1 (the test sweep uses seed 0), N = {P['tune_n']}, on each arm's "
-        "seed-0 model "
-        'at its primary T, over grids of equal size (DSL: kappa; MDLM: eta of remdm-loop, plus the '
-        'mdlm rule). '
-        'Criterion (preregistered.md): the worse of the generative NLL at matched unigram entropy and '
-        'at matched '
-        'distinct-3, the lowest wins.',
+        f"Tuned on sampling seed 1 (the test sweep draws seed 0), N = {P['tune_n']}, on each arm's seed-0 "
+        'model at its primary T, over grids of equal size (DSL: kappa of `uncertainty`; MDLM: eta of '
+        '`remdm-loop`, and the `mdlm` rule). Criterion (preregistered.md): the worse of the generative NLL '
+        'at matched unigram entropy and at matched distinct-3; the lowest wins.',
         '',
         '| arm | candidate | at entropy | at distinct-3 | worse of the two | chosen |',
         '|---|---|---|---|---|---|',
     ]
     for arm in ARMS:
         for c, v in knobs[arm]['scores'].items():
-            md.append(
-                f"| {arm} | `{c}` | {fmt(v['H'])} | {fmt(v['D3'])} | {fmt(v['worse'])} | "
-                f"{'yes' if c == knobs[arm]['chosen'] else ''} |"
-            )
+            mark = 'yes' if c == knobs[arm]['chosen'] else ''
+            md.append(f"| {arm} | `{c}` | {fmt(v['H'])} | {fmt(v['D3'])} | {fmt(v['worse'])} | {mark} |")
     md += [
         '',
         '## Figures and files',
         '',
         '- [frontier.png](frontier.png): the primary comparison on both diversity axes, pooled and per seed',
         '- [curves.png](curves.png): the validation NELBO of every continuation',
-        '- `results.csv`, `per_sample.jsonl`: every test cell; `tuning/`: the knob sweep; '
-        '`verdict.json`: the '
-        'numbers above; `knobs.json`; `train_*.log`',
+        '- `results.csv`, `per_sample.jsonl`, `samples.jsonl`: every test cell; `tuning/`: the knob sweep; '
+        '`verdict.json`: the numbers above; `knobs.json`, `step_cost.json`, `train_*.log`',
         '',
     ]
     evaluate.write_atomic(os.path.join(res, 'README.md'), '\n'.join(md))
