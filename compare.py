@@ -5,7 +5,7 @@ gives a curve of points (entropy, gen NLL), one per top-p; two arms are compared
 entropy (the data's where both reach it), each at its best rule there, with a percentile bootstrap over the
 samples of every cell (per_sample.jsonl: each sample's judge NLL, token count and unigram entropy).
 
-    python compare.py results/char      # the verdict table of a finished sweep folder
+    python compare.py results/char_plateau      # the verdict table of a finished repro.py sweep folder
 """
 
 import argparse
@@ -424,7 +424,7 @@ def main(argv=None):
     )
     ap.error = lambda msg: (print(f"compare.py: error: {msg}", file=sys.stderr), sys.exit(2))  # one line
     ap.add_argument(
-        'folder', help='a sweep folder holding results.csv and per_sample.jsonl (e.g. results/char)'
+        'folder', help='a sweep folder holding results.csv and per_sample.jsonl (e.g. results/char_plateau)'
     )
     ap.add_argument(
         '--mdlm',

@@ -101,7 +101,7 @@ MDLM_GRID = [
     dict(ema_warmup=True, lr='alt'),
 ]
 PRESETS = dict(
-    # ~100 min on 2 CPU cores for the character corpus (measured stage by stage in results/char/README.md)
+    # ~100 min on 2 CPU cores for the character corpus (measured stage by stage in results/char_plateau/README.md)
     cpu=dict(
         corpora='char',
         preset='mini',
@@ -858,7 +858,8 @@ def repro(preset='cpu', corpora=None, text='', launcher='', results='results', r
         c = CORPORA[corpus]  # the corpus's own L and batch, and its own budget for this preset
         own = {**{k: v for k, v in c.items() if k in PRESETS[preset]}, **c.get(preset, {})}
         P = {**PRESETS[preset], **own, **given, 'name': preset}
-        name = corpus.replace('-', '_')  # results/speech_bpe
+        # results/char_plateau: the continuations stop on a plateau (verdict.py writes results/char)
+        name = corpus.replace('-', '_') + '_plateau'
         run_corpus(corpus, P, os.path.join(results, name), os.path.join(runs, name), text, launcher)
 
 

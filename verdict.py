@@ -1,6 +1,6 @@
 """
 The small-scale verdict at equal training compute, over training seeds, with one comparison fixed before the
-test cells are drawn (docs/evaluation.md §7). repro.py runs the paper's whole protocol once per arm; this
+test cells are drawn (docs/evaluation.md §8). repro.py runs the paper's whole protocol once per arm; this
 file asks one question of several training runs per arm:
 
     python verdict.py --corpus char --text input.txt           # ~100 min on 2 CPU cores
@@ -8,10 +8,11 @@ file asks one question of several training runs per arm:
 
 Stages (each skipped when finished, as in repro.py; the runs resume from their checkpoints):
   1. pretrain  the MDLM pre-train (train.py's seed 1337) and the AR judge, as repro.py
-  2. train     each arm's recipe (an earlier recipe ablation's tuning.json: its learning rate from the same
-               grid for both arms) continued from the one pre-train with seeds 0..seeds-1, for the same
-               number of steps (the two step costs are within 10%: results/speed/README.md), the learning
-               rate decaying on a cosine to lr/10 over that fixed budget (nanoGPT), no early stop
+  2. train     bench.py times both training steps on this machine (step_cost.json): within 10% both arms
+               take ft_iters steps, else DSL as many as the same wall time buys. Each arm's recipe (an
+               earlier recipe ablation's tuning.json: its learning rate from the same grid for both arms) is
+               continued from the one pre-train with seeds 0..seeds-1, the learning rate decaying on a
+               cosine to lr/10 over that fixed budget (nanoGPT), no early stop
   3. knobs     DSL's kappa and ReMDM's eta from grids of the same size, on the seed-0 models and sampling
                seed 1, chosen by the pre-registered criterion (choose_knob); MDLM's rule (mdlm or
                remdm-loop) chosen the same way

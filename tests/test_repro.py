@@ -13,7 +13,7 @@ import sweep
 def test_toy_protocol_end_to_end_and_resumes(tmp_path, monkeypatch, corpus, capsys):
     monkeypatch.chdir(tmp_path)  # the prepared data folder goes under tmp_path/data
     repro.repro('toy', text=corpus, results='res', runs='runs')
-    res = tmp_path / 'res' / 'char'
+    res = tmp_path / 'res' / 'char_plateau'
     for f in (
         'README.md',
         'results.csv',
@@ -89,13 +89,13 @@ def test_toy_protocol_end_to_end_and_resumes(tmp_path, monkeypatch, corpus, caps
     assert {f: (res / f).read_text() for f in before} == before
     # --recipe: an earlier run's winners, no tuning runs; each continuation starts from this run's pre-train
     repro.repro('toy', text=corpus, results='res2', runs='runs2', recipe=str(res / 'tuning.json'))
-    res2 = tmp_path / 'res2' / 'char'
+    res2 = tmp_path / 'res2' / 'char_plateau'
     assert not any(k.startswith('tune') for k in json.loads((res2 / 'stages.json').read_text()))
     readme = (res2 / 'README.md').read_text()
     assert '## Recipe\n' in readme and f"`{chosen['dsl']['winner']}`" in readme and '**yes**' not in readme
     assert (
         'initialised from' in (res2 / 'train_dsl_ft.log').read_text()
-        and not (tmp_path / 'runs2' / 'char' / 'tune').exists()
+        and not (tmp_path / 'runs2' / 'char_plateau' / 'tune').exists()
     )
     with pytest.raises(FileNotFoundError, match='--recipe nope.json: no such file'):
         repro.repro('toy', text=corpus, results='res3', runs='runs3', recipe='nope.json')
