@@ -382,7 +382,7 @@ def figure(res, per, models, curves, tg, P):
         for arm, (spec, T) in curves.items():
             a = arrays(per, models[arm], spec, T, P)
             tags = [
-                f"{s.split('temperature=')[1] + 't' if 'temperature=' in s else ''}{tp:g}"
+                f"t{s.split('temperature=')[1]}" if 'temperature=' in s else f'{tp:g}'
                 for s, tp in points(spec, P)
             ]
             p = compare.pooled_all(a)
@@ -399,7 +399,7 @@ def figure(res, per, models, curves, tg, P):
         os.path.join(res, 'frontier.png'),
         f"the primary comparison, {len(models['dsl'])} training seeds per arm, N = {P['num_samples']} "
         "per cell "
-        "(labels: top-p; t: temperature at top-p 1); x: the pooled estimate at the held-out value",
+        "(labels: top-p, or t: temperature at top-p 1); x: the pooled estimate at the held-out value",
     )
     ev = {}
     for arm in ARMS:
