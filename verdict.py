@@ -52,7 +52,7 @@ PROTOCOL = dict(
         primary_T=32,
         baseline_T=128,
         # the diversity frontier of every compared curve: top-p below 1, temperature above 1
-        top_ps='0.9,0.95,1.0',
+        top_ps='0.8,0.9,0.95,1.0',
         temperatures='1.1,1.2',
     ),
     toy=dict(
