@@ -54,6 +54,7 @@ PROTOCOL = dict(
         # the diversity frontier of every compared curve: top-p below 1, temperature above 1
         top_ps='0.8,0.9,0.95,1.0',
         temperatures='1.1,1.2',
+        secondary='equal,2T,same',
     ),
     toy=dict(
         seeds=2,
@@ -66,15 +67,19 @@ PROTOCOL = dict(
         baseline_T=8,
         top_ps='0.9,1.0',
         temperatures='1.2',
+        secondary='equal,2T,same',
     ),
 )
-# a corpus's own keys for this protocol, per preset: word pieces cost ~2x a character step at L = 128, so a
-# shorter budget; N = 256 for every cell, as for characters
+# a corpus's own keys for this protocol, per preset. Word pieces: a step costs ~2x a character step at
+# L = 128; to finish in one session after the character run: shorter continuations, N = 64 for the knob
+# tuning and one secondary comparison (N = 256 in every test cell, as for characters)
 CORPUS = {
     'speech-bpe': dict(
         cpu=dict(
-            ft_iters=2000,
+            ft_iters=1500,
             num_samples=256,
+            tune_n=64,
+            secondary='equal',
             recipe=os.path.join(
                 os.path.dirname(os.path.abspath(__file__)), 'results', 'speech_bpe_plateau', 'tuning.json'
             ),
@@ -212,23 +217,25 @@ def run(corpus, P, res, runs, text='', launcher=''):
         evaluate.write_atomic(os.path.join(res, 'knobs.json'), json.dumps(knobs, indent=1))
     rule = {arm: knobs[arm]['chosen'] for arm in ARMS}
 
-    # 4. the test sweep, sampling seed 0 for every model; DSL at T only, MDLM at T, 2T and 4T
+    # 4. the test sweep, sampling seed 0 for every model: the cells of the primary and the secondaries
     if not os.path.isfile(os.path.join(res, 'preregistered.md')):
         raise FileNotFoundError(
             f"{res}/preregistered.md: write the comparison, the decision rule and the grids there (and "
-            "commit "
-            f"it) before the test sweep runs; the chosen knobs are in {res}/knobs.json"
+            f"commit it) before the test sweep runs; the chosen knobs are in {res}/knobs.json"
         )
+    specs, Ts = {arm: [] for arm in ARMS}, {arm: set() for arm in ARMS}
+    for _, d, m, _ in comparisons(P, rule):
+        for arm, (spec, T_arm) in (('dsl', d), ('mdlm', m)):
+            specs[arm] += [] if spec in specs[arm] else [spec]
+            Ts[arm].add(T_arm)
+    samplers = {c: [f for s in specs[arm] for f in frontier(s, P)] for arm in ARMS for c in models[arm]}
     repro.stage(
         res,
         'sweep',
         lambda: sweep.sweep(
             models['dsl'] + models['mdlm'],
-            {
-                **{c: frontier(rule['dsl'], P) + frontier(rule['mdlm'], P) for c in models['dsl']},
-                **{c: frontier(rule['mdlm'], P) for c in models['mdlm']},
-            },
-            {**{c: [T] for c in models['dsl']}, **{c: [T, 2 * T, T4] for c in models['mdlm']}},
+            samplers,
+            {c: sorted(Ts[arm]) for arm in ARMS for c in models[arm]},
             P['num_samples'],
             judge,
             dd,
@@ -302,14 +309,17 @@ def choose_knob(per, rows, ckpt, cands, T, P):
 
 
 def comparisons(P, rule):
-    """(name, (DSL rule, T), (MDLM rule, T), primary?): the pre-registered primary first."""
+    """(name, (DSL rule, T), (MDLM rule, T), primary?): the pre-registered primary first, then the preset's
+    secondaries (P['secondary']: equal, 2T, same)."""
     T = P['primary_T']
-    return [
-        ('primary: DSL at T vs MDLM at 4T', (rule['dsl'], T), (rule['mdlm'], 4 * T), True),
-        ('equal T', (rule['dsl'], T), (rule['mdlm'], T), False),
-        ('MDLM at 2T', (rule['dsl'], T), (rule['mdlm'], 2 * T), False),
-        ("same rule (MDLM's) on both models, equal T", (rule['mdlm'], T), (rule['mdlm'], T), False),
+    every = [
+        ('primary', 'primary: DSL at T vs MDLM at 4T', (rule['dsl'], T), (rule['mdlm'], 4 * T)),
+        ('equal', 'equal T', (rule['dsl'], T), (rule['mdlm'], T)),
+        ('2T', 'MDLM at 2T', (rule['dsl'], T), (rule['mdlm'], 2 * T)),
+        ('same', "same rule (MDLM's) on both models, equal T", (rule['mdlm'], T), (rule['mdlm'], T)),
     ]
+    keep = {'primary', *P['secondary'].split(',')}
+    return [(name, d, m, key == 'primary') for key, name, d, m in every if key in keep]
 
 
 def ms_per_step(log_path):
