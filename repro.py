@@ -101,7 +101,8 @@ MDLM_GRID = [
     dict(ema_warmup=True, lr='alt'),
 ]
 PRESETS = dict(
-    # ~100 min on 2 CPU cores for the character corpus (measured stage by stage in results/char_plateau/README.md)
+    # ~100 min on 2 CPU cores for the character corpus (measured stage by stage in
+    # results/char_plateau/README.md)
     cpu=dict(
         corpora='char',
         preset='mini',

@@ -50,11 +50,11 @@ PROTOCOL = dict(
         kappa='0.5,1,2,4',
         eta='0.01,0.02,0.04,0.08',
         primary_T=32,
-        baseline_T=128,
         # the diversity frontier of every compared curve: top-p below 1, temperature above 1
         top_ps='0.8,0.9,0.95,1.0',
         temperatures='1.1,1.2',
         secondary='equal,2T,same',
+        explore_temperatures='',
     ),
     toy=dict(
         seeds=2,
@@ -64,10 +64,10 @@ PROTOCOL = dict(
         kappa='1,2',
         eta='0.02,0.04',
         primary_T=2,
-        baseline_T=8,
         top_ps='0.9,1.0',
         temperatures='1.2',
         secondary='equal,2T,same',
+        explore_temperatures='',
     ),
 )
 # a corpus's own keys for this protocol, per preset. Word pieces: a step costs ~2x a character step at
@@ -245,6 +245,29 @@ def run(corpus, P, res, runs, text='', launcher=''):
             compile=P['compile'],
         ),
     )
+    # exploratory (--explore_temperatures): the primary cells at more temperatures, in their own folder
+    if P['explore_temperatures']:
+        xdir = os.path.join(res, 'explore')
+        hot = lambda spec: [f'{spec}:temperature={t}:top_p=1.0' for t in P['explore_temperatures'].split(',')]
+        _, d, m, _ = comparisons(P, rule)[0]
+        repro.stage(
+            res,
+            'explore',
+            lambda: sweep.sweep(
+                models['dsl'] + models['mdlm'],
+                {**{c: hot(d[0]) for c in models['dsl']}, **{c: hot(m[0]) for c in models['mdlm']}},
+                {**{c: [d[1]] for c in models['dsl']}, **{c: [m[1]] for c in models['mdlm']}},
+                P['num_samples'],
+                judge,
+                dd,
+                out_dir=xdir,
+                L=P['block_size'],
+                seed=0,
+                compile=P['compile'],
+            ),
+        )
+        more = json.dumps(dict(temperatures=P['explore_temperatures']))
+        evaluate.write_atomic(os.path.join(xdir, 'explore.json'), more)
     report(corpus, P, res, models, rule, knobs)
 
 
@@ -347,36 +370,48 @@ def mauve_at(rows, ckpts, spec, T, P, H):
 def report(corpus, P, res, models, rule, knobs):
     rows, per = compare.rows_of(res), compare.per_sample_of(res)
     tg = targets(rows)
-    B = P['bootstrap']
     lines, found = [], {}
-    for name, (sd, Td), (sm, Tm), primary in comparisons(P, rule):
-        arms = dict(dsl=arrays(per, models['dsl'], sd, Td, P), mdlm=arrays(per, models['mdlm'], sm, Tm, P))
-        r = compare.hierarchical(arms, tg, B=B)
-        nfe = [
-            cell_means(rows, models[k], *c, P, 'nfe').mean()
-            for k, c in (('dsl', (sd, Td)), ('mdlm', (sm, Tm)))
-        ]
-        mauve = [
-            mauve_at(rows, models[k], *c, P, tg['H']) for k, c in (('dsl', (sd, Td)), ('mdlm', (sm, Tm)))
-        ]
-        found[name] = dict(
-            result=r, call=compare.decide(r), nfe=nfe, mauve=mauve, dsl=[sd, Td], mdlm=[sm, Tm]
-        )
-        if primary:
-            calls = [compare.decide(compare.hierarchical(arms, tg, B=B, seed=k)) for k in range(20)]
-            found[name]['stability'] = {c: calls.count(c) for c in dict.fromkeys(calls)}
-        for axis, label in (('H', 'unigram entropy'), ('D3', 'distinct-3')):
-            a = r[axis]
-            lines.append(
-                f"| {name} | DSL `{sd}` T = {Td} vs MDLM `{sm}` T = {Tm} | {nfe[0]:.1f} vs {nfe[1]:.1f} | "
-                f"{label} {tg[axis]:.3f} | {fmt(a['point']['dsl'])} vs {fmt(a['point']['mdlm'])} | "
-                f"**{fmt(a['point']['dsl-mdlm'], '+.3f')}** [{a['lo']:+.3f}, {a['hi']:+.3f}] | "
-                f"{a['extended']} | {found[name]['call'] if axis == 'H' else ''} |"
-            )
+    for name, d, m, primary in comparisons(P, rule):
+        found[name], more = compare_arms(name, d, m, primary, models, rows, per, tg, P)
+        lines += more
+    # exploratory, after the pre-registered reading: the primary cells with more temperatures
+    more_t = repro.read_json(os.path.join(res, 'explore', 'explore.json'))
+    first = comparisons(P, rule)[0]
+    if more_t:
+        xdir = os.path.join(res, 'explore')
+        rows = rows + [r for r in compare.rows_of(xdir) if r['model'] != 'reference']
+        per = {**per, **compare.per_sample_of(xdir)}
+        P = {**P, 'temperatures': f"{P['temperatures']},{more_t['temperatures']}"}
+        name = f"exploratory: primary cells, temperatures up to {P['temperatures'].split(',')[-1]}"
+        found[name], more = compare_arms(name, first[1], first[2], True, models, rows, per, tg, P)
+        lines += more
     evaluate.write_atomic(os.path.join(res, 'verdict.json'), json.dumps(found, indent=1))
-    primary = next(iter(found.values()))
-    figure(res, per, models, dict(dsl=primary['dsl'], mdlm=primary['mdlm']), tg, P)
+    figure(res, per, models, dict(dsl=first[1], mdlm=first[2]), tg, P)
     write_readme(corpus, P, res, models, rule, knobs, tg, found, lines)
+
+
+def compare_arms(name, d, m, primary, models, rows, per, tg, P):
+    """One comparison, DSL (rule, T) d against MDLM (rule, T) m: its numbers and its two table rows."""
+    B = P['bootstrap']
+    arms = dict(dsl=arrays(per, models['dsl'], *d, P), mdlm=arrays(per, models['mdlm'], *m, P))
+    r = compare.hierarchical(arms, tg, B=B)
+    nfe = [cell_means(rows, models[k], *c, P, 'nfe').mean() for k, c in (('dsl', d), ('mdlm', m))]
+    mauve = [mauve_at(rows, models[k], *c, P, tg['H']) for k, c in (('dsl', d), ('mdlm', m))]
+    out = dict(result=r, call=compare.decide(r), nfe=nfe, mauve=mauve, dsl=list(d), mdlm=list(m))
+    if primary:
+        calls = [compare.decide(compare.hierarchical(arms, tg, B=B, seed=k)) for k in range(20)]
+        out['stability'] = {c: calls.count(c) for c in dict.fromkeys(calls)}
+    lines = []
+    for axis, label in (('H', 'unigram entropy'), ('D3', 'distinct-3')):
+        a = r[axis]
+        lines.append(
+            f"| {name} | DSL `{d[0]}` T = {d[1]} vs MDLM `{m[0]}` T = {m[1]} | "
+            f"{nfe[0]:.1f} vs {nfe[1]:.1f} | {label} {tg[axis]:.3f} | "
+            f"{fmt(a['point']['dsl'])} vs {fmt(a['point']['mdlm'])} | "
+            f"**{fmt(a['point']['dsl-mdlm'], '+.3f')}** [{a['lo']:+.3f}, {a['hi']:+.3f}] | "
+            f"{a['extended']} | {out['call'] if axis == 'H' else ''} |"
+        )
+    return out, lines
 
 
 def fmt(v, spec='.3f'):
@@ -536,6 +571,12 @@ def parse_args(argv):
     ap.add_argument('--seeds', type=int, default=None, help="continuations per arm; default: the preset's")
     ap.add_argument('--ft_iters', type=int, default=None, help="each continuation's steps")
     ap.add_argument('--recipe', default=None, help="the tuning.json each arm's recipe comes from")
+    ap.add_argument(
+        '--explore_temperatures',
+        default=None,
+        help="exploratory, after the pre-registered reading: the primary cells at these temperatures too "
+        "(comma-separated; results/<corpus>/explore)",
+    )
     return ap.parse_args(argv)
 
 
@@ -547,7 +588,14 @@ def die(msg):
 def main(argv=None):
     a = parse_args(argv)
     try:
-        P = config(a.preset, a.corpus, seeds=a.seeds, ft_iters=a.ft_iters, recipe=a.recipe)
+        P = config(
+            a.preset,
+            a.corpus,
+            seeds=a.seeds,
+            ft_iters=a.ft_iters,
+            recipe=a.recipe,
+            explore_temperatures=a.explore_temperatures,
+        )
         name = a.corpus.replace('-', '_')
         run(a.corpus, P, os.path.join(a.results, name), os.path.join(a.runs, name), a.text, a.launcher)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as e:
