@@ -89,6 +89,7 @@ CORPUS = {
     ),
 }
 ARMS = ('mdlm', 'dsl')
+MARK = '<!-- verdict.py writes everything below this line -->'
 
 
 def config(preset, corpus, **given):
@@ -574,7 +575,11 @@ def write_readme(corpus, P, res, models, rule, knobs, tg, found, lines):
         '`verdict.json`: the numbers above; `knobs.json`, `step_cost.json`, `train_*.log`',
         '',
     ]
-    evaluate.write_atomic(os.path.join(res, 'README.md'), '\n'.join(md))
+    # a reading written by hand above the marker survives a rerun of the report
+    path, hand = os.path.join(res, 'README.md'), ''
+    if os.path.isfile(path) and MARK in open(path).read():
+        hand = open(path).read().split(MARK)[0] + MARK + '\n\n'
+    evaluate.write_atomic(path, hand + '\n'.join(md))
 
 
 def parse_args(argv):

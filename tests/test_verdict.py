@@ -50,3 +50,8 @@ def test_toy_verdict_end_to_end(tmp_path, monkeypatch, corpus, capsys):
     assert f"**{first['call']}**" in readme
     for f in ('frontier.png', 'curves.png'):
         assert (res / f).stat().st_size > 0
+    # a reading written by hand above the marker survives the report's rerun (nothing else runs again)
+    (res / 'README.md').write_text('# by hand\n\n' + verdict.MARK + '\n\nstale\n')
+    verdict.main(argv + ['--explore_temperatures', '1.5'])
+    again = (res / 'README.md').read_text()
+    assert again.startswith('# by hand') and 'stale' not in again and f"**{first['call']}**" in again
