@@ -171,7 +171,7 @@ def test_toy_protocol_on_word_pieces(tmp_path, monkeypatch, corpus):
         block_size=32,
         batch_size=8,
     )  # the corpus's own L = 128 and batch 16, overridden for speed
-    res = tmp_path / 'res' / 'speech_bpe'
+    res = tmp_path / 'res' / 'speech_bpe_plateau'
     import data
 
     meta = data.load_meta(data.resolve_dir(data=corpus, tokenizer='bpe:256'))
