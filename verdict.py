@@ -120,6 +120,18 @@ def run(corpus, P, res, runs, text='', launcher=''):
     dd, meta = data.ensure(c['dataset'] or 'shakespeare_char', text, P.get('tokenizer') or c['tokenizer'])
     repro.log(f"{corpus}: data {dd} ({meta['tokenizer']}, V = {meta['vocab_size']})")
     launcher = launcher or shlex.quote(sys.executable)
+    models, judge = train_arms(P, res, runs, dd, meta, launcher)
+    knobs = tune_knobs(P, res, models, judge, dd)
+    rule = {arm: knobs[arm]['chosen'] for arm in ARMS}
+    test_sweep(P, res, models, rule, judge, dd)
+    if P['explore_temperatures']:
+        explore(P, res, models, rule, judge, dd)
+    report(corpus, P, res, models, rule, knobs)
+
+
+def train_arms(P, res, runs, dd, meta, launcher):
+    """Stages 1 and 2: the pre-train, the judge, the step costs and every continuation. Returns ({arm: the
+    checkpoints of its seeds}, the judge)."""
     common = repro.train_args(P, dd)
     ck = lambda name: os.path.join(runs, name, 'ckpt.pt')
 
@@ -186,7 +198,11 @@ def run(corpus, P, res, runs, text='', launcher=''):
             )
     models = {arm: [ck(continuation(arm, s)) for s in range(P['seeds'])] for arm in ARMS}
     judge = ck('ar') if P['judge'] == 'ar' else P['judge']
+    return models, judge
 
+
+def tune_knobs(P, res, models, judge, dd):
+    """Stage 3: each arm's rule and knob from its grid (knobs.json, written once)."""
     # 3. the sampler knobs, on seed 1 and the seed-0 models: the test cells are not drawn yet
     T, T4 = P['primary_T'], 4 * P['primary_T']
     cands = dict(
@@ -218,8 +234,11 @@ def run(corpus, P, res, runs, text='', launcher=''):
             for arm in ARMS
         }
         evaluate.write_atomic(os.path.join(res, 'knobs.json'), json.dumps(knobs, indent=1))
-    rule = {arm: knobs[arm]['chosen'] for arm in ARMS}
+    return knobs
 
+
+def test_sweep(P, res, models, rule, judge, dd):
+    """Stage 4: the primary and secondary cells on every model, sampling seed 0, once pre-registered."""
     # 4. the test sweep, sampling seed 0 for every model: the cells of the primary and the secondaries
     if not os.path.isfile(os.path.join(res, 'preregistered.md')):
         raise FileNotFoundError(
@@ -248,30 +267,32 @@ def run(corpus, P, res, runs, text='', launcher=''):
             compile=P['compile'],
         ),
     )
-    # exploratory (--explore_temperatures): the primary cells at more temperatures, in their own folder
-    if P['explore_temperatures']:
-        xdir = os.path.join(res, 'explore')
-        hot = lambda spec: [f'{spec}:temperature={t}:top_p=1.0' for t in P['explore_temperatures'].split(',')]
-        _, d, m, _ = comparisons(P, rule)[0]
-        repro.stage(
-            res,
-            'explore',
-            lambda: sweep.sweep(
-                models['dsl'] + models['mdlm'],
-                {**{c: hot(d[0]) for c in models['dsl']}, **{c: hot(m[0]) for c in models['mdlm']}},
-                {**{c: [d[1]] for c in models['dsl']}, **{c: [m[1]] for c in models['mdlm']}},
-                P['num_samples'],
-                judge,
-                dd,
-                out_dir=xdir,
-                L=P['block_size'],
-                seed=0,
-                compile=P['compile'],
-            ),
-        )
-        more = json.dumps(dict(temperatures=P['explore_temperatures']))
-        evaluate.write_atomic(os.path.join(xdir, 'explore.json'), more)
-    report(corpus, P, res, models, rule, knobs)
+
+
+def explore(P, res, models, rule, judge, dd):
+    """Exploratory (--explore_temperatures): the primary cells at more temperatures, in their own folder,
+    read after the pre-registered call."""
+    xdir = os.path.join(res, 'explore')
+    hot = lambda spec: [f'{spec}:temperature={t}:top_p=1.0' for t in P['explore_temperatures'].split(',')]
+    _, d, m, _ = comparisons(P, rule)[0]
+    repro.stage(
+        res,
+        'explore',
+        lambda: sweep.sweep(
+            models['dsl'] + models['mdlm'],
+            {**{c: hot(d[0]) for c in models['dsl']}, **{c: hot(m[0]) for c in models['mdlm']}},
+            {**{c: [d[1]] for c in models['dsl']}, **{c: [m[1]] for c in models['mdlm']}},
+            P['num_samples'],
+            judge,
+            dd,
+            out_dir=xdir,
+            L=P['block_size'],
+            seed=0,
+            compile=P['compile'],
+        ),
+    )
+    more = json.dumps(dict(temperatures=P['explore_temperatures']))
+    evaluate.write_atomic(os.path.join(xdir, 'explore.json'), more)
 
 
 def budget(P, path):
