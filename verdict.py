@@ -3,7 +3,7 @@ The small-scale verdict at equal training compute, over training seeds, with one
 test cells are drawn (docs/evaluation.md §8). repro.py runs the paper's whole protocol once per arm; this
 file asks one question of several training runs per arm:
 
-    python verdict.py --corpus char --text input.txt           # ~100 min on 2 CPU cores
+    python verdict.py --corpus char --text input.txt           # ~75 min on 2 CPU cores
     python verdict.py --corpus speech-bpe --text a.txt,b.txt
 
 Stages (each skipped when finished, as in repro.py; the runs resume from their checkpoints):
