@@ -10,6 +10,7 @@ samples of every cell (per_sample.jsonl: each sample's judge NLL, token count an
 
 import argparse
 import csv
+import gzip
 import json
 import os
 import sys
@@ -33,7 +34,10 @@ def per_sample_of(folder):
     """per_sample.jsonl as {(ckpt, sampler, steps, top_p): dict(nll, cnt, H)} (the last record of a cell
     wins)."""
     out = {}
-    with open(os.path.join(folder, 'per_sample.jsonl')) as f:
+    path = os.path.join(folder, 'per_sample.jsonl')
+    # a committed folder may hold it gzipped (git keeps large generated files small)
+    opened = open(path) if os.path.isfile(path) else gzip.open(path + '.gz', 'rt')
+    with opened as f:
         for line in f:
             r = json.loads(line)
             if not isinstance(r['cnt'], list):  # one count for every sample
@@ -441,7 +445,7 @@ def main(argv=None):
     )
     a = ap.parse_args(argv)
     for d in filter(None, (a.folder, a.mdlm)):
-        if not os.path.isfile(os.path.join(d, 'per_sample.jsonl')):
+        if not any(os.path.isfile(os.path.join(d, f)) for f in ('per_sample.jsonl', 'per_sample.jsonl.gz')):
             ap.error(f"{d}: no results.csv and per_sample.jsonl (a sweep folder)")
     rows, per = rows_of(a.folder), per_sample_of(a.folder)
     if a.mdlm:  # the other arm's cells; the DSL cells and the reference stay

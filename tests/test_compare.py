@@ -232,3 +232,19 @@ def test_frontier_legend_names_every_panels_lines(tmp_path, monkeypatch):
     figures.frontier(curves, str(tmp_path / 'f.png'), 'title', ref_entropy=4.35)
     assert (tmp_path / 'f.png').stat().st_size > 0
     assert got == [['dsl uncertainty', 'mdlm mdlm', 'data entropy']]
+
+
+def test_per_sample_reads_a_gzipped_folder(tmp_path):
+    """A committed folder may hold per_sample.jsonl gzipped: the same records either way."""
+    import gzip
+
+    recs = [dict(ckpt='a', sampler='mdlm', steps='8', top_p='0.9', nll=[1.5, 2.0], cnt=4, H=[2.0, 2.1])]
+    text = ''.join(json.dumps(r) + '\n' for r in recs)
+    (tmp_path / 'plain').mkdir()
+    (tmp_path / 'plain' / 'per_sample.jsonl').write_text(text)
+    (tmp_path / 'packed').mkdir()
+    with gzip.open(tmp_path / 'packed' / 'per_sample.jsonl.gz', 'wt') as f:
+        f.write(text)
+    got = C.per_sample_of(tmp_path / 'packed')
+    assert got == C.per_sample_of(tmp_path / 'plain')
+    assert got[('a', 'mdlm', '8', '0.9')]['cnt'] == [4, 4]
